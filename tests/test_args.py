@@ -1,0 +1,122 @@
+"""The CLI: oat's documented commands parse verbatim; bad combinations name their flags."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from oat_cpgd.args import CPGDArgs, PPOArgs, parse_args
+
+# oat's docs/reasoning_examples.md, first command (PPO on GSM8K), module name changed only.
+OAT_PPO_GSM8K = """
+    --gpus 8 --collocate --gradient-checkpointing --flash-attn --bf16 --rnd-seed --learning_rate 0.000001
+    --critic_learning_rate 0.000001 --lr_scheduler polynomial --kl_penalty_coef 0 --num_ppo_epochs 2
+    --beta 0.0001 --non_stop_penalty 0 --oracle_type reward --oracle gsm8k --pretrain lkevinzc/rho-1b-sft-GSM8K
+    --apply-chat-template --zero-stage 2 --prompt_data lkevinzc/gsm8k --max-train 9999999 --num_prompt_epoch 6
+    --prompt_max_length 1000 --sync_params_every 1 --num_samples 8 --max_step_adjustment 16
+    --critic_max_step_adjustment 16 --temperature 1.2 --top_p 0.9 --generate_max_length 1024 --save_steps -1
+    --input_key question --output_key final_answer --train_split train --train_batch_size 64
+    --train_batch_size_per_device 8 --mini_train_batch_size_per_device 8 --rollout_batch_size 64
+    --rollout_batch_size_per_device 8 --pi_buffer_maxlen_per_device 64 --max_eval 1500 --eval_batch_size 200
+    --eval_generate_max_length 1024 --eval_steps 50 --eval_temperature 0.35 --eval_top_p 0.9 --eval_n 16
+    --eval_input_key question --eval_output_key final_answer --use-wb --wb-run-name rho-1b-ppo-gsm8k
+""".split()
+
+# oat's docs, second command (R1-zero GRPO on CountDown via examples/r1_zero_math.py).
+OAT_R1_ZERO_COUNTDOWN = """
+    --critic_type grpo --gpus 8 --vllm_gpu_ratio 0.7 --gradient-checkpointing --flash-attn --bf16 --rnd-seed
+    --learning_rate 0.000001 --lr_warmup_ratio 0.0000001 --kl_penalty_coef 0 --num_ppo_epochs 1 --beta 0.001
+    --non_stop_penalty 0 --oracle_type reward --oracle countdown --pretrain Qwen/Qwen2.5-3B --zero-stage 2
+    --ref_offload --prompt_data lkevinzc/CountDownZero --train_split train --input_key input --output_key gt_answer
+    --max-train 9999999 --num_prompt_epoch 1 --prompt_max_length 256 --sync_params_every 1 --num_samples 8
+    --max_step_adjustment 8 --critic_max_step_adjustment 8 --temperature 1.0 --top_p 0.9 --generate_max_length 1024
+    --save_steps -1 --train_batch_size 128 --train_batch_size_per_device 2 --mini_train_batch_size_per_device 2
+    --rollout_batch_size 128 --rollout_batch_size_per_device 32 --pi_buffer_maxlen_per_device 256
+    --eval_batch_size 200 --eval_steps 8 --eval_temperature 0 --eval_generate_max_length 1024 --eval_split test
+    --use-wb --wb-run-name qwen-2.5-3b-countdown-grpo
+""".split()
+
+CPGD_COMMAND = """
+    --gpus 2 --pretrain Qwen/Qwen2.5-7B --oracle math --prompt_data ../shared/data/deepscaler
+    --policy_drift_coeff 0.02 --cpgd_weight clip_filter --clip_low 0.2 --clip_high 0.28
+    --loss_agg_mode seq-mean-token-sum-norm --num_samples 8 --rollout_batch_size 64 --train_batch_size 128
+""".split()
+
+
+def dry_run(module: str, argv: list[str]) -> dict:
+    """Run an entry point as a user would, with --dry_run; return the printed configuration."""
+    done = subprocess.run([sys.executable, *module.split(), *argv, "--dry_run"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_oat_ppo_doc_command_parses():
+    config = dry_run("-m oat_cpgd.experiment.run_ppo", OAT_PPO_GSM8K)
+    assert config["critic_type"] == "ppo"
+    assert config["collocate"] and config["gradient_checkpointing"] and config["flash_attn"] and config["bf16"]
+    assert config["learning_rate"] == 1e-6 and config["beta"] == 1e-4 and config["temperature"] == 1.2
+    assert config["input_key"] == "question" and config["eval_output_key"] == "final_answer"
+    assert config["use_wb"] and config["wb_run_name"] == "rho-1b-ppo-gsm8k"
+    assert config["max_train"] == 9999999 and config["eval_n"] == 16 and config["zero_stage"] == 2
+    assert config["rnd_seed"] is False and config["seed"] != 42  # --rnd-seed resolved into a seed
+
+
+def test_oat_r1_zero_doc_command_parses():
+    config = dry_run("examples/r1_zero_math.py", OAT_R1_ZERO_COUNTDOWN)
+    assert config["critic_type"] == "grpo" and config["oracle"] == "countdown"
+    assert config["ref_offload"] and config["vllm_gpu_ratio"] == 0.7 and config["eval_split"] == "test"
+    assert config["loss_agg_mode"] is None  # the algorithm's default applies
+
+
+def test_cpgd_command_parses_with_cpgd_defaults():
+    config = dry_run("-m oat_cpgd.experiment.run_cpgd", CPGD_COMMAND)
+    assert config["critic_type"] == "cpgd" and config["cpgd_weight"] == "clip_filter"
+    assert config["policy_drift_coeff"] == 0.02 and config["clip_high"] == 0.28
+    assert config["loss_agg_mode"] == "seq-mean-token-sum-norm"
+    defaults = dry_run("-m oat_cpgd.experiment.run_cpgd", [])
+    assert defaults["critic_type"] == "cpgd" and defaults["cpgd_weight"] == "std"
+    assert defaults["policy_drift_coeff"] == 0.01
+
+
+def test_grpo_entry_point_defaults_to_grpo():
+    assert dry_run("-m oat_cpgd.experiment.run_grpo", [])["critic_type"] == "grpo"
+
+
+@pytest.mark.parametrize(
+    "argv, flags",
+    [
+        (["--collocate", "--asynchronous"], ["--collocate", "--asynchronous"]),
+        (["--gpus", "2", "--train_batch_size", "6", "--train_batch_size_per_device", "2"],
+         ["--train_batch_size", "--train_batch_size_per_device", "--gpus"]),
+        (["--rollout_batch_size", "3", "--num_samples", "3", "--train_batch_size", "2"],
+         ["--rollout_batch_size", "--num_samples", "--train_batch_size"]),
+        (["--critic_type", "grpo", "--num_samples", "1", "--train_batch_size", "1", "--rollout_batch_size", "1"],
+         ["--num_samples"]),
+        (["--param_offload", "--zero-stage", "2"], ["--param_offload"]),
+    ],
+)
+def test_bad_combinations_name_their_flags(argv, flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(PPOArgs, argv=argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    for flag in flags:
+        assert flag in message, message
+
+
+def test_cpgd_critic_type_needs_the_cpgd_entry_point(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(PPOArgs, argv=["--critic_type", "cpgd"])
+    assert "run_cpgd" in capsys.readouterr().err
+    args = parse_args(CPGDArgs, argv=["--critic_type", "grpo"])  # a CPGD run may switch algorithm
+    assert args.critic_type == "grpo" and args.agg_mode == "seq-mean-token-mean"
+
+
+def test_help_explains_every_flag():
+    done = subprocess.run([sys.executable, "-m", "oat_cpgd.experiment.run_cpgd", "--help"],
+                          capture_output=True, text=True, env={"COLUMNS": "200", **__import__("os").environ})
+    assert done.returncode == 0
+    for flag in ("--policy-drift-coeff", "--cpgd-weight", "--collocate", "--prompt-data", "--gpus"):
+        assert flag in done.stdout
+    assert "learner ranks" in done.stdout  # what --gpus means without GPUs
