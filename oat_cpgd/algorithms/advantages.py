@@ -1,0 +1,106 @@
+"""Advantage estimators (docs/ALGORITHMS.md, "Advantage estimators").
+
+Outcome estimators work on one scalar reward per response, grouped by prompt, and return
+one advantage per response (the learner broadcasts it to the response tokens); GAE works
+per token with a critic.
+"""
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from oat_cpgd.algorithms.utils import check_name
+
+GroupWeight = Callable[[Tensor, float], Tensor]
+"""omega(x): (rewards [n_groups, K], clip_filter_max_weight) -> weights broadcastable to them."""
+
+
+def _has_signal(grouped: Tensor) -> Tensor:
+    """[n_groups] bool: the group's rewards are not all equal."""
+    return grouped.amax(-1) != grouped.amin(-1)
+
+
+def std_weight(grouped: Tensor, max_weight: float) -> Tensor:
+    """1 / (std_g + 1e-6), unbiased std (GRPO, CPGD `std`)."""
+    return 1 / (grouped.std(-1, keepdim=True) + 1e-6)
+
+
+def clip_filter_weight(grouped: Tensor, max_weight: float) -> Tensor:
+    """min(c_w, G / G_nonzero), one weight for the whole batch; G counts groups, not responses."""
+    # No group with signal: G / 0 = inf, clamped to c_w (all advantages are 0 anyway).
+    return (grouped.shape[0] / _has_signal(grouped).sum()).clamp(max=max_weight)
+
+
+def unit_weight(grouped: Tensor, max_weight: float) -> Tensor:
+    """1 (Dr. GRPO, CPGD `equal`)."""
+    return grouped.new_ones(())
+
+
+GROUP_WEIGHTS: dict[str, GroupWeight] = {
+    "grpo": std_weight,
+    "dr_grpo": unit_weight,
+    "cpgd_std": std_weight,
+    "cpgd_clip_filter": clip_filter_weight,
+    "cpgd_equal": unit_weight,
+}
+
+
+def group_advantages(rewards: Tensor, group_size: int, *, mode: str, clip_filter_max_weight: float = 3.0) -> Tensor:
+    """omega(x) * (R - mean_g R) for `n_prompts * group_size` rewards, each group contiguous.
+
+    omega per `GROUP_WEIGHTS[mode]`; `cpgd_clip_filter` weighs by the whole batch, so pass
+    all of it. A group whose rewards are all equal, or of size 1, gets exactly 0.
+    """
+    weight = GROUP_WEIGHTS[check_name(mode, GROUP_WEIGHTS, "group advantage mode")]
+    if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"expected a 1-D tensor of n_prompts * {group_size} rewards, got shape {tuple(rewards.shape)}")
+    if not rewards.is_floating_point():
+        rewards = rewards.float()
+    if group_size == 1:  # no baseline to compare with; the unbiased std is undefined
+        return torch.zeros_like(rewards)
+    grouped = rewards.reshape(-1, group_size)
+    # Exactly 0 where all rewards are equal: their float mean can be an ulp off, and 1/std
+    # would blow that up to a spurious advantage of a few percent.
+    centered = torch.where(_has_signal(grouped)[:, None], grouped - grouped.mean(-1, keepdim=True), 0)
+    return (weight(grouped, clip_filter_max_weight) * centered).view_as(rewards)
+
+
+@torch.no_grad()
+def gae_advantages(
+    rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float = 1.0, lam: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation per token: (advantages, returns = advantages + values).
+
+    `rewards`, `values`, `mask`: [batch, seq]; `rewards` holds R on the last response token
+    plus any per-token KL shaping. The value after the last valid token is 0. Masked
+    positions are skipped (the recursion runs over valid tokens only) and get 0.
+    """
+    valid = mask.bool()
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = torch.where(valid[:, t], advantage, 0)
+        next_value = torch.where(valid[:, t], values[:, t], next_value)
+        next_advantage = torch.where(valid[:, t], advantage, next_advantage)
+    returns = torch.where(valid, advantages + values, 0)
+    return advantages, returns
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Any]] = {
+    "gae": gae_advantages,
+    **{mode: partial(group_advantages, mode=mode) for mode in GROUP_WEIGHTS},
+}
+"""name -> estimator: `gae` takes (rewards, values, mask), the others (rewards, group_size)."""
+
+
+def advantage_estimator_name(critic_type: str, cpgd_weight: str = "std") -> str:
+    """The `ADVANTAGE_ESTIMATORS` entry for `--critic_type` (and `--cpgd_weight`)."""
+    names = {"ppo": "gae", "grpo": "grpo", "drgrpo": "dr_grpo", "cpgd": f"cpgd_{cpgd_weight}"}
+    name = names[check_name(critic_type, names, "critic_type")]
+    return check_name(name, ADVANTAGE_ESTIMATORS, "advantage estimator")
