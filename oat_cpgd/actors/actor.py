@@ -1,0 +1,169 @@
+"""The actor: a vLLM engine that samples responses and an oracle that scores them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from oat_cpgd.args import Args
+from oat_cpgd.oracles import get_oracle
+from oat_cpgd.types import Trajectory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One generated response."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    truncated: bool
+    """Stopped by the length limit rather than a stop token."""
+
+
+def configure_vllm_env(args: Args) -> None:
+    """vLLM reads these at import: set them before the engine is built."""
+    if not args.on_cuda:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.vllm_cpu_kvcache_gb))
+        # In-process engine core: 3-5 s start-up on CPU instead of 25-40 s.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+class Actor:
+    """Generates K responses per prompt with vLLM and scores them with the oracle."""
+
+    def __init__(self, args: Args, actor_index: int = 0) -> None:
+        configure_vllm_env(args)
+        import vllm
+
+        self.args = args
+        self.on_cuda = args.on_cuda
+        collocated_on_gpu = self.on_cuda and args.collocate
+        self.llm = vllm.LLM(
+            model=args.pretrain,
+            tokenizer=args.tokenizer or args.pretrain,
+            dtype="bfloat16" if args.bf16 else "float32",
+            seed=args.seed + actor_index,
+            max_model_len=args.max_model_len,
+            enforce_eager=not self.on_cuda,
+            gpu_memory_utilization=args.vllm_gpu_ratio,
+            tensor_parallel_size=args.vllm_tensor_parallel_size,
+            enable_prefix_caching=args.enable_prefix_caching,
+            enable_sleep_mode=collocated_on_gpu,
+            # Log-probs after temperature: those of the distribution the learner optimises.
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="oat_cpgd.actors.weight_sync.WeightReceiver",
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.sleep_mode = collocated_on_gpu
+        if args.collocate and not self.sleep_mode:
+            logger.info("vLLM has no sleep mode on this device: actor sleep/wake_up are no-ops")
+        oracle_options: dict[str, Any] = {"timeout_s": args.oracle_timeout, "num_workers": args.oracle_workers}
+        if args.format_reward is not None:
+            oracle_options["format_reward"] = args.format_reward
+        self.oracle = get_oracle(args.oracle, **oracle_options)
+        self.train_sampling = self.sampling_params(
+            n=args.num_samples, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            max_tokens=args.generate_max_length,
+        )
+
+    @staticmethod
+    def sampling_params(*, n: int, temperature: float, top_p: float, max_tokens: int, top_k: int = -1):
+        import vllm
+
+        # logprobs=0: exactly the sampled token's log-prob.
+        return vllm.SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, logprobs=0
+        )
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling) -> list[list[Sample]]:
+        """Sample `sampling.n` responses for each prompt (given as token ids)."""
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(ids)} for ids in prompt_ids], sampling, use_tqdm=False
+        )
+        return [
+            [
+                Sample(
+                    token_ids=list(completion.token_ids),
+                    logprobs=[step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)],
+                    text=completion.text,
+                    truncated=completion.finish_reason == "length",
+                )
+                for completion in output.outputs
+            ]
+            for output in outputs
+        ]
+
+    def step(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        prompts: Sequence[str],
+        references: Sequence[Any],
+        prompt_indices: Sequence[int],
+    ) -> tuple[list[Trajectory], dict[str, float]]:
+        """Generate, score, and return trajectories (each prompt's K responses contiguous) and timings."""
+        start = time.perf_counter()
+        samples = self.generate(prompt_ids, self.train_sampling)
+        generate_time = time.perf_counter() - start
+
+        flat = [(i, s) for i, group in enumerate(samples) for s in group]
+        start = time.perf_counter()
+        rewards, infos = self.oracle.get_reward(
+            [prompts[i] for i, _ in flat], [s.text for _, s in flat], [references[i] for i, _ in flat]
+        )
+        verify_time = time.perf_counter() - start
+
+        penalty = getattr(self.args, "non_stop_penalty", 0.0)
+        trajectories = [
+            Trajectory(
+                prompt_index=prompt_indices[i],
+                prompt_ids=list(prompt_ids[i]),
+                response_ids=s.token_ids,
+                actor_logprobs=s.logprobs,
+                reward=reward + (penalty if s.truncated else 0.0),
+                truncated=s.truncated,
+                prompt=prompts[i],
+                response=s.text,
+                info=info,
+            )
+            for (i, s), reward, info in zip(flat, rewards, infos)
+        ]
+        generated = sum(len(s.token_ids) for _, s in flat)
+        metrics = {
+            "actor/generate_time": generate_time,
+            "actor/verify_time": verify_time,
+            "actor/generated_tokens": float(generated),
+            "actor/tokens_per_s": generated / max(generate_time, 1e-9),
+            "actor/reward_mean": sum(rewards) / max(len(rewards), 1),
+            "actor/truncated_frac": sum(s.truncated for _, s in flat) / max(len(flat), 1),
+            "actor/response_len": generated / max(len(flat), 1),
+            **{k.replace("oracle/", "actor/oracle_"): v for k, v in self.oracle.last_metrics.items()},
+        }
+        return trajectories, metrics
+
+    # ------------------------------------------------------------------ weights
+    def update_weights(self, weights: bytes) -> float:
+        """Load new weights in place (safetensors bytes with HF names); returns the seconds it took."""
+        start = time.perf_counter()
+        self.llm.collective_rpc("load_safetensors_bytes", args=(weights,))
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        return time.perf_counter() - start
+
+    # ------------------------------------------------------------------ collocation
+    def sleep(self) -> None:
+        """Free device memory for the learner (CUDA, collocated); vLLM has no sleep mode on CPU."""
+        if self.sleep_mode:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.sleep_mode:
+            self.llm.wake_up()
+
+    def close(self) -> None:
+        self.oracle.close()

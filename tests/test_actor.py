@@ -1,0 +1,99 @@
+"""The vLLM actor on its own: real engine, tiny model, real oracle."""
+
+import pytest
+import safetensors.torch
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from oat_cpgd.actors import Actor
+from oat_cpgd.args import PPOArgs
+
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def actor(tiny_model_path):
+    args = PPOArgs(pretrain=str(tiny_model_path), oracle="gsm8k", critic_type="grpo", num_samples=3,
+                   generate_max_length=MAX_NEW, prompt_max_length=128, eval_generate_max_length=MAX_NEW,
+                   rollout_batch_size=2, train_batch_size=2, non_stop_penalty=-0.5, oracle_workers=1)
+    args.resolve()
+    actor = Actor(args)
+    yield actor
+    actor.close()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_model_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    texts = ["What is 12 plus 30?", "Natalia sold clips to 48 of her friends.", "Using the numbers [3, 5, 7]"]
+    return [tokenizer(t)["input_ids"] for t in texts]
+
+
+def greedy(actor: Actor, prompt_ids, max_new=MAX_NEW):
+    params = Actor.sampling_params(n=1, temperature=0.0, top_p=1.0, max_tokens=max_new)
+    return [group[0].token_ids for group in actor.generate(prompt_ids, params)]
+
+
+def hf_greedy(model, prompt_ids, max_new=MAX_NEW):
+    outputs = []
+    for ids in prompt_ids:
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, min_new_tokens=max_new)
+        outputs.append(out[0, len(ids):].tolist())
+    return outputs
+
+
+def test_greedy_matches_transformers(actor, prompt_ids, tiny_model_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    vllm_out = greedy(actor, prompt_ids)
+    hf_out = hf_greedy(model, prompt_ids)
+    for v, h in zip(vllm_out, hf_out):
+        assert v == h[: len(v)]  # vLLM may stop at eos; transformers was forced on
+
+
+def test_samples_logprobs_and_truncation(actor, prompt_ids):
+    groups = actor.generate(prompt_ids, actor.train_sampling)
+    assert [len(g) for g in groups] == [3, 3, 3]
+    for sample in (s for g in groups for s in g):
+        assert len(sample.logprobs) == len(sample.token_ids) >= 1
+        assert all(lp <= 0.0 for lp in sample.logprobs)
+        assert sample.truncated == (len(sample.token_ids) == MAX_NEW and actor.tokenizer.eos_token_id not in sample.token_ids)
+    one_token = Actor.sampling_params(n=1, temperature=1.0, top_p=1.0, max_tokens=1)
+    flagged = [g[0] for g in actor.generate(prompt_ids, one_token)]
+    assert all(s.truncated == (s.token_ids[0] != actor.tokenizer.eos_token_id) for s in flagged)
+
+
+def test_step_scores_with_the_oracle(actor, prompt_ids):
+    trajectories, metrics = actor.step(prompt_ids, ["a", "b", "c"], ["42", "72", "1"], [10, 11, 12])
+    assert len(trajectories) == 9
+    assert [t.prompt_index for t in trajectories] == [10] * 3 + [11] * 3 + [12] * 3  # groups contiguous
+    for t in trajectories:
+        assert t.prompt_ids == prompt_ids[[10, 11, 12].index(t.prompt_index)]
+        assert len(t.actor_logprobs) == len(t.response_ids)
+        assert t.reward in (0.0, 1.0, -0.5, 0.5)  # oracle reward plus the non-stop penalty when truncated
+        assert (t.reward < 0) == (t.truncated and t.reward != 0.5) or t.reward == 0.5
+        assert {"answer", "format_ok", "timed_out"} <= set(t.info)
+    for key in ("actor/generate_time", "actor/verify_time", "actor/tokens_per_s", "actor/reward_mean"):
+        assert key in metrics and metrics[key] >= 0 or key == "actor/reward_mean"
+
+
+def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    before = greedy(actor, prompt_ids)
+    generator = torch.Generator().manual_seed(1)
+    # named_parameters, not state_dict: the tied lm_head must not get noise of its own.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.2 * torch.randn(param.shape, generator=generator))
+    new_state = dict(model.named_parameters())
+    actor.update_weights(safetensors.torch.save({k: v.contiguous() for k, v in new_state.items()}))
+    after = greedy(actor, prompt_ids)
+    assert after != before
+    for v, h in zip(after, hf_greedy(model, prompt_ids)):
+        assert v == h[: len(v)]
+
+
+def test_sleep_and_wake_up_are_noops_on_cpu(actor, prompt_ids):
+    before = greedy(actor, prompt_ids)
+    actor.sleep()
+    actor.wake_up()
+    assert greedy(actor, prompt_ids) == before
