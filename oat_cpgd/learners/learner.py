@@ -1,0 +1,497 @@
+"""The DeepSpeed learner: PPO, GRPO, Dr. GRPO and CPGD updates (docs/ALGORITHMS.md).
+
+One `Learner` runs on each learner rank. `learn`, `response_logprobs`, `state_for_sync`
+and `save_pretrained` are collectives: every rank calls them together, `learn` with its own
+shard of the rollout (whole groups, the same number of responses on every rank).
+
+Per-token tensors are aligned with the labels `input_ids[:, 1:]`: position t holds what
+belongs to predicting token t + 1 (its log-prob, value, advantage, response mask).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed import DeepSpeedEngine
+from deepspeed.accelerator import get_accelerator
+from torch import Tensor
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    get_scheduler,
+)
+
+from oat_cpgd.algorithms import (
+    advantage_estimator_name,
+    aggregate,
+    aggregation_units,
+    cpgd_policy_loss,
+    entropy_from_logits,
+    explained_variance,
+    gae_advantages,
+    group_advantages,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    value_loss,
+)
+from oat_cpgd.args import PPOArgs
+from oat_cpgd.learners.deepspeed_config import param_groups, reference_config, train_config
+from oat_cpgd.types import Trajectory
+
+logger = logging.getLogger(__name__)
+
+LOSS_STATS = ("pg_loss", "value_loss")
+"""Stats aggregated like the loss; the others (clip_frac, policy_drift, entropy, ...) are token means."""
+
+Model = torch.nn.Module
+"""A DeepSpeed engine or a plain Hugging Face model: both take (input_ids, attention_mask)."""
+
+
+@dataclass
+class Batch:
+    """Responses as right-padded tensors, plus per-token data aligned with the labels."""
+
+    input_ids: Tensor
+    """[N, T] prompt + response tokens."""
+    attention_mask: Tensor
+    """[N, T]"""
+    response_mask: Tensor
+    """[N, T - 1] 1 where the label is a response token."""
+    token_data: dict[str, Tensor] = field(default_factory=dict)
+    """name -> [N, T - 1]: actor_logp, old_logp, ref_logp, old_values, advantages, returns."""
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def labels(self) -> Tensor:
+        return self.input_ids[:, 1:]
+
+    def select(self, indices: Tensor) -> Batch:
+        """The rows `indices`, cut to their longest sequence (a micro-batch carries no extra padding)."""
+        length = int(self.attention_mask[indices].sum(-1).max())
+        return Batch(
+            self.input_ids[indices, :length],
+            self.attention_mask[indices, :length],
+            self.response_mask[indices, : length - 1],
+            {name: value[indices, : length - 1] for name, value in self.token_data.items()},
+        )
+
+
+def collate(trajectories: list[Trajectory], pad_token_id: int, device: torch.device) -> Batch:
+    """prompt_ids + response_ids, right-padded; the actor's log-probs at the response labels."""
+    length = max(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
+    shape = (len(trajectories), length)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    response_mask = torch.zeros(shape[0], length - 1)
+    actor_logp = torch.zeros(shape[0], length - 1)
+    for row, t in enumerate(trajectories):
+        prompt_len, response_len = len(t.prompt_ids), len(t.response_ids)
+        input_ids[row, : prompt_len + response_len] = torch.tensor(t.prompt_ids + t.response_ids)
+        attention_mask[row, : prompt_len + response_len] = 1
+        # Label position p - 1 predicts the first response token.
+        response = slice(prompt_len - 1, prompt_len - 1 + response_len)
+        response_mask[row, response] = 1
+        actor_logp[row, response] = torch.tensor(t.actor_logprobs, dtype=torch.float)
+    return Batch(
+        input_ids.to(device),
+        attention_mask.to(device),
+        response_mask.to(device),
+        {"actor_logp": actor_logp.to(device)},
+    )
+
+
+def label_outputs(model: Model, batch: Batch) -> Tensor:
+    """The model's outputs at the label positions, [N, T - 1, ...]: logits (policy, reference) or values (critic)."""
+    output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return output.logits[:, :-1]
+
+
+def attention_implementation(flash_attn: bool) -> str:
+    if not flash_attn:
+        return "sdpa"
+    if get_accelerator().device_name() == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    logger.warning("--flash_attn needs CUDA and the flash_attn package; using sdpa attention instead.")
+    return "sdpa"
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum over ranks (a new tensor; gloo has no AVG)."""
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def all_gather_cat(tensor: Tensor) -> Tensor:
+    """Concatenate the ranks' equally shaped tensors in rank order."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor)
+    return torch.cat(parts)
+
+
+def zero_new_value_head(critic: PreTrainedModel, missing_keys: list[str]) -> None:
+    """Start a freshly added value head at V = 0, so the first advantages are the rewards rather
+    than a random head's noise (which, on sparse rewards, can drown them for many steps).
+    A critic loaded with its head keeps it."""
+    with torch.no_grad():
+        for name, param in critic.named_parameters():
+            if name in missing_keys:
+                param.zero_()
+
+
+def _set_distributed_env(rank: int, world_size: int) -> None:
+    """RANK/WORLD_SIZE/LOCAL_RANK from the arguments where the launcher (e.g. Ray) did not set them."""
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise RuntimeError("Learner needs MASTER_ADDR and MASTER_PORT in the environment.")
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("WORLD_SIZE", str(world_size))
+    # One device per process: Ray shows each learner only its own (index 0); on one node with
+    # every device visible, the rank picks it.
+    os.environ.setdefault("LOCAL_RANK", str(rank % get_accelerator().device_count()))
+
+
+class Learner:
+    """Policy (and for PPO a critic) trained with DeepSpeed, plus an optional frozen reference model."""
+
+    def __init__(self, args: PPOArgs, rank: int, world_size: int, total_optimizer_steps: int) -> None:
+        """`total_optimizer_steps`: the run's estimated optimizer steps, which the LR schedule spans
+        (times --max_step_adjustment, or --critic_max_step_adjustment for the critic)."""
+        self.args, self.rank, self.world_size = args, rank, world_size
+        _set_distributed_env(rank, world_size)
+        deepspeed.init_distributed()
+        accelerator = get_accelerator()
+        accelerator.set_device(int(os.environ["LOCAL_RANK"]))
+        self.device = torch.device(accelerator.current_device_name())
+        torch.manual_seed(args.seed)
+        self.shuffle_generator = torch.Generator().manual_seed(args.seed)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain)
+        model_kwargs = {
+            "dtype": torch.bfloat16 if args.bf16 else torch.float32,
+            "attn_implementation": attention_implementation(args.flash_attn),
+        }
+        # transformers can only build ZeRO-3 models partitioned through accelerate, which we do not
+        # depend on: each rank loads the full weights to host memory and deepspeed.initialize partitions them.
+        policy_model = AutoModelForCausalLM.from_pretrained(args.pretrain, **model_kwargs)
+        self.policy = self._train_engine(
+            policy_model, args.learning_rate, total_optimizer_steps * args.max_step_adjustment
+        )
+        self.critic: DeepSpeedEngine | None = None
+        if args.critic_type == "ppo":
+            # A value head on the policy's architecture; no dropout, so old and new values agree.
+            critic_path = args.critic_pretrain or args.pretrain
+            critic_config = AutoConfig.from_pretrained(critic_path, num_labels=1)
+            critic_config.classifier_dropout = 0.0  # (transformers 5 ignores it as a from_pretrained kwarg)
+            critic_model, loading = AutoModelForTokenClassification.from_pretrained(
+                critic_path, config=critic_config, output_loading_info=True, **model_kwargs
+            )
+            zero_new_value_head(critic_model, loading["missing_keys"])
+            self.critic = self._train_engine(
+                critic_model, args.critic_learning_rate, total_optimizer_steps * args.critic_max_step_adjustment
+            )
+        self.reference: Model | None = None
+        if args.needs_reference:
+            reference_model = AutoModelForCausalLM.from_pretrained(args.ref_pretrain or args.pretrain, **model_kwargs)
+            self.reference = self._reference_engine(reference_model.eval().requires_grad_(False))
+
+        # seq-mean-token-sum-norm divides by the generation budget, the same for every micro-batch.
+        self.max_len = args.generate_max_length
+        clip = {"clip_low": args.clip_low, "clip_high": args.clip_high, "agg_mode": args.agg_mode}
+        if args.critic_type == "cpgd":
+            self.policy_loss = partial(
+                cpgd_policy_loss,
+                drift_coef=args.policy_drift_coeff,
+                drift_clip=args.drift_clip,
+                max_len=self.max_len,
+                **clip,
+            )
+        else:
+            self.policy_loss = partial(ppo_policy_loss, dual_clip=args.dual_clip, max_len=self.max_len, **clip)
+
+    # ------------------------------------------------------------------ engines
+
+    def _train_engine(self, model: PreTrainedModel, learning_rate: float, schedule_steps: float) -> DeepSpeedEngine:
+        args = self.args
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        total_steps = max(1, math.ceil(schedule_steps))
+        # cosine_with_min_lr decays to 10% of the peak LR, as in oat.
+        extra = {"min_lr_rate": 0.1} if args.lr_scheduler == "cosine_with_min_lr" else None
+
+        def scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+            return get_scheduler(
+                args.lr_scheduler,
+                optimizer,
+                num_warmup_steps=math.ceil(args.lr_warmup_ratio * total_steps),
+                num_training_steps=total_steps,
+                scheduler_specific_kwargs=extra,
+            )
+
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=param_groups(model, args.l2),
+            config=train_config(args, self.world_size, learning_rate),
+            lr_scheduler=scheduler,
+        )
+        return engine
+
+    def _reference_engine(self, model: PreTrainedModel) -> Model:
+        """Partitioned like the policy under ZeRO-3; otherwise a plain module (off the device with --ref_offload)."""
+        if self.args.zero_stage == 3:
+            engine, *_ = deepspeed.initialize(model=model, config=reference_config(self.args))
+            return engine
+        return model.to("cpu" if self.args.ref_offload else self.device)
+
+    @contextmanager
+    def _reference_on_device(self) -> Iterator[None]:
+        """With --ref_offload, bring a plain reference module to the device for a pass (ZeRO-3 pages its own)."""
+        move = self.args.ref_offload and not isinstance(self.reference, DeepSpeedEngine)
+        if move:
+            self.reference.to(self.device)
+        try:
+            yield
+        finally:
+            if move:
+                self.reference.to("cpu")
+
+    # ------------------------------------------------------------------ forward passes
+
+    def _logits(self, model: Model, batch: Batch) -> Tensor:
+        """Logits of the sampling distribution: divided by --temperature, as the actor samples."""
+        return label_outputs(model, batch).float() / self.args.temperature
+
+    def _logprobs(self, model: Model, batch: Batch) -> Tensor:
+        return logprobs_from_logits(self._logits(model, batch), batch.labels)
+
+    def _values(self, batch: Batch) -> Tensor:
+        return label_outputs(self.critic, batch)[..., 0].float()
+
+    @torch.no_grad()
+    def _per_token(self, batch: Batch, compute: Callable[[Batch], Tensor]) -> Tensor:
+        """`compute` over micro-batches of --mini_train_batch_size_per_device, gathered into [N, T - 1]."""
+        out = torch.zeros(batch.response_mask.shape, device=self.device)
+        for indices in torch.arange(len(batch), device=self.device).split(self.args.mini_train_batch_size_per_device):
+            micro_batch = batch.select(indices)
+            out[indices, : micro_batch.response_mask.shape[1]] = compute(micro_batch)
+        return out
+
+    def response_logprobs(self, trajectories: list[Trajectory]) -> list[Tensor]:
+        """Collective: each response's token log-probs under the current policy (CPU tensors)."""
+        batch = collate(trajectories, self.tokenizer.pad_token_id, self.device)
+        self.policy.eval()
+        logp = self._per_token(batch, partial(self._logprobs, self.policy)).cpu()
+        return [row[mask.bool()] for row, mask in zip(logp, batch.response_mask.cpu(), strict=True)]
+
+    # ------------------------------------------------------------------ learning
+
+    def learn(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """Collective: train on this rank's shard of a rollout; returns metrics, identical on every rank.
+
+        Rollout metrics are means over ranks; loss, gradient and LR metrics means over the
+        optimizer steps of the call, each the value of its global mini-batch.
+        """
+        start = time.time()
+        args = self.args
+        per_rank_step = args.train_batch_size // self.world_size
+        if len(trajectories) % per_rank_step or len(trajectories) % args.num_samples:
+            raise ValueError(
+                f"a rank got {len(trajectories)} responses: expected whole groups of --num_samples "
+                f"({args.num_samples}) and whole mini-batches of --train_batch_size / ranks ({per_rank_step})."
+            )
+        batch = collate(trajectories, self.tokenizer.pad_token_id, self.device)
+
+        # Everything the loss compares against is computed before the first update.
+        self._train_mode(False)
+        batch.token_data["old_logp"] = self._per_token(batch, partial(self._logprobs, self.policy))
+        if self.reference is not None:
+            with self._reference_on_device():
+                batch.token_data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference))
+        if self.critic is not None:
+            batch.token_data["old_values"] = self._per_token(batch, self._values)
+        rewards = torch.tensor([t.reward for t in trajectories], device=self.device)
+        batch.token_data.update(self._advantages(batch, rewards * args.reward_scale))
+        metrics = self._rollout_metrics(batch, rewards)
+
+        self._train_mode(True)
+        steps = []
+        shuffle = args.critic_type == "ppo"  # as oat: group methods keep the actor's order
+        for _ in range(args.num_ppo_epochs):
+            order = (
+                torch.randperm(len(batch), generator=self.shuffle_generator) if shuffle else torch.arange(len(batch))
+            )
+            for indices in order.to(self.device).split(per_rank_step):
+                steps.append(self._train_step(batch, indices))
+        for name in steps[0]:
+            metrics[f"train/{name}"] = sum(step[name] for step in steps) / len(steps)
+        metrics["misc/learn_time"] = time.time() - start
+        return self._mean_over_ranks(metrics)
+
+    def _train_mode(self, mode: bool) -> None:
+        for engine in (self.policy, self.critic):
+            if engine is not None:
+                engine.train(mode)
+
+    def _advantages(self, batch: Batch, rewards: Tensor) -> dict[str, Tensor]:
+        """Per-token advantages (and PPO's returns) for this rank's responses."""
+        args, mask = self.args, batch.response_mask
+        if args.critic_type == "ppo":
+            # The reward sits on the last response token; KL shaping on every one.
+            last_token = mask.cumsum(-1).argmax(-1, keepdim=True)
+            token_rewards = torch.zeros_like(mask).scatter_(-1, last_token, rewards[:, None])
+            if args.kl_penalty_coef > 0:
+                kl = batch.token_data["old_logp"] - batch.token_data["ref_logp"]
+                token_rewards = token_rewards - args.kl_penalty_coef * kl * mask
+            advantages, returns = gae_advantages(
+                token_rewards, batch.token_data["old_values"], mask, gamma=args.gamma, lam=args.lam
+            )
+            if args.whiten_adv:  # over this rank's responses
+                advantages = masked_whiten(advantages, mask)
+            return {"advantages": advantages, "returns": returns}
+        # clip_filter weighs by counts of groups in the whole batch: compute on all ranks' rewards.
+        mode = advantage_estimator_name(args.critic_type, getattr(args, "cpgd_weight", "std"))
+        all_advantages = group_advantages(
+            all_gather_cat(rewards),
+            args.num_samples,
+            mode=mode,
+            clip_filter_max_weight=getattr(args, "clip_filter_max_weight", 3.0),  # a CPGDArgs flag
+        )
+        advantages = all_advantages.view(self.world_size, -1)[self.rank]
+        return {"advantages": advantages[:, None] * mask}
+
+    def _train_step(self, batch: Batch, indices: Tensor) -> dict[str, float]:
+        """One optimizer step on this rank's part of a mini-batch, in micro-batches.
+
+        Exact accumulation: each micro-batch's loss is weighted by its share of the units
+        (tokens or sequences, per --loss_agg_mode) of the global mini-batch, so the weighted
+        sum over all ranks' micro-batches is the mini-batch loss. DeepSpeed averages gradients
+        over ranks and engine.backward divides by the accumulation steps; the weights undo both.
+        """
+        args = self.args
+        micro_batches = [batch.select(part) for part in indices.split(args.train_batch_size_per_device)]
+        # [micro-batches, 2]: loss units, valid tokens
+        counts = torch.stack(
+            [
+                torch.stack([aggregation_units(mb.response_mask, args.agg_mode).float(), mb.response_mask.sum()])
+                for mb in micro_batches
+            ]
+        )
+        global_counts = all_reduce_sum(counts.sum(0)).clamp(min=1)
+        # Shares of the global mini-batch, x world_size: the mean over ranks of the sums is then the whole.
+        loss_weights, token_weights = (counts * self.world_size / global_counts).T.tolist()
+        accumulation_steps = self.policy.gradient_accumulation_steps()
+        lr = self.policy.get_lr()[0]
+
+        stats: dict[str, float] = defaultdict(float)
+        for micro_batch, loss_weight, token_weight in zip(micro_batches, loss_weights, token_weights, strict=True):
+            loss, micro_stats = self._policy_loss(micro_batch)
+            self.policy.backward(loss * loss_weight * accumulation_steps)
+            self.policy.step()  # updates only at the accumulation boundary
+            if self.critic is not None:
+                loss, critic_stats = self._critic_loss(micro_batch)
+                self.critic.backward(loss * loss_weight * accumulation_steps)
+                self.critic.step()
+                micro_stats.update(critic_stats)
+            # The losses are aggregated per --loss_agg_mode; the other stats are means over valid tokens.
+            for name, value in micro_stats.items():
+                stats[name] += float(value) * (loss_weight if name in LOSS_STATS else token_weight)
+        stats["grad_norm"] = float(self.policy.get_global_grad_norm())
+        stats["lr"] = lr
+        return stats
+
+    def _policy_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        args, mask = self.args, batch.response_mask
+        logits = self._logits(self.policy, batch)
+        logp = logprobs_from_logits(logits, batch.labels)
+        loss, stats = self.policy_loss(logp, batch.token_data["old_logp"], batch.token_data["advantages"], mask)
+        if args.beta > 0:
+            kl = kl_penalty(logp, batch.token_data["ref_logp"])
+            loss = loss + args.beta * aggregate(kl, mask, args.agg_mode, max_len=self.max_len)
+        with torch.no_grad():
+            stats["entropy"] = masked_mean(entropy_from_logits(logits), mask)
+        return loss, stats
+
+    def _critic_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        args = self.args
+        loss, stats = value_loss(
+            self._values(batch),
+            batch.token_data["old_values"],
+            batch.token_data["returns"],
+            batch.response_mask,
+            clip=args.cliprange_value,
+            agg_mode=args.agg_mode,
+            max_len=self.max_len,
+        )
+        return loss * args.vf_coef, stats
+
+    # ------------------------------------------------------------------ metrics
+
+    def _rollout_metrics(self, batch: Batch, rewards: Tensor) -> dict[str, float]:
+        """This rank's rollout statistics (raw oracle rewards; advantages over response tokens)."""
+        mask, data = batch.response_mask, batch.token_data
+        advantages = data["advantages"]
+        adv_mean = masked_mean(advantages, mask)
+        groups = rewards.view(-1, self.args.num_samples)
+        metrics = {
+            "train/reward_mean": rewards.mean(),
+            "train/all_correct_groups": (groups >= 1).all(-1).float().mean(),  # 1: the oracles' correct score
+            "train/all_wrong_groups": (groups <= 0).all(-1).float().mean(),
+            "train/response_len": mask.sum(-1).mean(),
+            "train/adv_mean": adv_mean,
+            "train/adv_std": masked_mean((advantages - adv_mean) ** 2, mask).sqrt(),
+            "train/logprob_gap_actor_learner": masked_mean((data["actor_logp"] - data["old_logp"]).abs(), mask),
+        }
+        if self.reference is not None:
+            metrics["train/ref_kl"] = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"]), mask)
+        if self.critic is not None:
+            metrics["train/explained_variance"] = explained_variance(data["old_values"], data["returns"], mask)
+        return {name: float(value) for name, value in metrics.items()}
+
+    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        names = sorted(metrics)
+        values = all_reduce_sum(
+            torch.tensor([metrics[name] for name in names], device=self.device, dtype=torch.float64)
+        )
+        return {name: value / self.world_size for name, value in zip(names, values.tolist(), strict=True)}
+
+    # ------------------------------------------------------------------ weights
+
+    def state_for_sync(self) -> dict[str, Tensor] | None:
+        """Collective: the policy's weights by Hugging Face name, as contiguous CPU tensors in the
+        training dtype, on rank 0 (None elsewhere). Tied weights appear once, as in the checkpoint.
+
+        ZeRO-3 gathers all parameters at once: fast, and fine while a full copy fits on the device.
+        """
+        named = dict(self.policy.module.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(named.values()), enabled=self.args.zero_stage == 3):
+            if self.rank != 0:
+                return None
+            # copy=True: on CPU, .to("cpu") would alias the live parameter.
+            return {name: param.detach().to("cpu", copy=True).contiguous() for name, param in named.items()}
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Collective: rank 0 writes config, safetensors weights and tokenizer (Hugging Face format)."""
+        state = self.state_for_sync()
+        if self.rank == 0:
+            self.policy.module.save_pretrained(path, state_dict=state)
+            self.tokenizer.save_pretrained(path)
+        dist.barrier()

@@ -1,0 +1,191 @@
+"""The DeepSpeed learner on 2 CPU ranks (gloo) with the tiny model, no mocks.
+
+One torchrun runs every scenario of tests/learner_worker.py (each DeepSpeed start costs
+seconds); the tests check what it wrote.
+"""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from learner_worker import NUM_SAMPLES, SCENARIOS  # tests/ is on sys.path (pytest's prepend import mode)
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from oat_cpgd.algorithms import group_advantages
+
+pytestmark = pytest.mark.slow
+
+WORKER = Path(__file__).with_name("learner_worker.py")
+REPO = Path(__file__).resolve().parents[1]
+WORLD_SIZE = 2
+
+METRICS = {
+    "train/pg_loss",
+    "train/policy_drift",
+    "train/clip_frac",
+    "train/entropy",
+    "train/grad_norm",
+    "train/adv_mean",
+    "train/adv_std",
+    "train/reward_mean",
+    "train/all_correct_groups",
+    "train/all_wrong_groups",
+    "train/response_len",
+    "train/logprob_gap_actor_learner",
+    "train/lr",
+    "misc/learn_time",
+}
+PPO_METRICS = {"train/value_loss", "train/value_clip_frac", "train/explained_variance"}
+LAST_SCENARIO = list(SCENARIOS)[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def results(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("learner")
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD_SIZE}"]
+    worker = [str(WORKER), f"--model={tiny_model_path}", f"--out={out}", f"--dump-state={out / 'dump.safetensors'}"]
+    command = [*launcher, f"--master_port={free_port()}", *worker]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=550)
+    assert run.returncode == 0, f"learner worker failed:\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}"
+    return out
+
+
+def result(results: Path, name: str) -> dict:
+    return json.loads((results / f"{name}.json").read_text())
+
+
+def state(results: Path, name: str) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(results / f"{name}.safetensors")
+
+
+@pytest.mark.parametrize("name", ["ppo", "grpo", "drgrpo", "cpgd"])
+def test_learn_moves_logprobs_with_the_advantage(results: Path, name: str) -> None:
+    """One on-policy step: responses with a positive advantage gain log-prob, the others lose it."""
+    run = result(results, name)
+    for reward, before, after in zip(run["rewards"], run["logp_before"], run["logp_after"], strict=True):
+        if reward > 0:
+            assert after > before + 1, (reward, before, after)
+        else:
+            assert after < before - 1, (reward, before, after)
+    metrics = run["metrics"]
+    # The learner's recomputed log-probs equal plain torch's (padding, masks, temperature), and
+    # the first mini-batch is on-policy: nothing clipped, no drift.
+    assert metrics["train/logprob_gap_actor_learner"] < 1e-5
+    assert metrics["train/clip_frac"] == 0
+    assert abs(metrics["train/policy_drift"]) < 1e-6
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_metrics_are_complete_finite_and_the_same_on_every_rank(results: Path, name: str) -> None:
+    run = result(results, name)
+    metrics = run["metrics"]
+    expected = METRICS | (PPO_METRICS if SCENARIOS[name].flags["critic_type"] == "ppo" else set())
+    assert expected <= set(metrics), expected - set(metrics)
+    assert all(math.isfinite(value) for value in metrics.values()), metrics
+    rewards = torch.tensor(run["rewards"])
+    groups = rewards.view(-1, NUM_SAMPLES)
+    assert metrics["train/reward_mean"] == pytest.approx(rewards.mean().item())
+    assert metrics["train/all_correct_groups"] == pytest.approx((groups >= 1).all(-1).float().mean().item())
+    assert metrics["train/all_wrong_groups"] == pytest.approx((groups <= 0).all(-1).float().mean().item())
+    assert metrics["train/response_len"] == pytest.approx(sum(run["response_lengths"]) / len(rewards))
+    assert metrics["train/grad_norm"] > 0 and metrics["train/entropy"] > 0
+
+
+@pytest.mark.parametrize("name", ["grpo", "grpo_micro1"])
+def test_gradient_equals_plain_torch_on_the_whole_batch(results: Path, name: str) -> None:
+    """Exact accumulation over ranks and micro-batches: the loss weights undo DeepSpeed's rank
+    average and accumulation division, so the gradient is that of the whole mini-batch loss."""
+    run = result(results, name)
+    assert run["metrics"]["train/grad_norm"] == pytest.approx(run["reference_grad_norm"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "other"),
+    [("grpo", "grpo_micro1"), ("ppo_two_steps", "ppo_two_steps_micro1"), ("grpo", "grpo_zero3")],
+    ids=["grpo-micro-batch-4-vs-1", "ppo-two-steps-micro-batch-4-vs-1", "grpo-zero2-vs-zero3"],
+)
+def test_same_learn_gives_the_same_weights(results: Path, tiny_model_path: Path, name: str, other: str) -> None:
+    """Micro-batching and the ZeRO stage change only float rounding.
+
+    Adam's first step is g / (|g| + eps) per element: the few elements whose gradient is
+    near eps (|g| ~ 1e-7, the median is ~1e-3) turn rounding into up to ~0.1 lr, so the
+    updates are compared as a whole, along with the resulting log-probs and metrics.
+    """
+    initial = safetensors.torch.load_file(tiny_model_path / "model.safetensors")
+    weights, other_weights = state(results, name), state(results, other)
+    assert weights.keys() == other_weights.keys() == initial.keys()
+    update_gap = sum((weights[k] - other_weights[k]).pow(2).sum() for k in weights).sqrt()
+    update = sum((weights[k] - initial[k]).pow(2).sum() for k in weights).sqrt()
+    assert update > 0.1
+    assert update_gap / update < 1e-3
+    run, other_run = result(results, name), result(results, other)
+    assert other_run["logp_after"] == pytest.approx(run["logp_after"], rel=1e-4)
+    for metric, value in run["metrics"].items():
+        if metric != "misc/learn_time":
+            assert other_run["metrics"][metric] == pytest.approx(value, rel=1e-4, abs=1e-5), metric
+
+
+def test_clip_filter_weight_counts_groups_of_the_whole_batch(results: Path) -> None:
+    """Rank 0 holds an all-correct and an all-wrong group, rank 1 two groups with signal: the
+    weight min(3, G / G_nonzero) is 4 / 2 = 2 over the whole batch (1 on rank 1 alone)."""
+    run = result(results, "cpgd_zero3_bf16")
+    advantages = group_advantages(
+        torch.tensor(run["rewards"]), NUM_SAMPLES, mode="cpgd_clip_filter", clip_filter_max_weight=3.0
+    )
+    lengths = torch.tensor(run["response_lengths"], dtype=torch.float)
+    # Token-weighted over each rank's response tokens, then averaged over the ranks.
+    means, stds = [], []
+    for rank_advantages, rank_lengths in zip(advantages.chunk(WORLD_SIZE), lengths.chunk(WORLD_SIZE), strict=True):
+        mean = (rank_advantages * rank_lengths).sum() / rank_lengths.sum()
+        means.append(mean)
+        stds.append((((rank_advantages - mean) ** 2 * rank_lengths).sum() / rank_lengths.sum()).sqrt())
+    assert run["metrics"]["train/adv_mean"] == pytest.approx(float(sum(means) / WORLD_SIZE), rel=1e-5)
+    assert run["metrics"]["train/adv_std"] == pytest.approx(float(sum(stds) / WORLD_SIZE), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cpgd_zero3_bf16", "ppo_zero2_bf16"])
+def test_bf16_features_run(results: Path, name: str) -> None:
+    """bf16, offloads, gradient checkpointing, reference model, schedules with warm-up, two epochs."""
+    run = result(results, name)
+    metrics = run["metrics"]
+    assert all(tensor.dtype == torch.bfloat16 for tensor in state(results, name).values())
+    assert metrics["train/ref_kl"] == pytest.approx(0, abs=1e-6)  # the reference is the initial policy
+    assert 0 < metrics["train/lr"] < 1e-3  # the mean over steps of a schedule that starts at 0
+    assert metrics["train/policy_drift"] > 0  # later mini-batches are off-policy
+    if name == "ppo_zero2_bf16":  # --whiten_adv, per rank
+        assert metrics["train/adv_mean"] == pytest.approx(0, abs=1e-5)
+        assert metrics["train/adv_std"] == pytest.approx(1, abs=1e-3)
+
+
+def test_save_pretrained_loads_with_the_synced_weights(results: Path) -> None:
+    saved = results / "grpo_zero3_saved"
+    synced = state(results, "grpo_zero3")
+    assert safetensors.torch.load_file(saved / "model.safetensors").keys() == synced.keys()
+    model = AutoModelForCausalLM.from_pretrained(saved)
+    loaded = model.state_dict()
+    for name, tensor in synced.items():
+        assert torch.equal(loaded[name], tensor), name
+    assert torch.equal(model.lm_head.weight, synced["model.embed_tokens.weight"])  # tied, saved once
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_dump_state_writes_the_last_synced_state(results: Path) -> None:
+    dumped = safetensors.torch.load_file(results / "dump.safetensors")
+    last = state(results, LAST_SCENARIO)
+    assert dumped.keys() == last.keys()
+    assert all(torch.equal(dumped[name], last[name]) for name in last)
