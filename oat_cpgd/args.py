@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional, TypeVar
+from typing import Literal, TypeVar
 
 import tyro
 
@@ -47,7 +47,7 @@ class Args:
     """Actors and learners share the same devices; on CUDA the vLLM engine sleeps while the learner trains."""
     asynchronous: bool = False
     """Overlap the next rollout with learning (one step off-policy). Not with --collocate."""
-    ray_address: Optional[str] = None
+    ray_address: str | None = None
     """Attach to an existing Ray cluster (e.g. `auto` or `127.0.0.1:6379`); default: start a local one."""
     vllm_gpu_ratio: float = 0.25
     """Share of GPU memory vLLM pre-allocates (CUDA)."""
@@ -55,7 +55,7 @@ class Args:
     """KV-cache size in GiB for vLLM's CPU backend (CPU only)."""
     vllm_tensor_parallel_size: int = 1
     """Tensor-parallel size of each vLLM engine (CUDA)."""
-    max_model_len: Optional[int] = None
+    max_model_len: int | None = None
     """vLLM max model length; default: prompt_max_length + max(generate_max_length, eval_generate_max_length)."""
     enable_prefix_caching: bool = False
     """vLLM prefix caching (useful with many samples per prompt on CUDA)."""
@@ -63,9 +63,9 @@ class Args:
     # --- Model ---
     pretrain: str = "Qwen/Qwen2.5-Math-1.5B"
     """Policy model: a Hugging Face name or local folder."""
-    ref_pretrain: Optional[str] = None
+    ref_pretrain: str | None = None
     """Reference model for the KL terms; defaults to --pretrain."""
-    critic_pretrain: Optional[str] = None
+    critic_pretrain: str | None = None
     """Initial critic model (PPO); defaults to --pretrain."""
     tokenizer: str = ""
     """Tokenizer; defaults to --pretrain."""
@@ -116,7 +116,7 @@ class Args:
     """Seconds allowed per check; a check that runs over scores as incorrect."""
     oracle_workers: int = 2
     """Worker processes per oracle."""
-    format_reward: Optional[float] = None
+    format_reward: float | None = None
     """Reward for a well-formed but wrong answer; default: the oracle's own."""
 
     # --- Evaluation ---
@@ -191,10 +191,10 @@ class Args:
     """Full prompt/response/reward examples written to samples.jsonl per step."""
     use_wb: bool = False
     """Log to Weights & Biases (WANDB_MODE=offline works without network)."""
-    wb_org: Optional[str] = None
-    wb_group: Optional[str] = None
+    wb_org: str | None = None
+    wb_group: str | None = None
     wb_project: str = "oat_cpgd"
-    wb_run_name: Optional[str] = None
+    wb_run_name: str | None = None
     """Run name (also the run folder under --save_path); default: generated."""
     dry_run: bool = False
     """Print the resolved configuration and exit without starting anything."""
@@ -246,34 +246,62 @@ class Args:
             if not cond:
                 raise ConfigError(message)
 
-        need(not (self.collocate and self.asynchronous), "--collocate and --asynchronous cannot be combined: "
-             "asynchronous training overlaps generation and learning, which collocated roles cannot.")
+        need(
+            not (self.collocate and self.asynchronous),
+            "--collocate and --asynchronous cannot be combined: "
+            "asynchronous training overlaps generation and learning, which collocated roles cannot.",
+        )
         need(self.gpus >= 1, f"--gpus must be >= 1, got {self.gpus}.")
         if self.on_cuda:
-            need(self.gpus <= cuda_device_count(), f"--gpus {self.gpus} but only {cuda_device_count()} GPUs are visible.")
-            need(self.learner_ranks >= 1, f"--gpus {self.gpus} leaves no GPU for the learners after "
-                 f"{self.actor_count} actors (--num_actors); use --collocate or more --gpus.")
+            need(
+                self.gpus <= cuda_device_count(), f"--gpus {self.gpus} but only {cuda_device_count()} GPUs are visible."
+            )
+            need(
+                self.learner_ranks >= 1,
+                f"--gpus {self.gpus} leaves no GPU for the learners after "
+                f"{self.actor_count} actors (--num_actors); use --collocate or more --gpus.",
+            )
         per_step = self.train_batch_size_per_device * self.learner_ranks
-        need(self.train_batch_size % per_step == 0,
-             f"--train_batch_size ({self.train_batch_size}) must be divisible by --train_batch_size_per_device "
-             f"({self.train_batch_size_per_device}) x learner ranks ({self.learner_ranks}, from --gpus).")
+        need(
+            self.train_batch_size % per_step == 0,
+            f"--train_batch_size ({self.train_batch_size}) must be divisible by --train_batch_size_per_device "
+            f"({self.train_batch_size_per_device}) x learner ranks ({self.learner_ranks}, from --gpus).",
+        )
         responses = self.rollout_batch_size * self.num_samples
-        need(responses % self.train_batch_size == 0,
-             f"--rollout_batch_size ({self.rollout_batch_size}) x --num_samples ({self.num_samples}) = {responses} "
-             f"responses per step must be divisible by --train_batch_size ({self.train_batch_size}).")
-        need(self.rollout_batch_size % self.learner_ranks == 0,
-             f"--rollout_batch_size ({self.rollout_batch_size}) must be divisible by the learner ranks "
-             f"({self.learner_ranks}, from --gpus) so each rank gets whole groups of --num_samples responses.")
-        need(self.pi_buffer_maxlen_per_device < 0 or self.pi_buffer_maxlen_per_device >= responses // self.learner_ranks,
-             f"--pi_buffer_maxlen_per_device ({self.pi_buffer_maxlen_per_device}) is smaller than the "
-             f"{responses // self.learner_ranks} responses each learner rank receives per step "
-             f"(--rollout_batch_size x --num_samples / learner ranks).")
-        for name in ("num_samples", "rollout_batch_size", "rollout_batch_size_per_device", "train_batch_size",
-                     "train_batch_size_per_device", "sync_params_every", "num_prompt_epoch", "eval_n",
-                     "generate_max_length", "prompt_max_length"):
+        need(
+            responses % self.train_batch_size == 0,
+            f"--rollout_batch_size ({self.rollout_batch_size}) x --num_samples ({self.num_samples}) = {responses} "
+            f"responses per step must be divisible by --train_batch_size ({self.train_batch_size}).",
+        )
+        need(
+            self.rollout_batch_size % self.learner_ranks == 0,
+            f"--rollout_batch_size ({self.rollout_batch_size}) must be divisible by the learner ranks "
+            f"({self.learner_ranks}, from --gpus) so each rank gets whole groups of --num_samples responses.",
+        )
+        need(
+            self.pi_buffer_maxlen_per_device < 0 or self.pi_buffer_maxlen_per_device >= responses // self.learner_ranks,
+            f"--pi_buffer_maxlen_per_device ({self.pi_buffer_maxlen_per_device}) is smaller than the "
+            f"{responses // self.learner_ranks} responses each learner rank receives per step "
+            f"(--rollout_batch_size x --num_samples / learner ranks).",
+        )
+        for name in (
+            "num_samples",
+            "rollout_batch_size",
+            "rollout_batch_size_per_device",
+            "train_batch_size",
+            "train_batch_size_per_device",
+            "sync_params_every",
+            "num_prompt_epoch",
+            "eval_n",
+            "generate_max_length",
+            "prompt_max_length",
+        ):
             need(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}.")
         need(0 < self.top_p <= 1 and 0 < self.eval_top_p <= 1, "--top_p and --eval_top_p must be in (0, 1].")
-        need(self.temperature > 0, "--temperature must be > 0 for training rollouts (use --eval_temperature 0 for greedy eval).")
+        need(
+            self.temperature > 0,
+            "--temperature must be > 0 for training rollouts (use --eval_temperature 0 for greedy eval).",
+        )
         need(self.param_offload is False or self.zero_stage == 3, "--param_offload needs --zero-stage 3.")
 
     def to_dict(self) -> dict:
@@ -294,14 +322,14 @@ class PPOArgs(Args):
     """Passes over each rollout's responses."""
     mini_train_batch_size_per_device: int = 1
     """Micro-batch for forward passes without gradient (old and reference log-probs, values)."""
-    loss_agg_mode: Optional[AggMode] = None
+    loss_agg_mode: AggMode | None = None
     """How token losses are averaged; default: token-mean (ppo), seq-mean-token-mean (grpo, cpgd),
     seq-mean-token-sum-norm (drgrpo)."""
     clip_low: float = 0.2
     """Lower clip range epsilon_low of the ratio (log-ratio for CPGD)."""
     clip_high: float = 0.2
     """Upper clip range epsilon_high."""
-    dual_clip: Optional[float] = None
+    dual_clip: float | None = None
     """Dual-clip constant for negative advantages (PPO-clip losses), e.g. 3.0."""
     kl_penalty_coef: float = 0.0
     """Reference-KL reward shaping per token; > 0 loads a reference model."""
@@ -325,12 +353,16 @@ class PPOArgs(Args):
         if self.critic_type == "cpgd" and not isinstance(self, CPGDArgs):
             raise ConfigError("--critic_type cpgd needs the CPGD flags: run `python -m oat_cpgd.experiment.run_cpgd`.")
         if self.critic_type != "ppo" and self.num_samples < 2:
-            raise ConfigError(f"--critic_type {self.critic_type} compares responses within a group: "
-                              f"--num_samples must be >= 2, got {self.num_samples}.")
+            raise ConfigError(
+                f"--critic_type {self.critic_type} compares responses within a group: "
+                f"--num_samples must be >= 2, got {self.num_samples}."
+            )
         if self.mini_train_batch_size_per_device < 1:
             raise ConfigError("--mini_train_batch_size_per_device must be >= 1.")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
-            raise ConfigError(f"--clip_low must be in [0, 1) and --clip_high >= 0, got {self.clip_low}, {self.clip_high}.")
+            raise ConfigError(
+                f"--clip_low must be in [0, 1) and --clip_high >= 0, got {self.clip_low}, {self.clip_high}."
+            )
 
     @property
     def agg_mode(self) -> str:
@@ -361,7 +393,7 @@ class CPGDArgs(PPOArgs):
 ArgsT = TypeVar("ArgsT", bound=Args)
 
 
-def parse_args(args_cls: type[ArgsT], default: Optional[ArgsT] = None, argv: Optional[list[str]] = None) -> ArgsT:
+def parse_args(args_cls: type[ArgsT], default: ArgsT | None = None, argv: list[str] | None = None) -> ArgsT:
     """Parse flags into `args_cls`, resolve derived values, and honour --dry_run.
 
     A ConfigError is reported as a one-line usage error (exit 2), naming the flags.

@@ -13,7 +13,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import datasets
 
@@ -120,7 +120,9 @@ def render_template(template: str, row: dict, input_key: str) -> str:
         return fmt.format(**fields)
     except KeyError as err:
         missing = err.args[0]
-        what = f"--input_key {input_key!r}" if missing == "input" else f"column {missing!r} (used by the prompt template)"
+        what = (
+            f"--input_key {input_key!r}" if missing == "input" else f"column {missing!r} (used by the prompt template)"
+        )
         raise DataError(f"{what} not found; columns: {sorted(row)}") from None
 
 
@@ -138,7 +140,7 @@ def build_prompts(
     prompt_template: str = "none",
     apply_chat_template: bool = False,
     prompt_max_length: int = 1024,
-    max_items: Optional[int] = None,
+    max_items: int | None = None,
 ) -> PromptSet:
     """Render every row, drop (and count) prompts over `prompt_max_length` tokens, keep `max_items`."""
     columns = list(dataset.column_names)
@@ -146,14 +148,18 @@ def build_prompts(
     output_keys = [k.strip() for k in output_key.split(",")]
     for key in sorted(needed) + output_keys:
         if key not in columns:
-            flag = "--output_key" if key in output_keys else ("--input_key" if key == input_key else "--prompt_template")
+            flag = (
+                "--output_key" if key in output_keys else ("--input_key" if key == input_key else "--prompt_template")
+            )
             raise DataError(f"{flag} names column {key!r}, which the data does not have; columns: {columns}")
 
     prompts = PromptSet()
     for index, row in enumerate(dataset):
         text = render_template(prompt_template, row, input_key)
         if apply_chat_template:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the template already has them
         else:
             ids = tokenizer(text)["input_ids"]
@@ -167,7 +173,9 @@ def build_prompts(
         if max_items is not None and len(prompts) >= max_items:
             break
     if prompts.num_dropped:
-        logger.warning("dropped %d prompts longer than --prompt_max_length %d tokens", prompts.num_dropped, prompt_max_length)
+        logger.warning(
+            "dropped %d prompts longer than --prompt_max_length %d tokens", prompts.num_dropped, prompt_max_length
+        )
     if not prompts.prompts:
         raise DataError(
             f"no prompts left: all {prompts.num_dropped} rows exceed --prompt_max_length {prompt_max_length}"

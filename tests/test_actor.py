@@ -13,9 +13,19 @@ MAX_NEW = 12
 
 @pytest.fixture(scope="module")
 def actor(tiny_model_path):
-    args = PPOArgs(pretrain=str(tiny_model_path), oracle="gsm8k", critic_type="grpo", num_samples=3,
-                   generate_max_length=MAX_NEW, prompt_max_length=128, eval_generate_max_length=MAX_NEW,
-                   rollout_batch_size=2, train_batch_size=2, non_stop_penalty=-0.5, oracle_workers=1)
+    args = PPOArgs(
+        pretrain=str(tiny_model_path),
+        oracle="gsm8k",
+        critic_type="grpo",
+        num_samples=3,
+        generate_max_length=MAX_NEW,
+        prompt_max_length=128,
+        eval_generate_max_length=MAX_NEW,
+        rollout_batch_size=2,
+        train_batch_size=2,
+        non_stop_penalty=-0.5,
+        oracle_workers=1,
+    )
     args.resolve()
     actor = Actor(args)
     yield actor
@@ -38,7 +48,7 @@ def hf_greedy(model, prompt_ids, max_new=MAX_NEW):
     outputs = []
     for ids in prompt_ids:
         out = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, min_new_tokens=max_new)
-        outputs.append(out[0, len(ids):].tolist())
+        outputs.append(out[0, len(ids) :].tolist())
     return outputs
 
 
@@ -46,7 +56,7 @@ def test_greedy_matches_transformers(actor, prompt_ids, tiny_model_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
     vllm_out = greedy(actor, prompt_ids)
     hf_out = hf_greedy(model, prompt_ids)
-    for v, h in zip(vllm_out, hf_out):
+    for v, h in zip(vllm_out, hf_out, strict=False):
         assert v == h[: len(v)]  # vLLM may stop at eos; transformers was forced on
 
 
@@ -56,7 +66,9 @@ def test_samples_logprobs_and_truncation(actor, prompt_ids):
     for sample in (s for g in groups for s in g):
         assert len(sample.logprobs) == len(sample.token_ids) >= 1
         assert all(lp <= 0.0 for lp in sample.logprobs)
-        assert sample.truncated == (len(sample.token_ids) == MAX_NEW and actor.tokenizer.eos_token_id not in sample.token_ids)
+        assert sample.truncated == (
+            len(sample.token_ids) == MAX_NEW and actor.tokenizer.eos_token_id not in sample.token_ids
+        )
     one_token = Actor.sampling_params(n=1, temperature=1.0, top_p=1.0, max_tokens=1)
     flagged = [g[0] for g in actor.generate(prompt_ids, one_token)]
     assert all(s.truncated == (s.token_ids[0] != actor.tokenizer.eos_token_id) for s in flagged)
@@ -88,7 +100,7 @@ def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):
     actor.update_weights(safetensors.torch.save({k: v.contiguous() for k, v in new_state.items()}))
     after = greedy(actor, prompt_ids)
     assert after != before
-    for v, h in zip(after, hf_greedy(model, prompt_ids)):
+    for v, h in zip(after, hf_greedy(model, prompt_ids), strict=False):
         assert v == h[: len(v)]
 
 

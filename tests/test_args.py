@@ -87,12 +87,18 @@ def test_grpo_entry_point_defaults_to_grpo():
     "argv, flags",
     [
         (["--collocate", "--asynchronous"], ["--collocate", "--asynchronous"]),
-        (["--gpus", "2", "--train_batch_size", "6", "--train_batch_size_per_device", "2"],
-         ["--train_batch_size", "--train_batch_size_per_device", "--gpus"]),
-        (["--rollout_batch_size", "3", "--num_samples", "3", "--train_batch_size", "2"],
-         ["--rollout_batch_size", "--num_samples", "--train_batch_size"]),
-        (["--critic_type", "grpo", "--num_samples", "1", "--train_batch_size", "1", "--rollout_batch_size", "1"],
-         ["--num_samples"]),
+        (
+            ["--gpus", "2", "--train_batch_size", "6", "--train_batch_size_per_device", "2"],
+            ["--train_batch_size", "--train_batch_size_per_device", "--gpus"],
+        ),
+        (
+            ["--rollout_batch_size", "3", "--num_samples", "3", "--train_batch_size", "2"],
+            ["--rollout_batch_size", "--num_samples", "--train_batch_size"],
+        ),
+        (
+            ["--critic_type", "grpo", "--num_samples", "1", "--train_batch_size", "1", "--rollout_batch_size", "1"],
+            ["--num_samples"],
+        ),
         (["--param_offload", "--zero-stage", "2"], ["--param_offload"]),
     ],
 )
@@ -114,8 +120,12 @@ def test_cpgd_critic_type_needs_the_cpgd_entry_point(capsys):
 
 
 def test_help_explains_every_flag():
-    done = subprocess.run([sys.executable, "-m", "oat_cpgd.experiment.run_cpgd", "--help"],
-                          capture_output=True, text=True, env={"COLUMNS": "200", **__import__("os").environ})
+    done = subprocess.run(
+        [sys.executable, "-m", "oat_cpgd.experiment.run_cpgd", "--help"],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", **__import__("os").environ},
+    )
     assert done.returncode == 0
     for flag in ("--policy-drift-coeff", "--cpgd-weight", "--collocate", "--prompt-data", "--gpus"):
         assert flag in done.stdout

@@ -17,8 +17,9 @@ def test_gsm8k_folder_splits_by_file_stem(shared_data, tokenizer):
     train = load_split(str(shared_data / "gsm8k"), "train")
     test = load_split(str(shared_data / "gsm8k"), "test")
     assert len(train) == 7473 and len(test) == 1319
-    prompts = build_prompts(test, tokenizer, input_key="question", output_key="final_answer",
-                            prompt_max_length=4096, max_items=50)
+    prompts = build_prompts(
+        test, tokenizer, input_key="question", output_key="final_answer", prompt_max_length=4096, max_items=50
+    )
     assert len(prompts) == 50 and prompts.references[0] == "18"
     assert prompts.prompts[0].startswith("Janet")
     assert prompts.indices == list(range(50))
@@ -46,8 +47,9 @@ def test_saved_to_disk_folder(tmp_path, shared_data):
 
 def test_countdown_template_and_dict_reference(shared_data, tokenizer):
     rows = load_split(str(shared_data / "countdown" / "train_head.jsonl"), "train[:8]")
-    prompts = build_prompts(rows, tokenizer, input_key="nums", output_key="target,nums",
-                            prompt_template="countdown", prompt_max_length=1024)
+    prompts = build_prompts(
+        rows, tokenizer, input_key="nums", output_key="target,nums", prompt_template="countdown", prompt_max_length=1024
+    )
     assert "Using the numbers [44, 19, 35], create an equation that equals 98" in prompts.prompts[0]
     assert prompts.prompts[0].endswith("<think>")
     assert prompts.references[0] == {"target": 98, "nums": [44, 19, 35]}
@@ -55,11 +57,19 @@ def test_countdown_template_and_dict_reference(shared_data, tokenizer):
 
 def test_boxed_template_and_chat_template(shared_data, tokenizer):
     rows = load_split(str(shared_data / "math500"), "test[:3]")
-    boxed = build_prompts(rows, tokenizer, input_key="problem", output_key="answer", prompt_template="boxed",
-                          prompt_max_length=4096)
+    boxed = build_prompts(
+        rows, tokenizer, input_key="problem", output_key="answer", prompt_template="boxed", prompt_max_length=4096
+    )
     assert boxed.prompts[0].endswith("put your final answer within \\boxed{}.")
-    chat = build_prompts(rows, tokenizer, input_key="problem", output_key="answer", prompt_template="boxed",
-                         apply_chat_template=True, prompt_max_length=4096)
+    chat = build_prompts(
+        rows,
+        tokenizer,
+        input_key="problem",
+        output_key="answer",
+        prompt_template="boxed",
+        apply_chat_template=True,
+        prompt_max_length=4096,
+    )
     assert chat.prompts[0].startswith("<|im_start|>user\n") and chat.prompts[0].endswith("<|im_start|>assistant\n")
     assert chat.prompt_ids[0] == tokenizer(chat.prompts[0], add_special_tokens=False)["input_ids"]
 
@@ -72,12 +82,14 @@ def test_long_prompts_are_dropped_and_counted(shared_data, tokenizer):
     assert prompts.num_dropped == sum(n > limit for n in lengths) > 0
     assert len(prompts) + prompts.num_dropped == 100
     assert all(len(ids) <= limit for ids in prompts.prompt_ids)  # dropped, never truncated
-    assert all(rows[i]["problem"] == p for i, p in zip(prompts.indices, prompts.prompts))
+    assert all(rows[i]["problem"] == p for i, p in zip(prompts.indices, prompts.prompts, strict=False))
 
 
 def test_missing_column_lists_the_columns(shared_data, tokenizer):
     rows = load_split(str(shared_data / "gsm8k"), "test[:3]")
-    with pytest.raises(DataError, match=r"--input_key names column 'problem'.*\['question', 'answer', 'final_answer'\]"):
+    with pytest.raises(
+        DataError, match=r"--input_key names column 'problem'.*\['question', 'answer', 'final_answer'\]"
+    ):
         build_prompts(rows, tokenizer, input_key="problem", output_key="answer")
     with pytest.raises(DataError, match="--output_key names column 'gt_answer'"):
         build_prompts(rows, tokenizer, input_key="question", output_key="gt_answer")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from oat_cpgd.args import Args
 from oat_cpgd.oracles import get_oracle
@@ -68,7 +69,10 @@ class Actor:
             oracle_options["format_reward"] = args.format_reward
         self.oracle = get_oracle(args.oracle, **oracle_options)
         self.train_sampling = self.sampling_params(
-            n=args.num_samples, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            n=args.num_samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
             max_tokens=args.generate_max_length,
         )
 
@@ -84,14 +88,15 @@ class Actor:
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling) -> list[list[Sample]]:
         """Sample `sampling.n` responses for each prompt (given as token ids)."""
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": list(ids)} for ids in prompt_ids], sampling, use_tqdm=False
-        )
+        outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], sampling, use_tqdm=False)
         return [
             [
                 Sample(
                     token_ids=list(completion.token_ids),
-                    logprobs=[step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)],
+                    logprobs=[
+                        step[token].logprob
+                        for step, token in zip(completion.logprobs, completion.token_ids, strict=False)
+                    ],
                     text=completion.text,
                     truncated=completion.finish_reason == "length",
                 )
@@ -132,7 +137,7 @@ class Actor:
                 response=s.text,
                 info=info,
             )
-            for (i, s), reward, info in zip(flat, rewards, infos)
+            for (i, s), reward, info in zip(flat, rewards, infos, strict=False)
         ]
         generated = sum(len(s.token_ids) for _, s in flat)
         metrics = {
