@@ -106,6 +106,8 @@ class Args:
     top_k: int = -1
     generate_max_length: int = 1024
     """Max new tokens per response."""
+    stop: tuple[str, ...] = ()
+    """Stop strings besides the eos token (kept in the response), e.g. '</answer>'."""
 
     # --- Oracle ---
     oracle_type: Literal["reward"] = "reward"

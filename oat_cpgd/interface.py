@@ -62,6 +62,18 @@ def ray_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="ray-", dir=base)
 
 
+def start_local_ray() -> str:
+    """Start a private single-machine cluster, all its traffic on loopback; returns its temp dir."""
+    temp_dir = ray_temp_dir()
+    ray.init(
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": worker_env()},
+    )
+    return temp_dir
+
+
 @contextlib.contextmanager
 def ray_session(args: PPOArgs) -> Iterator[None]:
     """Attach to --ray_address, reuse a running session, or start a local cluster and tear it down."""
@@ -72,14 +84,7 @@ def ray_session(args: PPOArgs) -> Iterator[None]:
     if args.ray_address:
         ray.init(address=args.ray_address, runtime_env={"env_vars": worker_env()})
     else:
-        temp_dir = ray_temp_dir()
-        # A private single-machine cluster: keep all of its traffic on loopback.
-        ray.init(
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            _node_ip_address="127.0.0.1",
-            runtime_env={"env_vars": worker_env()},
-        )
+        temp_dir = start_local_ray()
     try:
         yield
     finally:

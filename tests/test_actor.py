@@ -109,3 +109,14 @@ def test_sleep_and_wake_up_are_noops_on_cpu(actor, prompt_ids):
     actor.sleep()
     actor.wake_up()
     assert greedy(actor, prompt_ids) == before
+
+
+def test_stop_strings_end_the_response_and_stay_in_it(actor, prompt_ids):
+    full = actor.generate(prompt_ids[:1], Actor.sampling_params(n=1, temperature=0.0, top_p=1.0, max_tokens=MAX_NEW))
+    text = full[0][0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]  # a piece of what greedy decoding will write
+    assert stop.strip()
+    params = Actor.sampling_params(n=1, temperature=0.0, top_p=1.0, max_tokens=MAX_NEW, stop=[stop])
+    stopped = actor.generate(prompt_ids[:1], params)[0][0]
+    assert stopped.text.endswith(stop) and len(stopped.text) < len(text)
+    assert not stopped.truncated

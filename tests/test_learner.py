@@ -189,3 +189,50 @@ def test_dump_state_writes_the_last_synced_state(results: Path) -> None:
     last = state(results, LAST_SCENARIO)
     assert dumped.keys() == last.keys()
     assert all(torch.equal(dumped[name], last[name]) for name in last)
+
+
+def greedy_logprobs(model: torch.nn.Module, prompt: list[int], answer: list[int]) -> torch.Tensor:
+    """The model's log-probs of `answer`'s tokens after `prompt`."""
+    ids = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        logp = model(ids).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+    return logp.gather(-1, torch.tensor(answer)[:, None])[:, 0]
+
+
+def test_synced_weights_in_the_actor_reproduce_the_learner(results: Path, tiny_model_path: Path) -> None:
+    """state_for_sync() into a real vLLM actor (built on the initial weights) gives the trained model's outputs."""
+    from oat_cpgd.actors import Actor
+    from oat_cpgd.args import PPOArgs
+
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    trained = AutoModelForCausalLM.from_pretrained(results / "grpo_zero3_saved", dtype=torch.float32).eval()
+    args = PPOArgs(
+        pretrain=str(tiny_model_path),
+        oracle="gsm8k",
+        critic_type="grpo",
+        num_samples=2,
+        generate_max_length=16,
+        eval_generate_max_length=16,
+        prompt_max_length=64,
+        rollout_batch_size=2,
+        train_batch_size=2,
+        oracle_workers=1,
+    )
+    args.resolve()
+    actor = Actor(args)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+        prompts = [tokenizer(t)["input_ids"] for t in ("Using the numbers [3, 5, 7]", "Natalia sold 48 clips")]
+        actor.update_weights(safetensors.torch.save(state(results, "grpo_zero3")))
+        samples = [
+            g[0] for g in actor.generate(prompts, Actor.sampling_params(n=1, temperature=0.0, top_p=1.0, max_tokens=16))
+        ]
+    finally:
+        actor.close()
+    for prompt, sample in zip(prompts, samples, strict=True):
+        expected = trained.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, min_new_tokens=16)
+        assert sample.token_ids == expected[0, len(prompt) :].tolist()[: len(sample.token_ids)]
+        # The actor scores its tokens as the trained model does, and measurably unlike the initial one.
+        actor_logp = torch.tensor(sample.logprobs)
+        assert torch.allclose(actor_logp, greedy_logprobs(trained, prompt, sample.token_ids), atol=1e-3)
+        assert (actor_logp - greedy_logprobs(initial, prompt, sample.token_ids)).abs().max() > 1e-2

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.args import CPGDArgs
-from oat_cpgd.interface import ray_temp_dir, run, worker_env
+from oat_cpgd.interface import run, start_local_ray
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -22,13 +22,7 @@ def ray_cluster():
     """One local Ray cluster shared by the runs of this module (run() reuses a live session)."""
     # Ray workers import the test classes (loop_support) as the driver does.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
-    temp_dir = ray_temp_dir()
-    ray.init(
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": worker_env()},
-    )
+    temp_dir = start_local_ray()
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)

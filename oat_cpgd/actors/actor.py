@@ -74,15 +74,26 @@ class Actor:
             top_p=args.top_p,
             top_k=args.top_k,
             max_tokens=args.generate_max_length,
+            stop=args.stop,
         )
 
     @staticmethod
-    def sampling_params(*, n: int, temperature: float, top_p: float, max_tokens: int, top_k: int = -1):
+    def sampling_params(
+        *, n: int, temperature: float, top_p: float, max_tokens: int, top_k: int = -1, stop: Sequence[str] = ()
+    ):
         import vllm
 
-        # logprobs=0: exactly the sampled token's log-prob.
+        # logprobs=0: exactly the sampled token's log-prob. A stop string stays in the response
+        # (the oracle may need it, e.g. a closing </answer>).
         return vllm.SamplingParams(
-            n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, logprobs=0
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            logprobs=0,
+            stop=list(stop),
+            include_stop_str_in_output=True,
         )
 
     # ------------------------------------------------------------------ generation

@@ -1,0 +1,85 @@
+"""The CLI with Ray as users run it: a private local cluster torn down cleanly, and attaching to a running one."""
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from oat_cpgd.interface import ray_temp_dir, worker_env
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_run(model: Path, data: Path, save_path: Path, name: str, *extra: str, env: dict) -> None:
+    """One learning step of run_cpgd on GSM8K rows, as a subprocess, exactly as a user types it."""
+    flags = f"""--pretrain {model} --gpus 2 --prompt_data {data / "gsm8k"} --train_split train[:32]
+        --input_key question --output_key final_answer --oracle gsm8k --num_samples 2 --rollout_batch_size 4
+        --train_batch_size 8 --train_batch_size_per_device 2 --generate_max_length 8 --max_steps 1
+        --save_path {save_path} --wb-run-name {name}""".split()
+    done = subprocess.run(
+        [sys.executable, "-m", "oat_cpgd.experiment.run_cpgd", *flags, *extra],
+        env=env, capture_output=True, text=True, cwd=REPO, timeout=400,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (save_path / name / "metrics.jsonl").read_text().count("\n") == 1
+    assert "metrics in" in done.stdout
+
+
+def ray_processes() -> set[int]:
+    done = subprocess.run(["pgrep", "-f", "raylet|gcs_server|default_worker.py"], capture_output=True, text=True)
+    return {int(pid) for pid in done.stdout.split()}
+
+
+def test_local_cluster_is_torn_down(tiny_model_path, shared_data, tmp_path):
+    """Without --ray_address a private cluster is started, and nothing of it outlives the run."""
+    shm_before, processes_before = set(os.listdir("/dev/shm")), ray_processes()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must stay short
+    try:
+        cli_run(
+            tiny_model_path, shared_data, tmp_path / "runs", "local", env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+        )
+        assert list(ray_tmp.iterdir()) == []  # the session folder is gone
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert ray_processes() <= processes_before
+    assert not [name for name in set(os.listdir("/dev/shm")) - shm_before if "ray" in name or "plasma" in name]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_attach_to_a_running_cluster(tiny_model_path, shared_data, tmp_path):
+    """`ray start --head` on loopback, then the CLI entry point with --ray_address."""
+    port = free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    env = {
+        **os.environ,
+        **worker_env(),
+        # Ray otherwise swaps 127.0.0.1 for the machine's address; this keeps head and driver on loopback.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # Token auth, as a shared cluster should have it: the head and the run read the same token.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+    }
+    temp_dir = ray_temp_dir()
+    head = f"start --head --node-ip-address 127.0.0.1 --port {port} --num-cpus 2 --include-dashboard false"
+    subprocess.run([ray_bin, *head.split(), "--temp-dir", temp_dir], check=True, env=env, capture_output=True)
+    try:
+        cli_run(
+            tiny_model_path, shared_data, tmp_path / "runs", "attached", "--ray_address", f"127.0.0.1:{port}", env=env
+        )
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
