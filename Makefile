@@ -44,13 +44,13 @@ test: install
 # A short CPGD run of the tiny local model on real CountDown rows (2 learner ranks, 1 vLLM actor).
 DEMO_MODEL := $(CACHE)/demo/tiny
 demo: install
-	$(PY) -m oat_cpgd.models.tiny --out $(DEMO_MODEL) --corpus ../shared/data/countdown/train_head.jsonl
+	$(PY) -m oat_cpgd.models.tiny --out $(DEMO_MODEL)
 	$(PY) -m oat_cpgd.experiment.run_cpgd --pretrain $(DEMO_MODEL) --gpus 2 \
 	  --prompt_data ../shared/data/countdown/train_head.jsonl --train_split 'train[1024:]' \
 	  --input_key nums --output_key target,nums --prompt_template countdown --oracle countdown \
 	  --num_samples 4 --rollout_batch_size 16 --rollout_batch_size_per_device 16 --train_batch_size 32 \
 	  --train_batch_size_per_device 4 --mini_train_batch_size_per_device 8 --generate_max_length 48 \
-	  --prompt_max_length 256 --learning_rate 3e-4 --max_steps 10 --save_path runs --wb-run-name demo-cpgd
+	  --prompt_max_length 256 --learning_rate 3e-4 --max_steps 10 --save_path runs
 
 bench: install
 	$(PY) benchmark/run_all.py

@@ -23,6 +23,7 @@ import safetensors.torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from oat_cpgd.args import PPOArgs
+from oat_cpgd.checkpoint import checkpoints_dir, latest_checkpoint, load_state, save_checkpoint
 from oat_cpgd.data import PromptSet, build_prompts, load_split
 from oat_cpgd.run_log import RunLog
 from oat_cpgd.types import Trajectory
@@ -200,7 +201,7 @@ def sync_weights(learners: list, actors: list) -> float:
 
 
 def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
-    """Train; returns the run folder (metrics.jsonl, samples.jsonl, final_model/)."""
+    """Train (or, with --resume_dir, continue); returns the run folder."""
     from oat_cpgd.actors import Actor
     from oat_cpgd.learners import Learner
 
@@ -208,19 +209,34 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
     prompts = load_train_prompts(args)
     steps = num_learning_steps(args, len(prompts))
     optimizer_steps = steps * args.num_ppo_epochs * args.rollout_batch_size * args.num_samples // args.train_batch_size
-    run_log = RunLog(Path(args.save_path) / args.wb_run_name, args, dropped_prompts=prompts.num_dropped)
+    run_dir = Path(args.resume_dir or Path(args.save_path) / args.wb_run_name)
+    resume_from = latest_checkpoint(run_dir) if args.resume_dir else None
+    if args.resume_dir and resume_from is None:
+        raise FileNotFoundError(f"--resume_dir {args.resume_dir}: no complete checkpoint in {checkpoints_dir(run_dir)}")
+    done_steps = load_state(resume_from)["step"] if resume_from else 0
+    run_log = RunLog(
+        run_dir, args, dropped_prompts=prompts.num_dropped, resume_step=done_steps if resume_from else None
+    )
 
     with ray_session(args):
         actors = spawn_actors(args, actor_cls)
         learners = spawn_learners(args, learner_cls, optimizer_steps)
         ray.get([a.__ray_ready__.remote() for a in actors + learners])
+        if resume_from:
+            ray.get([lr.load_checkpoint.remote(str(resume_from)) for lr in learners])
+            sync_weights(learners, actors)  # the first rollout samples from the restored policy
 
         def draw(step: int) -> tuple[list[int], list]:
             indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
             return indices, start_rollout(args, actors, prompts, indices)
 
-        pending: tuple[list[int], list] | None = draw(1)
-        for step in run_log.progress(range(1, steps + 1)):
+        def checkpoint(step: int) -> None:
+            state = {"step": step, "prompts_drawn": step * args.rollout_batch_size, "num_prompts": len(prompts)}
+            write = lambda folder: ray.get([lr.save_checkpoint.remote(str(folder)) for lr in learners])  # noqa: E731
+            save_checkpoint(run_dir, step, state, write, args.max_save_num)
+
+        pending: tuple[list[int], list] | None = draw(done_steps + 1)
+        for step in run_log.progress(range(done_steps + 1, steps + 1), total=steps, initial=done_steps):
             step_start = time.perf_counter()
             indices, futures = pending
             trajectories, actor_metrics = finish_rollout(futures)
@@ -252,11 +268,13 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
                     "misc/step_time": time.perf_counter() - step_start,
                 },
             )
+            if (args.save_steps > 0 and step % args.save_steps == 0) or step == steps:
+                checkpoint(step)
 
-        ray.get([lr.save_pretrained.remote(str(run_log.run_dir / "final_model")) for lr in learners])
+        ray.get([lr.save_pretrained.remote(str(run_dir / "final_model")) for lr in learners])
         ray.get([a.close.remote() for a in actors])
     run_log.close()
-    return run_log.run_dir
+    return run_dir
 
 
 def main(args: PPOArgs, learner_cls=None, actor_cls=None) -> None:

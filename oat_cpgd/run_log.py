@@ -19,14 +19,37 @@ def _jsonable(value):
     return value
 
 
+def keep_steps_up_to(path: Path, step: int) -> None:
+    """Drop the JSON lines of `path` whose step is after `step` (and a torn last line)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut short by the crash
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
 class RunLog:
     """Appends one JSON line per learning step to `<save_path>/<run name>/metrics.jsonl`."""
 
-    def __init__(self, run_dir: Path, args: Args, dropped_prompts: int = 0) -> None:
+    def __init__(self, run_dir: Path, args: Args, dropped_prompts: int = 0, resume_step: int | None = None) -> None:
+        """`resume_step`: continuing a run from that step's checkpoint; later rows (of the crashed run) go."""
         self.run_dir = Path(run_dir)
+        if resume_step is None and (self.run_dir / "metrics.jsonl").exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run: continue it with --resume_dir {self.run_dir}, "
+                "or pick another --wb-run-name"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.args = args
         (self.run_dir / "config.json").write_text(args.to_json())
+        if resume_step is not None:
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                keep_steps_up_to(self.run_dir / name, resume_step)
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
         self.samples_file = open(self.run_dir / "samples.jsonl", "a")
         self.dropped_prompts = dropped_prompts
@@ -44,8 +67,8 @@ class RunLog:
                 dir=str(self.run_dir),
             )
 
-    def progress(self, steps: Iterable[int]) -> Iterator[int]:
-        self.bar = tqdm(steps, desc="steps", unit="step", dynamic_ncols=True)
+    def progress(self, steps: Iterable[int], total: int, initial: int = 0) -> Iterator[int]:
+        self.bar = tqdm(steps, desc="steps", unit="step", dynamic_ncols=True, total=total, initial=initial)
         return iter(self.bar)
 
     def log_step(self, step: int, trajectories: list[Trajectory], prompt_indices: list[int], metrics: dict) -> None:

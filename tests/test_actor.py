@@ -120,3 +120,14 @@ def test_stop_strings_end_the_response_and_stay_in_it(actor, prompt_ids):
     stopped = actor.generate(prompt_ids[:1], params)[0][0]
     assert stopped.text.endswith(stop) and len(stopped.text) < len(text)
     assert not stopped.truncated
+
+
+def test_evaluate_answers_each_prompt_n_times(actor, prompt_ids):
+    results = actor.evaluate(
+        prompt_ids, ["a", "b", "c"], ["42", "72", "1"], n=2, temperature=0.0, top_p=1.0, max_tokens=MAX_NEW
+    )
+    assert len(results) == 3
+    for result in results:
+        assert {k: len(v) for k, v in result.items()} == {"responses": 2, "rewards": 2, "answers": 2, "lengths": 2}
+        assert result["responses"][0] == result["responses"][1]  # greedy: the same answer twice
+        assert all(r in (0.0, 1.0) for r in result["rewards"]) and all(0 < n <= MAX_NEW for n in result["lengths"])

@@ -163,6 +163,36 @@ class Actor:
         }
         return trajectories, metrics
 
+    def evaluate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        prompts: Sequence[str],
+        references: Sequence[Any],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+    ) -> list[dict[str, list]]:
+        """Answer eval prompts `n` times each and score them; per prompt: responses, rewards, answers, lengths."""
+        # Greedy answers are all alike (and vLLM refuses n > 1 with temperature 0): decode once, count n times.
+        sampled = 1 if temperature == 0 else n
+        sampling = self.sampling_params(
+            n=sampled, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=self.args.stop
+        )
+        groups = [group * (n // sampled) for group in self.generate(prompt_ids, sampling)]
+        flat = [(i, s) for i, group in enumerate(groups) for s in group]
+        rewards, infos = self.oracle.get_reward(
+            [prompts[i] for i, _ in flat], [s.text for _, s in flat], [references[i] for i, _ in flat]
+        )
+        results = [{"responses": [], "rewards": [], "answers": [], "lengths": []} for _ in groups]
+        for (i, sample), reward, info in zip(flat, rewards, infos, strict=True):
+            results[i]["responses"].append(sample.text)
+            results[i]["rewards"].append(reward)
+            results[i]["answers"].append(info.get("answer"))
+            results[i]["lengths"].append(len(sample.token_ids))
+        return results
+
     # ------------------------------------------------------------------ weights
     def update_weights(self, weights: bytes) -> float:
         """Load new weights in place (safetensors bytes with HF names); returns the seconds it took."""

@@ -347,9 +347,8 @@ class Learner:
         return self._mean_over_ranks(metrics)
 
     def _train_mode(self, mode: bool) -> None:
-        for engine in (self.policy, self.critic):
-            if engine is not None:
-                engine.train(mode)
+        for engine in self._engines().values():
+            engine.train(mode)
 
     def _advantages(self, batch: Batch, rewards: Tensor) -> dict[str, Tensor]:
         """Per-token advantages (and PPO's returns) for this rank's responses."""
@@ -487,6 +486,28 @@ class Learner:
                 return None
             # copy=True: on CPU, .to("cpu") would alias the live parameter.
             return {name: param.detach().to("cpu", copy=True).contiguous() for name, param in named.items()}
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Collective: the DeepSpeed states (weights, optimizer, scheduler) of the policy and critic,
+        the learner's shuffling RNG, and the policy in Hugging Face format under `path/policy`."""
+        client_state = {"shuffle_rng": self.shuffle_generator.get_state()}
+        for name, engine in self._engines().items():
+            engine.save_checkpoint(os.path.join(path, "deepspeed", name), tag="state", client_state=client_state)
+        self.save_pretrained(os.path.join(path, "policy"))
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Collective: restore what `save_checkpoint` wrote."""
+        for name, engine in self._engines().items():
+            _, client_state = engine.load_checkpoint(
+                os.path.join(path, "deepspeed", name),
+                tag="state",
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+            )
+        self.shuffle_generator.set_state(client_state["shuffle_rng"])
+
+    def _engines(self) -> dict[str, DeepSpeedEngine]:
+        return {"policy": self.policy, **({"critic": self.critic} if self.critic is not None else {})}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Collective: rank 0 writes config, safetensors weights and tokenizer (Hugging Face format)."""

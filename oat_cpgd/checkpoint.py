@@ -1,0 +1,53 @@
+"""Checkpoint folders: written aside and renamed into place, so a crash mid-save loses nothing.
+
+<run_dir>/checkpoints/step_<N>/
+    policy/            the policy in Hugging Face format (transformers and vLLM load it)
+    deepspeed/         optimizer, scheduler and ZeRO partitions of the policy (and critic)
+    state.json         step counters and the data position, written last
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+STATE_FILE = "state.json"
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a half-written one has no state.json under its final name)."""
+    found = [p for p in checkpoints_dir(run_dir).glob("step_*") if (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, state: dict, write_contents: Callable[[Path], None], max_keep: int
+) -> Path:
+    """Write a checkpoint for `step` with `write_contents(folder)`, then its state; keep the newest `max_keep`."""
+    final = checkpoints_dir(run_dir) / f"step_{step}"
+    staging = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier crash
+    staging.mkdir(parents=True)
+    write_contents(staging)
+    (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)  # atomic on one file system: the checkpoint appears whole or not at all
+    for old in complete_checkpoints(run_dir)[:-max_keep] if max_keep > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def load_state(checkpoint: Path) -> dict:
+    return json.loads((Path(checkpoint) / STATE_FILE).read_text())
