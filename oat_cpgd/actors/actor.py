@@ -29,6 +29,7 @@ class Sample:
 
 def configure_vllm_env(args: Args) -> None:
     """vLLM reads these at import: set them before the engine is built."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # per-request and per-sync INFO lines drown the progress bar
     if not args.on_cuda:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.vllm_cpu_kvcache_gb))
         # In-process engine core: 3-5 s start-up on CPU instead of 25-40 s.

@@ -8,7 +8,12 @@ arrive as safetensors bytes: they cross vLLM's RPC intact in both of its process
 
 from __future__ import annotations
 
+import logging
+
 import safetensors.torch
+
+# The in-place reload warns, at every sync, that rotary embeddings (which have no weights) got none.
+logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
 
 
 class WeightReceiver:
