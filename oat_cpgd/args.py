@@ -198,6 +198,8 @@ class Args:
     wb_project: str = "oat_cpgd"
     wb_run_name: str | None = None
     """Run name (also the run folder under --save_path); default: generated."""
+    plot: bool = False
+    """Redraw curves.png in the run folder after every step (it is always drawn at the end)."""
     dry_run: bool = False
     """Print the resolved configuration and exit without starting anything."""
 

@@ -97,7 +97,8 @@ def load_split(source: str, split: str) -> datasets.Dataset:
             raise DataError(f"no {'/'.join(DATA_FILE_BUILDERS)} files in {source}")
         if base_split not in files:
             raise DataError(f"split {base_split!r} not in {source}; splits: {sorted(files)}")
-        return datasets.load_dataset(_builder_for(files), data_files=files, split=split)
+        # Only this split's file: loading them all would force the first file's columns on every split.
+        return datasets.load_dataset(_builder_for(files), data_files={base_split: files[base_split]}, split=split)
     if path.suffix or source.startswith((".", "/", "~")):
         raise DataError(f"prompt data {source!r} does not exist")
     return datasets.load_dataset(source, split=split)  # a Hugging Face dataset name

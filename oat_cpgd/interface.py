@@ -21,10 +21,13 @@ import numpy as np
 import ray
 import safetensors.torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from transformers import AutoTokenizer
 
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.checkpoint import checkpoints_dir, latest_checkpoint, load_state, save_checkpoint
 from oat_cpgd.data import PromptSet, build_prompts, load_split
+from oat_cpgd.evaluation import load_eval_sets, run_evaluation, write_eval_results
+from oat_cpgd.plot import plot_run
 from oat_cpgd.run_log import RunLog
 from oat_cpgd.types import Trajectory
 
@@ -94,10 +97,7 @@ def ray_session(args: PPOArgs) -> Iterator[None]:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def load_train_prompts(args: PPOArgs) -> PromptSet:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+def load_train_prompts(args: PPOArgs, tokenizer) -> PromptSet:
     return build_prompts(
         load_split(args.prompt_data, args.train_split),
         tokenizer,
@@ -206,7 +206,9 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
     from oat_cpgd.learners import Learner
 
     learner_cls, actor_cls = learner_cls or Learner, actor_cls or Actor
-    prompts = load_train_prompts(args)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    prompts = load_train_prompts(args, tokenizer)
+    eval_sets = load_eval_sets(args, tokenizer) if args.eval_steps > 0 else {}
     steps = num_learning_steps(args, len(prompts))
     optimizer_steps = steps * args.num_ppo_epochs * args.rollout_batch_size * args.num_samples // args.train_batch_size
     run_dir = Path(args.resume_dir or Path(args.save_path) / args.wb_run_name)
@@ -230,11 +232,21 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
             indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
             return indices, start_rollout(args, actors, prompts, indices)
 
+        def evaluate(step: int) -> dict[str, float]:
+            """Eval metrics at `step` (empty when none is due); the actors answer with the current weights."""
+            if not eval_sets or not (step == 0 or step % args.eval_steps == 0 or step == steps):
+                return {}
+            metrics, per_bench = run_evaluation(actors, eval_sets, args)
+            write_eval_results(run_dir, step, per_bench)
+            return metrics
+
         def checkpoint(step: int) -> None:
             state = {"step": step, "prompts_drawn": step * args.rollout_batch_size, "num_prompts": len(prompts)}
             write = lambda folder: ray.get([lr.save_checkpoint.remote(str(folder)) for lr in learners])  # noqa: E731
             save_checkpoint(run_dir, step, state, write, args.max_save_num)
 
+        if not resume_from:
+            run_log.log_eval(0, evaluate(0))
         pending: tuple[list[int], list] | None = draw(done_steps + 1)
         for step in run_log.progress(range(done_steps + 1, steps + 1), total=steps, initial=done_steps):
             step_start = time.perf_counter()
@@ -252,7 +264,11 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
             )[0]
             if args.collocate:
                 ray.get([a.wake_up.remote() for a in actors])
-            sync_time = sync_weights(learners, actors) if step % args.sync_params_every == 0 or step == steps else 0.0
+            eval_due = bool(eval_sets) and (step % args.eval_steps == 0 or step == steps)
+            sync_due = step % args.sync_params_every == 0 or step == steps or eval_due
+            sync_time = sync_weights(learners, actors) if sync_due else 0.0
+            # Queued after the sync on each actor (Ray keeps an actor's calls in order): new weights.
+            eval_metrics = evaluate(step)
             if pending is None and step < steps:
                 pending = draw(step + 1)
 
@@ -266,18 +282,25 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
                     "misc/rollout_time": rollout_time,
                     "misc/weight_sync_time": sync_time,
                     "misc/step_time": time.perf_counter() - step_start,
+                    **eval_metrics,
                 },
             )
+            if args.plot:
+                plot_run(run_dir)
             if (args.save_steps > 0 and step % args.save_steps == 0) or step == steps:
                 checkpoint(step)
 
         ray.get([lr.save_pretrained.remote(str(run_dir / "final_model")) for lr in learners])
         ray.get([a.close.remote() for a in actors])
     run_log.close()
+    plot_run(run_dir)
     return run_dir
 
 
 def main(args: PPOArgs, learner_cls=None, actor_cls=None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_dir = run(args, learner_cls, actor_cls)
-    print(f"run finished: metrics in {run_dir / 'metrics.jsonl'}, model in {run_dir / 'final_model'}")
+    print(
+        f"run finished: metrics in {run_dir / 'metrics.jsonl'}, curves in {run_dir / 'curves.png'}, "
+        f"model in {run_dir / 'final_model'}"
+    )

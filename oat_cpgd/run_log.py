@@ -74,8 +74,7 @@ class RunLog:
     def log_step(self, step: int, trajectories: list[Trajectory], prompt_indices: list[int], metrics: dict) -> None:
         row = {"step": step, **{k: _jsonable(float(v)) for k, v in metrics.items()}}
         row["data/dropped_prompts"] = self.dropped_prompts
-        self.metrics_file.write(json.dumps(row) + "\n")
-        self.metrics_file.flush()
+        self._write_metrics(row)
         examples = [
             {"prompt": t.prompt, "response": t.response, "reward": t.reward, "info": t.info}
             for t in trajectories[: self.args.log_samples]
@@ -84,11 +83,20 @@ class RunLog:
             json.dumps({"step": step, "prompt_indices": prompt_indices, "examples": examples}, default=str) + "\n"
         )
         self.samples_file.flush()
-        if self.wandb is not None:
-            self.wandb.log(row, step=step)
         if self.bar is not None:
             reward = metrics.get("train/reward_mean", metrics.get("actor/reward_mean", float("nan")))
             self.bar.set_postfix(reward=f"{reward:.3f}", step_time=f"{metrics.get('misc/step_time', 0):.1f}s")
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """A row of eval metrics alone (the evaluation before the first step)."""
+        if metrics:
+            self._write_metrics({"step": step, **metrics})
+
+    def _write_metrics(self, row: dict) -> None:
+        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.flush()
+        if self.wandb is not None:
+            self.wandb.log(row, step=row["step"])
 
     def close(self) -> None:
         if self.bar is not None:

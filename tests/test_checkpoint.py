@@ -56,7 +56,7 @@ def test_resume_drops_log_rows_after_the_checkpoint(tmp_path):
 FLAGS = """--gpus 2 --train_split train[:64] --input_key nums --output_key target,nums --prompt_template countdown
     --oracle countdown --oracle_workers 1 --num_samples 4 --rollout_batch_size 4 --rollout_batch_size_per_device 4
     --train_batch_size 8 --train_batch_size_per_device 2 --generate_max_length 16 --prompt_max_length 256
-    --learning_rate 1e-3 --max_steps 4 --save_steps 2 --max_save_num 3""".split()
+    --learning_rate 1e-3 --max_steps 4 --save_steps 2 --max_save_num 3 --eval_steps -1""".split()
 
 
 def rows(path: Path) -> list[dict]:

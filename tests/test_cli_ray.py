@@ -22,7 +22,7 @@ def cli_run(model: Path, data: Path, save_path: Path, name: str, *extra: str, en
     flags = f"""--pretrain {model} --gpus 2 --prompt_data {data / "gsm8k"} --train_split train[:32]
         --input_key question --output_key final_answer --oracle gsm8k --num_samples 2 --rollout_batch_size 4
         --train_batch_size 8 --train_batch_size_per_device 2 --generate_max_length 8 --max_steps 1
-        --save_path {save_path} --wb-run-name {name}""".split()
+        --eval_split test[:4] --eval_generate_max_length 8 --save_path {save_path} --wb-run-name {name}""".split()
     done = subprocess.run(
         [sys.executable, "-m", "oat_cpgd.experiment.run_cpgd", *flags, *extra],
         env=env, capture_output=True, text=True, cwd=REPO, timeout=400,

@@ -53,6 +53,7 @@ def countdown_args(model, data, tmp_path, critic_type, **overrides) -> CPGDArgs:
         max_steps=2,
         save_path=str(tmp_path),
         wb_run_name=f"{critic_type}-test",
+        eval_steps=-1,
         log_samples=2,
     )
     values.update(overrides)
@@ -151,3 +152,24 @@ def test_reward_rises_on_a_learnable_task(critic_type, ray_cluster, tiny_model_p
     rewards = [json.loads(line)["actor/reward_mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert end > start + 0.15 and end > 3 * start, rewards
+
+
+def test_evaluation_in_the_loop_matches_the_evaluate_command(ray_cluster, tiny_model_path, shared_data, tmp_path):
+    """Evals before the first step, every --eval_steps and after the last; the saved model scores the same alone."""
+    from oat_cpgd.experiment.evaluate import evaluate
+
+    eval_flags = dict(eval_split="train[64:70],train[70:74]", eval_steps=2, eval_n=2, eval_temperature=0.0,
+                      eval_generate_max_length=12, eval_batch_size=4)  # fmt: skip
+    args = countdown_args(tiny_model_path, shared_data, tmp_path, "cpgd", max_steps=3, **eval_flags)
+    run_dir = run(args)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["step"] for r in rows if "eval/average/accuracy" in r]
+    assert evaluated == [0, 2, 3]
+    assert {"eval/train/pass@n", "eval/train_2/maj@n", "eval/train_2/response_len"} <= set(rows[-1])
+    results = json.loads((run_dir / "eval" / "step_3.json").read_text())
+    assert [len(results["train"]), len(results["train_2"])] == [6, 4]
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    alone = countdown_args(run_dir / "final_model", shared_data, tmp_path, "cpgd", wb_run_name="alone", **eval_flags)
+    standalone = json.loads((evaluate(alone) / "metrics.json").read_text())
+    assert standalone == {k: v for k, v in rows[-1].items() if k.startswith("eval/")}

@@ -1,0 +1,40 @@
+"""Evaluate a saved model without training: `python -m oat_cpgd.experiment.evaluate --pretrain MODEL ...`.
+
+Same eval flags, prompts and metrics as during training; writes `<save_path>/<run name>/eval/step_0.json`
+(per-question results) and `metrics.json`, and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+from transformers import AutoTokenizer
+
+from oat_cpgd.actors import Actor
+from oat_cpgd.args import PPOArgs, parse_args
+from oat_cpgd.evaluation import load_eval_sets, metrics_table, run_evaluation, write_eval_results
+from oat_cpgd.interface import ray_session, spawn_actors
+
+
+def evaluate(args: PPOArgs) -> Path:
+    """Answer the eval benchmarks with --pretrain; returns the run folder."""
+    eval_sets = load_eval_sets(args, AutoTokenizer.from_pretrained(args.tokenizer))
+    with ray_session(args):
+        actors = spawn_actors(args, Actor)
+        try:
+            metrics, per_bench = run_evaluation(actors, eval_sets, args)
+        finally:
+            ray.get([actor.close.remote() for actor in actors])
+    run_dir = Path(args.save_path) / args.wb_run_name
+    write_eval_results(run_dir, 0, per_bench)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(metrics_table(metrics))
+    return run_dir
+
+
+if __name__ == "__main__":
+    # No learners here: collocated placement gives every GPU to an actor (and passes the learner-GPU check).
+    run_dir = evaluate(parse_args(PPOArgs, default=PPOArgs(collocate=True)))
+    print(f"eval results in {run_dir / 'eval' / 'step_0.json'}, metrics in {run_dir / 'metrics.json'}")
