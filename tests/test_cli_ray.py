@@ -1,5 +1,6 @@
 """The CLI with Ray as users run it: a private local cluster torn down cleanly, and attaching to a running one."""
 
+import json
 import os
 import secrets
 import shutil
@@ -28,7 +29,9 @@ def cli_run(model: Path, data: Path, save_path: Path, name: str, *extra: str, en
         env=env, capture_output=True, text=True, cwd=REPO, timeout=400,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    assert (save_path / name / "metrics.jsonl").read_text().count("\n") == 1
+    rows = [json.loads(line) for line in (save_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 1]  # the evaluation before training, then the one step
+    assert all("eval/test/accuracy" in row for row in rows)
     assert "metrics in" in done.stdout
 
 
