@@ -24,12 +24,15 @@ class ConfigError(ValueError):
 
 
 def cuda_device_count() -> int:
-    try:
-        import torch
+    import torch  # imported late: --help and --dry_run stay quick
 
-        return torch.cuda.device_count()
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return 0
+    return torch.cuda.device_count()
+
+
+def need(condition: bool, message: str) -> None:
+    """Raise a ConfigError (naming the flags) unless `condition` holds."""
+    if not condition:
+        raise ConfigError(message)
 
 
 @dataclass
@@ -246,10 +249,6 @@ class Args:
         return "run"
 
     def check(self) -> None:
-        def need(cond: bool, message: str) -> None:
-            if not cond:
-                raise ConfigError(message)
-
         need(
             not (self.collocate and self.asynchronous),
             "--collocate and --asynchronous cannot be combined: "
@@ -354,19 +353,20 @@ class PPOArgs(Args):
 
     def check(self) -> None:
         super().check()
-        if self.critic_type == "cpgd" and not isinstance(self, CPGDArgs):
-            raise ConfigError("--critic_type cpgd needs the CPGD flags: run `python -m oat_cpgd.experiment.run_cpgd`.")
-        if self.critic_type != "ppo" and self.num_samples < 2:
-            raise ConfigError(
-                f"--critic_type {self.critic_type} compares responses within a group: "
-                f"--num_samples must be >= 2, got {self.num_samples}."
-            )
-        if self.mini_train_batch_size_per_device < 1:
-            raise ConfigError("--mini_train_batch_size_per_device must be >= 1.")
-        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
-            raise ConfigError(
-                f"--clip_low must be in [0, 1) and --clip_high >= 0, got {self.clip_low}, {self.clip_high}."
-            )
+        need(
+            self.critic_type != "cpgd" or isinstance(self, CPGDArgs),
+            "--critic_type cpgd needs the CPGD flags: run `python -m oat_cpgd.experiment.run_cpgd`.",
+        )
+        need(
+            self.critic_type == "ppo" or self.num_samples >= 2,
+            f"--critic_type {self.critic_type} compares responses within a group: "
+            f"--num_samples must be >= 2, got {self.num_samples}.",
+        )
+        need(self.mini_train_batch_size_per_device >= 1, "--mini_train_batch_size_per_device must be >= 1.")
+        need(
+            0 <= self.clip_low < 1 and self.clip_high >= 0,
+            f"--clip_low must be in [0, 1) and --clip_high >= 0, got {self.clip_low}, {self.clip_high}.",
+        )
 
     @property
     def agg_mode(self) -> str:

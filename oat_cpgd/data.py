@@ -184,3 +184,19 @@ def build_prompts(
             else "the data set is empty"
         )
     return prompts
+
+
+def load_prompts(
+    args, tokenizer, *, source: str, split: str, input_key: str, output_key: str, max_items: int
+) -> PromptSet:
+    """One split rendered as the run renders every prompt (--prompt_template, chat template, length limit)."""
+    return build_prompts(
+        load_split(source, split),
+        tokenizer,
+        input_key=input_key,
+        output_key=output_key,
+        prompt_template=args.prompt_template,
+        apply_chat_template=args.apply_chat_template,
+        prompt_max_length=args.prompt_max_length,
+        max_items=max_items,
+    )

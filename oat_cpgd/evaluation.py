@@ -19,7 +19,7 @@ import numpy as np
 import ray
 
 from oat_cpgd.args import Args
-from oat_cpgd.data import PromptSet, build_prompts, load_split
+from oat_cpgd.data import PromptSet, load_prompts
 
 CORRECT_REWARD = 1.0
 """The oracles' score for a correct answer; format rewards (e.g. countdown's 0.1) stay below it."""
@@ -48,16 +48,15 @@ def benchmark_names(args: Args) -> list[str]:
 def load_eval_sets(args: Args, tokenizer) -> dict[str, PromptSet]:
     """Each benchmark's prompts (at most --max_eval), rendered exactly like the training prompts."""
     return {
-        name: build_prompts(
-            load_split(args.eval_data, split),
+        name: load_prompts(
+            args,
             tokenizer,
+            source=args.eval_data,
+            split=split,
             input_key=args.eval_input_key,
             output_key=args.eval_output_key,
-            prompt_template=args.prompt_template,
-            apply_chat_template=args.apply_chat_template,
-            prompt_max_length=args.prompt_max_length,
             max_items=args.max_eval,
-        )
+        )  # fmt: skip
         for name, split in zip(benchmark_names(args), eval_splits(args), strict=True)
     }
 

@@ -7,107 +7,24 @@ prompts --(sampler)--> actors: vLLM generate K responses, oracle scores them
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import ray
 import safetensors.torch
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from transformers import AutoTokenizer
 
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.checkpoint import checkpoints_dir, latest_checkpoint, load_state, save_checkpoint
-from oat_cpgd.data import PromptSet, build_prompts, load_split
+from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, run_evaluation, write_eval_results
+from oat_cpgd.placement import ray_session, spawn_actors, spawn_learners
 from oat_cpgd.plot import plot_run
 from oat_cpgd.run_log import RunLog
 from oat_cpgd.types import Trajectory
-
-logger = logging.getLogger(__name__)
-
-# Environment the Ray workers need: caches inside the work tree, offline mode, allocator tuning.
-FORWARDED_ENV_PREFIXES = (
-    "HF_",
-    "TRANSFORMERS_",
-    "VLLM_",
-    "TORCH_",
-    "XDG_CACHE_HOME",
-    "WANDB_",
-    "MALLOC_",
-    "TOKENIZERS_",
-)
-
-
-def worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-    # User oracles (`--oracle my_module:MyOracle`) import from the launch directory, as in the driver.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
-    return env
-
-
-def ray_temp_dir() -> str:
-    """A fresh folder for Ray's session files, in RAY_TMPDIR (the work tree) when short enough.
-
-    Ray puts unix sockets below it, and socket paths must stay under ~107 characters.
-    """
-    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
-    if len(base) > 32:
-        logger.warning("RAY_TMPDIR %s is too long for Ray's socket paths; using %s", base, tempfile.gettempdir())
-        base = tempfile.gettempdir()
-    os.makedirs(base, exist_ok=True)
-    return tempfile.mkdtemp(prefix="ray-", dir=base)
-
-
-def start_local_ray() -> str:
-    """Start a private single-machine cluster, all its traffic on loopback; returns its temp dir."""
-    temp_dir = ray_temp_dir()
-    ray.init(
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": worker_env()},
-    )
-    return temp_dir
-
-
-@contextlib.contextmanager
-def ray_session(args: PPOArgs) -> Iterator[None]:
-    """Attach to --ray_address, reuse a running session, or start a local cluster and tear it down."""
-    if ray.is_initialized():
-        yield
-        return
-    temp_dir = None
-    if args.ray_address:
-        ray.init(address=args.ray_address, runtime_env={"env_vars": worker_env()})
-    else:
-        temp_dir = start_local_ray()
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if temp_dir:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def load_train_prompts(args: PPOArgs, tokenizer) -> PromptSet:
-    return build_prompts(
-        load_split(args.prompt_data, args.train_split),
-        tokenizer,
-        input_key=args.input_key,
-        output_key=args.output_key,
-        prompt_template=args.prompt_template,
-        apply_chat_template=args.apply_chat_template,
-        prompt_max_length=args.prompt_max_length,
-        max_items=args.max_train,
-    )
 
 
 def prompt_order(num_prompts: int, seed: int, step: int, batch_size: int) -> list[int]:
@@ -132,41 +49,6 @@ def num_learning_steps(args: PPOArgs, num_prompts: int) -> int:
             f"--rollout_batch_size ({args.rollout_batch_size})"
         )
     return min(steps, args.max_steps) if args.max_steps > 0 else steps
-
-
-def spawn_learners(args: PPOArgs, learner_cls, total_optimizer_steps: int) -> list:
-    """One Ray actor per learner rank; rank 0 on the driver's node hosts the rendezvous."""
-    driver_node = ray.get_runtime_context().get_node_id()
-    driver_ip = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == driver_node)
-    master = {"MASTER_ADDR": driver_ip, "MASTER_PORT": str(free_port())}
-    gpus_each = 0.5 if args.collocate else 1
-    learners = []
-    for rank in range(args.learner_ranks):
-        options = {
-            "num_cpus": 0,
-            "num_gpus": gpus_each if args.on_cuda else 0,
-            "runtime_env": {"env_vars": {**worker_env(), **master}},
-        }
-        if rank == 0:
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(driver_node, soft=False)
-        learners.append(
-            ray.remote(learner_cls).options(**options).remote(args, rank, args.learner_ranks, total_optimizer_steps)
-        )
-    return learners
-
-
-def spawn_actors(args: PPOArgs, actor_cls) -> list:
-    gpus_each = 0.5 if args.collocate else args.vllm_tensor_parallel_size
-    remote_cls = ray.remote(actor_cls).options(num_cpus=0, num_gpus=gpus_each if args.on_cuda else 0)
-    return [remote_cls.remote(args, index) for index in range(args.actor_count)]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
 
 
 def start_rollout(args: PPOArgs, actors: list, prompts: PromptSet, indices: list[int]) -> list:
@@ -207,7 +89,8 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
 
     learner_cls, actor_cls = learner_cls or Learner, actor_cls or Actor
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    prompts = load_train_prompts(args, tokenizer)
+    prompts = load_prompts(args, tokenizer, source=args.prompt_data, split=args.train_split,
+                           input_key=args.input_key, output_key=args.output_key, max_items=args.max_train)  # fmt: skip
     eval_sets = load_eval_sets(args, tokenizer) if args.eval_steps > 0 else {}
     steps = num_learning_steps(args, len(prompts))
     optimizer_steps = steps * args.num_ppo_epochs * args.rollout_batch_size * args.num_samples // args.train_batch_size

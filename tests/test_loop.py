@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.args import CPGDArgs
-from oat_cpgd.interface import run, start_local_ray
+from oat_cpgd.interface import run
+from oat_cpgd.placement import start_local_ray
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

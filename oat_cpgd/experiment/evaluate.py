@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from oat_cpgd.actors import Actor
 from oat_cpgd.args import PPOArgs, parse_args
 from oat_cpgd.evaluation import load_eval_sets, metrics_table, run_evaluation, write_eval_results
-from oat_cpgd.interface import ray_session, spawn_actors
+from oat_cpgd.placement import ray_session, spawn_actors
 
 
 def evaluate(args: PPOArgs) -> Path:
