@@ -115,9 +115,13 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
             indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
             return indices, start_rollout(args, actors, prompts, indices)
 
+        def eval_due(step: int) -> bool:
+            """Before the first step, every --eval_steps steps, and after the last."""
+            return bool(eval_sets) and (step == 0 or step % args.eval_steps == 0 or step == steps)
+
         def evaluate(step: int) -> dict[str, float]:
             """Eval metrics at `step` (empty when none is due); the actors answer with the current weights."""
-            if not eval_sets or not (step == 0 or step % args.eval_steps == 0 or step == steps):
+            if not eval_due(step):
                 return {}
             metrics, per_bench = run_evaluation(actors, eval_sets, args)
             write_eval_results(run_dir, step, per_bench)
@@ -147,8 +151,7 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
             )[0]
             if args.collocate:
                 ray.get([a.wake_up.remote() for a in actors])
-            eval_due = bool(eval_sets) and (step % args.eval_steps == 0 or step == steps)
-            sync_due = step % args.sync_params_every == 0 or step == steps or eval_due
+            sync_due = step % args.sync_params_every == 0 or step == steps or eval_due(step)
             sync_time = sync_weights(learners, actors) if sync_due else 0.0
             # Queued after the sync on each actor (Ray keeps an actor's calls in order): new weights.
             eval_metrics = evaluate(step)

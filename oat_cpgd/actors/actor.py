@@ -117,6 +117,19 @@ class Actor:
             for output in outputs
         ]
 
+    def score(
+        self, groups: list[list[Sample]], prompts: Sequence[str], references: Sequence[Any]
+    ) -> tuple[list[tuple[int, Sample]], list[float], list[dict]]:
+        """Score every sample against its prompt's reference in one oracle batch.
+
+        Returns the (prompt position, sample) pairs in order, with their rewards and oracle infos.
+        """
+        flat = [(i, sample) for i, group in enumerate(groups) for sample in group]
+        rewards, infos = self.oracle.get_reward(
+            [prompts[i] for i, _ in flat], [s.text for _, s in flat], [references[i] for i, _ in flat]
+        )
+        return flat, rewards, infos
+
     def step(
         self,
         prompt_ids: Sequence[Sequence[int]],
@@ -129,11 +142,8 @@ class Actor:
         samples = self.generate(prompt_ids, self.train_sampling)
         generate_time = time.perf_counter() - start
 
-        flat = [(i, s) for i, group in enumerate(samples) for s in group]
         start = time.perf_counter()
-        rewards, infos = self.oracle.get_reward(
-            [prompts[i] for i, _ in flat], [s.text for _, s in flat], [references[i] for i, _ in flat]
-        )
+        flat, rewards, infos = self.score(samples, prompts, references)
         verify_time = time.perf_counter() - start
 
         penalty = getattr(self.args, "non_stop_penalty", 0.0)
@@ -182,10 +192,7 @@ class Actor:
             n=sampled, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=self.args.stop
         )
         groups = [group * (n // sampled) for group in self.generate(prompt_ids, sampling)]
-        flat = [(i, s) for i, group in enumerate(groups) for s in group]
-        rewards, infos = self.oracle.get_reward(
-            [prompts[i] for i, _ in flat], [s.text for _, s in flat], [references[i] for i, _ in flat]
-        )
+        flat, rewards, infos = self.score(groups, prompts, references)
         results = [{"responses": [], "rewards": [], "answers": [], "lengths": []} for _ in groups]
         for (i, sample), reward, info in zip(flat, rewards, infos, strict=True):
             results[i]["responses"].append(sample.text)
