@@ -12,7 +12,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # as vLLM 0.32
     packages=find_packages(include=["oat_cpgd", "oat_cpgd.*"]),
     install_requires=[
         "torch>=2.6",
@@ -37,4 +37,6 @@ setup(
         "cuda": [f"vllm=={VLLM_VERSION}"],
         "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "pytest-timeout>=2"],
     },
+    # vLLM loads these plugins in each of its processes: the CPU weight-transfer backend.
+    entry_points={"vllm.general_plugins": ["oat_cpgd_gloo = oat_cpgd.weight_sync:register_gloo_backend"]},
 )

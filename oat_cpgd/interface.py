@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import safetensors.torch
 from transformers import AutoTokenizer
 
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.checkpoint import checkpoints_dir, latest_checkpoint, load_state, save_checkpoint
 from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, run_evaluation, write_eval_results
-from oat_cpgd.placement import ray_session, spawn_actors, spawn_learners
+from oat_cpgd.placement import ActorGroup, ray_session, spawn_actors, spawn_learners
 from oat_cpgd.plot import plot_run
 from oat_cpgd.run_log import RunLog
 from oat_cpgd.types import Trajectory
@@ -73,12 +72,16 @@ def finish_rollout(futures: list) -> tuple[list[Trajectory], dict[str, float]]:
     return trajectories, metrics
 
 
-def sync_weights(learners: list, actors: list) -> float:
-    """Learner rank 0's full weights to every actor; returns the wall time."""
+def connect(learners: list, actors: list) -> None:
+    """Open the weight transfer from the learners to every actor's vLLM workers."""
+    workers = ray.get([actor.weight_workers.remote() for actor in actors])
+    ray.get([learner.connect_actors.remote(ActorGroup(actors, workers), sum(workers)) for learner in learners])
+
+
+def sync_weights(learners: list) -> float:
+    """The policy's weights to every actor (learner rank 0 sends); returns the wall time."""
     start = time.perf_counter()
-    state = ray.get([learner.state_for_sync.remote() for learner in learners])[0]
-    payload = ray.put(safetensors.torch.save(state))
-    ray.get([actor.update_weights.remote(payload) for actor in actors])
+    ray.get([learner.sync_weights.remote() for learner in learners])
     return time.perf_counter() - start
 
 
@@ -107,9 +110,10 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
         actors = spawn_actors(args, actor_cls)
         learners = spawn_learners(args, learner_cls, optimizer_steps)
         ray.get([a.__ray_ready__.remote() for a in actors + learners])
+        connect(learners, actors)
         if resume_from:
             ray.get([lr.load_checkpoint.remote(str(resume_from)) for lr in learners])
-            sync_weights(learners, actors)  # the first rollout samples from the restored policy
+            sync_weights(learners)  # the first rollout samples from the restored policy
 
         def draw(step: int) -> tuple[list[int], list]:
             indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
@@ -152,7 +156,7 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
             if args.collocate:
                 ray.get([a.wake_up.remote() for a in actors])
             sync_due = step % args.sync_params_every == 0 or step == steps or eval_due(step)
-            sync_time = sync_weights(learners, actors) if sync_due else 0.0
+            sync_time = sync_weights(learners) if sync_due else 0.0
             # Queued after the sync on each actor (Ray keeps an actor's calls in order): new weights.
             eval_metrics = evaluate(step)
             if pending is None and step < steps:

@@ -1,14 +1,17 @@
-"""Where the roles run: the Ray cluster (private and local, or attached) and the placement of actors and learners."""
+"""Where the roles run: the Ray cluster (private and local, or attached), the placement of actors and learners,
+and the handle through which the learners reach the actors."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -112,3 +115,37 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
+
+
+class ActorGroup:
+    """A `VLLMWeightSyncClient` over Ray actor handles: every call goes to every actor.
+
+    vLLM's trainer engines address a single engine, whose workers take ranks 1.. of the broadcast
+    group; here each actor's workers get the next block of ranks instead.
+    """
+
+    def __init__(self, actors: list, workers_per_actor: list[int]) -> None:
+        self.actors = actors
+        self.rank_offsets = [1 + n for n in itertools.accumulate([0, *workers_per_actor[:-1]])]
+
+    def _all(self, method: str, *args: Any) -> None:
+        ray.get([getattr(actor, method).remote(*args) for actor in self.actors])
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        if "rank_offset" not in init_info:  # IPC: no ranks
+            return self._all("init_weight_transfer_engine", init_info)
+        ray.get(
+            [
+                actor.init_weight_transfer_engine.remote({**init_info, "rank_offset": offset})
+                for actor, offset in zip(self.actors, self.rank_offsets, strict=True)
+            ]
+        )
+
+    def start_weight_update(self) -> None:
+        self._all("start_weight_update")
+
+    def update_weights(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        self._all("update_weights", update_info)
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self._all("finish_weight_update")

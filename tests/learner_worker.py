@@ -8,7 +8,7 @@ responses of random tokens) and writes, from rank 0:
 - DIR/NAME.json: metrics, rewards, each response's log-prob before and after the update
   (summed over its tokens, from the learner's own forward), and, where the scenario asks,
   the reference gradient norm of the first mini-batch computed by plain torch;
-- DIR/NAME.safetensors: `state_for_sync()` after the update;
+- DIR/NAME.safetensors: the weights a sync sends after the update (`Learner.weights()`);
 - DIR/NAME_saved/: `save_pretrained` output, where the scenario asks.
 `--dump-state` also writes the last scenario's synced state to FILE.
 """
@@ -207,7 +207,8 @@ def run_scenario(
     result["logp_before"] = sequence_logprobs(learner, shard)
     result["metrics"] = learner.learn(shard)
     result["logp_after"] = sequence_logprobs(learner, shard)
-    state = learner.state_for_sync()
+    # Every rank iterates (ZeRO-3 gathers layer by layer); copies, as the gathered memory is released.
+    state = {name: tensor.to("cpu", copy=True) for name, tensor in learner.weights()}
     if scenario.save:
         learner.save_pretrained(out / f"{name}_saved")
     if rank == 0:

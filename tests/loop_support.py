@@ -24,6 +24,6 @@ class GreedyRecordingActor(Actor):
         prompt_ids = [self.tokenizer(text)["input_ids"] for text in GREEDY_PROMPTS]
         params = Actor.sampling_params(n=1, temperature=0.0, top_p=1.0, max_tokens=16)
         answers = [group[0].token_ids for group in self.generate(prompt_ids, params)]
-        out = Path(self.args.save_path) / self.args.wb_run_name / "actor_greedy.json"
+        out = Path(self.args.save_path) / self.args.wb_run_name / f"actor_greedy_{self.actor_index}.json"
         out.write_text(json.dumps({"prompt_ids": prompt_ids, "response_ids": answers}))
         super().close()

@@ -1,12 +1,13 @@
 """The vLLM actor on its own: real engine, tiny model, real oracle."""
 
 import pytest
-import safetensors.torch
 import torch
+from sync_support import broadcast_to
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oat_cpgd.actors import Actor
 from oat_cpgd.args import PPOArgs
+from oat_cpgd.weight_sync import ModelWeights
 
 MAX_NEW = 12
 
@@ -96,8 +97,7 @@ def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.2 * torch.randn(param.shape, generator=generator))
-    new_state = dict(model.named_parameters())
-    actor.update_weights(safetensors.torch.save({k: v.contiguous() for k, v in new_state.items()}))
+    broadcast_to(actor, ModelWeights(model))
     after = greedy(actor, prompt_ids)
     assert after != before
     for v, h in zip(after, hf_greedy(model, prompt_ids), strict=False):

@@ -16,6 +16,7 @@ import pytest
 import safetensors.torch
 import torch
 from learner_worker import NUM_SAMPLES, SCENARIOS  # tests/ is on sys.path (pytest's prepend import mode)
+from sync_support import StateWeights, broadcast_to
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oat_cpgd.algorithms import group_advantages
@@ -127,9 +128,9 @@ def test_same_learn_gives_the_same_weights(results: Path, tiny_model_path: Path,
     """
     initial = safetensors.torch.load_file(tiny_model_path / "model.safetensors")
     weights, other_weights = state(results, name), state(results, other)
-    assert weights.keys() == other_weights.keys() == initial.keys()
-    update_gap = sum((weights[k] - other_weights[k]).pow(2).sum() for k in weights).sqrt()
-    update = sum((weights[k] - initial[k]).pow(2).sum() for k in weights).sqrt()
+    assert weights.keys() == other_weights.keys() == initial.keys() | {"lm_head.weight"}  # + the tied head
+    update_gap = sum((weights[k] - other_weights[k]).pow(2).sum() for k in initial).sqrt()
+    update = sum((weights[k] - initial[k]).pow(2).sum() for k in initial).sqrt()
     assert update > 0.1
     assert update_gap / update < 1e-3
     run, other_run = result(results, name), result(results, other)
@@ -174,7 +175,8 @@ def test_bf16_features_run(results: Path, name: str) -> None:
 def test_save_pretrained_loads_with_the_synced_weights(results: Path) -> None:
     saved = results / "grpo_zero3_saved"
     synced = state(results, "grpo_zero3")
-    assert safetensors.torch.load_file(saved / "model.safetensors").keys() == synced.keys()
+    # The sync also sends the tied lm_head, which the checkpoint stores once, as the embedding.
+    assert safetensors.torch.load_file(saved / "model.safetensors").keys() | {"lm_head.weight"} == synced.keys()
     model = AutoModelForCausalLM.from_pretrained(saved)
     loaded = model.state_dict()
     for name, tensor in synced.items():
@@ -200,7 +202,7 @@ def greedy_logprobs(model: torch.nn.Module, prompt: list[int], answer: list[int]
 
 
 def test_synced_weights_in_the_actor_reproduce_the_learner(results: Path, tiny_model_path: Path) -> None:
-    """state_for_sync() into a real vLLM actor (built on the initial weights) gives the trained model's outputs."""
+    """The synced weights broadcast into a real vLLM actor (built on the initial weights) give the trained model's outputs."""
     from oat_cpgd.actors import Actor
     from oat_cpgd.args import PPOArgs
 
@@ -223,7 +225,7 @@ def test_synced_weights_in_the_actor_reproduce_the_learner(results: Path, tiny_m
     try:
         tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
         prompts = [tokenizer(t)["input_ids"] for t in ("Using the numbers [3, 5, 7]", "Natalia sold 48 clips")]
-        actor.update_weights(safetensors.torch.save(state(results, "grpo_zero3")))
+        broadcast_to(actor, StateWeights(state(results, "grpo_zero3")))
         samples = [
             g[0] for g in actor.generate(prompts, Actor.sampling_params(n=1, temperature=0.0, top_p=1.0, max_tokens=16))
         ]

@@ -89,11 +89,14 @@ def run_and_check(args: CPGDArgs, tmp_path: Path) -> list[dict]:
     assert all(len(s["prompt_indices"]) == args.rollout_batch_size for s in samples)
 
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final_model", dtype=torch.float32).eval()
-    recorded = json.loads((run_dir / "actor_greedy.json").read_text())
-    assert len(recorded["response_ids"]) == 2
-    for ids, actor_answer in zip(recorded["prompt_ids"], recorded["response_ids"], strict=True):
-        hf = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, min_new_tokens=16)
-        assert actor_answer == hf[0, len(ids) :].tolist()[: len(actor_answer)]
+    recordings = sorted(run_dir.glob("actor_greedy_*.json"))
+    assert len(recordings) == args.actor_count
+    for recording in recordings:  # every actor got the last sync
+        recorded = json.loads(recording.read_text())
+        assert len(recorded["response_ids"]) == 2
+        for ids, actor_answer in zip(recorded["prompt_ids"], recorded["response_ids"], strict=True):
+            hf = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, min_new_tokens=16)
+            assert actor_answer == hf[0, len(ids) :].tolist()[: len(actor_answer)], recording.name
     return rows
 
 
@@ -118,10 +121,19 @@ def test_collocated_with_wandb_offline(ray_cluster, tiny_model_path, shared_data
     assert all(key.encode() in logged for key in rows[-1])  # the same metrics as metrics.jsonl
 
 
-def test_asynchronous(ray_cluster, tiny_model_path, shared_data, tmp_path):
-    run_and_check(
-        countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", asynchronous=True, max_steps=3), tmp_path
+def test_asynchronous_with_two_actors(ray_cluster, tiny_model_path, shared_data, tmp_path):
+    """Two actors: each takes its own ranks in the weight broadcast, and each ends with the learner's weights."""
+    args = countdown_args(
+        tiny_model_path,
+        shared_data,
+        tmp_path,
+        "grpo",
+        asynchronous=True,
+        max_steps=3,
+        num_actors=2,
+        rollout_batch_size_per_device=2,
     )
+    run_and_check(args, tmp_path)
 
 
 @pytest.mark.parametrize("critic_type", ["ppo", "grpo", "drgrpo", "cpgd"])

@@ -42,8 +42,11 @@ class Actor:
     def __init__(self, args: Args, actor_index: int = 0) -> None:
         configure_vllm_env(args)
         import vllm
+        from vllm.config.weight_transfer import WeightTransferConfig
 
-        self.args = args
+        from oat_cpgd.weight_sync import transfer_backend
+
+        self.args, self.actor_index = args, actor_index
         self.on_cuda = args.on_cuda
         collocated_on_gpu = self.on_cuda and args.collocate
         self.llm = vllm.LLM(
@@ -59,7 +62,7 @@ class Actor:
             enable_sleep_mode=collocated_on_gpu,
             # Log-probs after temperature: those of the distribution the learner optimises.
             logprobs_mode="processed_logprobs",
-            worker_extension_cls="oat_cpgd.actors.weight_sync.WeightReceiver",
+            weight_transfer_config=WeightTransferConfig(backend=transfer_backend(self.on_cuda, args.collocate)),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.sleep_mode = collocated_on_gpu
@@ -202,12 +205,24 @@ class Actor:
         return results
 
     # ------------------------------------------------------------------ weights
-    def update_weights(self, weights: bytes) -> float:
-        """Load new weights in place (safetensors bytes with HF names); returns the seconds it took."""
-        start = time.perf_counter()
-        self.llm.collective_rpc("load_safetensors_bytes", args=(weights,))
+    # vLLM's weight-sync surface (a `VLLMWeightSyncClient`), driven by the learners' transfer
+    # engine (oat_cpgd.weight_sync): new weights are loaded in place, the engine keeps running.
+    def weight_workers(self) -> int:
+        """vLLM workers in this engine: each takes one rank of the broadcast group."""
+        return self.llm.llm_engine.vllm_config.parallel_config.world_size
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self.llm.finish_weight_update(weight_version)
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
-        return time.perf_counter() - start
 
     # ------------------------------------------------------------------ collocation
     def sleep(self) -> None:

@@ -1,6 +1,6 @@
 """The DeepSpeed learner: PPO, GRPO, Dr. GRPO and CPGD updates (docs/ALGORITHMS.md).
 
-One `Learner` runs on each learner rank. `learn`, `response_logprobs`, `state_for_sync`
+One `Learner` runs on each learner rank. `learn`, `response_logprobs`, `sync_weights`
 and `save_pretrained` are collectives: every rank calls them together, `learn` with its own
 shard of the rollout (whole groups, the same number of responses on every rank).
 
@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import deepspeed
 import torch
@@ -55,6 +56,11 @@ from oat_cpgd.algorithms import (
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.learners.deepspeed_config import param_groups, reference_config, train_config
 from oat_cpgd.types import Trajectory
+
+if TYPE_CHECKING:
+    from vllm.distributed.weight_transfer.base import TrainerWeightTransferEngine, VLLMWeightSyncClient
+
+    from oat_cpgd.weight_sync import ModelWeights
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +219,8 @@ class Learner:
         if args.needs_reference:
             reference_model = AutoModelForCausalLM.from_pretrained(args.ref_pretrain or args.pretrain, **model_kwargs)
             self.reference = self._reference_engine(reference_model.eval().requires_grad_(False))
+
+        self.weight_sender: TrainerWeightTransferEngine | None = None  # set by connect_actors
 
         # seq-mean-token-sum-norm divides by the generation budget, the same for every micro-batch.
         self.max_len = args.generate_max_length
@@ -474,12 +482,28 @@ class Learner:
 
     # ------------------------------------------------------------------ weights
 
-    def state_for_sync(self) -> dict[str, Tensor] | None:
-        """Collective: the policy's weights by Hugging Face name, as contiguous CPU tensors in the
-        training dtype, on rank 0 (None elsewhere). Tied weights appear once, as in the checkpoint.
+    def connect_actors(self, actors: VLLMWeightSyncClient, num_workers: int) -> None:
+        """Collective: open the weight transfer to the actors' `num_workers` vLLM workers (rank 0 drives it)."""
+        from oat_cpgd.weight_sync import transfer_backend, weight_sender
 
-        ZeRO-3 gathers all parameters at once: fast, and fine while a full copy fits on the device.
-        """
+        backend = transfer_backend(self.args.on_cuda, self.args.collocate)
+        self.weight_sender = weight_sender(backend, self.rank, num_workers, actors, self.weights())
+
+    def sync_weights(self) -> None:
+        """Collective: the policy's current weights to every actor."""
+        if self.weight_sender is None:
+            raise RuntimeError("sync_weights before connect_actors")
+        self.weight_sender.send_weights()
+
+    def weights(self) -> ModelWeights:
+        """The policy's weights as the actors load them; every rank iterates them together (ZeRO-3 gathers)."""
+        from oat_cpgd.weight_sync import ModelWeights
+
+        return ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3)
+
+    def gathered_state(self) -> dict[str, Tensor] | None:
+        """Collective: the policy's weights by Hugging Face name, as contiguous CPU tensors in the
+        training dtype, on rank 0 (None elsewhere). Tied weights appear once, as in the checkpoint."""
         named = dict(self.policy.module.named_parameters())
         with deepspeed.zero.GatheredParameters(list(named.values()), enabled=self.args.zero_stage == 3):
             if self.rank != 0:
@@ -511,7 +535,7 @@ class Learner:
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Collective: rank 0 writes config, safetensors weights and tokenizer (Hugging Face format)."""
-        state = self.state_for_sync()
+        state = self.gathered_state()
         if self.rank == 0:
             self.policy.module.save_pretrained(path, state_dict=state)
             self.tokenizer.save_pretrained(path)
