@@ -132,8 +132,9 @@ class ActorGroup:
         ray.get([getattr(actor, method).remote(*args) for actor in self.actors])
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        if "rank_offset" not in init_info:  # IPC: no ranks
-            return self._all("init_weight_transfer_engine", init_info)
+        if "rank_offset" not in init_info:  # IPC has no ranks
+            self._all("init_weight_transfer_engine", init_info)
+            return
         ray.get(
             [
                 actor.init_weight_transfer_engine.remote({**init_info, "rank_offset": offset})

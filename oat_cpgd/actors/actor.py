@@ -44,8 +44,11 @@ class Actor:
         import vllm
         from vllm.config.weight_transfer import WeightTransferConfig
 
-        from oat_cpgd.weight_sync import transfer_backend
+        from oat_cpgd.weight_sync import register_gloo_backend, transfer_backend
 
+        # vLLM registers it in its own processes through our plugin entry point; this covers the
+        # in-process engine (the CPU default) of a checkout whose entry points are not installed.
+        register_gloo_backend()
         self.args, self.actor_index = args, actor_index
         self.on_cuda = args.on_cuda
         collocated_on_gpu = self.on_cuda and args.collocate

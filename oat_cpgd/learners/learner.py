@@ -1,7 +1,7 @@
 """The DeepSpeed learner: PPO, GRPO, Dr. GRPO and CPGD updates (docs/ALGORITHMS.md).
 
-One `Learner` runs on each learner rank. `learn`, `response_logprobs`, `sync_weights`
-and `save_pretrained` are collectives: every rank calls them together, `learn` with its own
+One `Learner` runs on each learner rank. `learn`, `response_logprobs`, `connect_actors`,
+`sync_weights` and `save_pretrained` are collectives: every rank calls them together, `learn` with its own
 shard of the rollout (whole groups, the same number of responses on every rank).
 
 Per-token tensors are aligned with the labels `input_ids[:, 1:]`: position t holds what
@@ -220,7 +220,7 @@ class Learner:
             reference_model = AutoModelForCausalLM.from_pretrained(args.ref_pretrain or args.pretrain, **model_kwargs)
             self.reference = self._reference_engine(reference_model.eval().requires_grad_(False))
 
-        self.weight_sender: TrainerWeightTransferEngine | None = None  # set by connect_actors
+        self.weight_transfer: TrainerWeightTransferEngine | None = None  # set by connect_actors
 
         # seq-mean-token-sum-norm divides by the generation budget, the same for every micro-batch.
         self.max_len = args.generate_max_length
@@ -487,13 +487,13 @@ class Learner:
         from oat_cpgd.weight_sync import transfer_backend, weight_sender
 
         backend = transfer_backend(self.args.on_cuda, self.args.collocate)
-        self.weight_sender = weight_sender(backend, self.rank, num_workers, actors, self.weights())
+        self.weight_transfer = weight_sender(backend, self.rank, num_workers, actors, self.weights())
 
     def sync_weights(self) -> None:
         """Collective: the policy's current weights to every actor."""
-        if self.weight_sender is None:
+        if self.weight_transfer is None:
             raise RuntimeError("sync_weights before connect_actors")
-        self.weight_sender.send_weights()
+        self.weight_transfer.send_weights()
 
     def weights(self) -> ModelWeights:
         """The policy's weights as the actors load them; every rank iterates them together (ZeRO-3 gathers)."""
