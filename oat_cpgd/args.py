@@ -15,8 +15,11 @@ from typing import Literal, TypeVar
 
 import tyro
 
-CriticType = Literal["ppo", "grpo", "drgrpo", "cpgd"]
-AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+from oat_cpgd.algorithms import AGG_MODES, ALGORITHMS, IS_CORRECTIONS, get_algorithm
+
+CriticType = Literal[tuple(ALGORITHMS)]
+AggMode = Literal[AGG_MODES]
+ISCorrection = Literal[IS_CORRECTIONS]
 
 
 class ConfigError(ValueError):
@@ -24,7 +27,7 @@ class ConfigError(ValueError):
 
 
 def cuda_device_count() -> int:
-    import torch  # imported late: --help and --dry_run stay quick
+    import torch
 
     return torch.cuda.device_count()
 
@@ -146,11 +149,14 @@ class Args:
 
     # --- Training ---
     learning_rate: float = 1e-6
-    lr_scheduler: Literal["constant", "cosine_with_min_lr", "polynomial", "linear", "cosine"] = "constant"
-    lr_warmup_ratio: float = 0.0
-    """Share of the scheduled optimizer steps spent warming up."""
+    lr_scheduler: Literal["constant", "cosine_with_min_lr", "polynomial", "linear", "cosine"] = "cosine_with_min_lr"
+    """LR schedule after the warm-up (oat's default); cosine_with_min_lr decays to 10% of --learning_rate."""
+    lr_warmup_ratio: float = 0.03
+    """Share of the scheduled optimizer steps spent warming up linearly from 0, under every --lr_scheduler."""
     max_step_adjustment: float = 1.0
-    """Scales the estimated number of optimizer steps the LR schedule spans."""
+    """The LR schedule spans num_prompt_epoch x floor(prompts / train_batch_size) optimizer steps
+    (oat's count: one per --train_batch_size prompts, not responses) times this. A run takes
+    num_samples x num_ppo_epochs times as many, so set it to that product for the schedule to end with the run."""
     max_norm: float = 1.0
     """Gradient clipping norm."""
     adam_beta_1: float = 0.9
@@ -326,21 +332,41 @@ class PPOArgs(Args):
     mini_train_batch_size_per_device: int = 1
     """Micro-batch for forward passes without gradient (old and reference log-probs, values)."""
     loss_agg_mode: AggMode | None = None
-    """How token losses are averaged; default: token-mean (ppo), seq-mean-token-mean (grpo, cpgd),
-    seq-mean-token-sum-norm (drgrpo)."""
-    clip_low: float = 0.2
-    """Lower clip range epsilon_low of the ratio (log-ratio for CPGD)."""
-    clip_high: float = 0.2
-    """Upper clip range epsilon_high."""
+    """How token losses are averaged; default: the algorithm's (token-mean for ppo and
+    reinforce_pp_baseline, seq-mean-token-sum-norm for drgrpo, seq-mean-token-mean otherwise)."""
+    clip_low: float | None = None
+    """Lower clip range epsilon_low of the ratio (log-ratio for CPGD); default 0.2 (GSPO: 3e-4)."""
+    clip_high: float | None = None
+    """Upper clip range epsilon_high; default 0.2 (GSPO: 4e-4); DAPO's clip-higher uses 0.28."""
     dual_clip: float | None = None
     """Dual-clip constant for negative advantages (PPO-clip losses), e.g. 3.0."""
+    is_correction: ISCorrection = "tis"
+    """Importance correction for the gap between the actor's (behaviour) log-probs and the learner's
+    (proximal) ones, w = exp(old_logp - actor_logp) per token: tis multiplies the token loss by
+    min(w, --tis_c), mis by w but drops tokens with w > --tis_c, none by 1. With --top_p < 1 or
+    --top_k, vLLM reports log-probs renormalised over the tokens it kept; the learner's side is
+    then restricted to the same tokens, so w and train/logprob_gap_actor_learner compare like with like."""
+    tis_c: float = 2.0
+    """C, the cap of the importance weights (oat's tis_c)."""
     kl_penalty_coef: float = 0.0
-    """Reference-KL reward shaping per token; > 0 loads a reference model."""
+    """Reference-KL reward shaping, every algorithm: -coef x (old_logp - ref_logp) per token (PPO),
+    or summed over the response and added to its reward before the group advantage; > 0 loads a reference model."""
     non_stop_penalty: float = 0.0
     """Added to the reward of responses truncated at --generate_max_length."""
+    overlong_buffer_len: int = 0
+    """DAPO's soft overlong punishment: responses longer than generate_max_length minus this many
+    tokens lose up to --overlong_penalty_factor, linearly (0: off)."""
+    overlong_penalty_factor: float = 1.0
+    """The punishment at --generate_max_length tokens."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling (group methods): drop groups whose oracle rewards are all equal and
+    draw more prompts until the step has --rollout_batch_size informative groups."""
+    dynamic_sampling_max_draws: int = 4
+    """Most extra draws of --rollout_batch_size prompts per step; when reached, the step is filled
+    up with uninformative groups (advantage 0), and train/informative_groups says how many were not."""
     reward_scale: float = 1.0
     whiten_adv: bool = False
-    """Whiten GAE advantages over the batch (PPO)."""
+    """Whiten the advantages over all response tokens of the whole batch (all learner ranks), any algorithm."""
     gamma: float = 1.0
     lam: float = 1.0
     vf_coef: float = 1.0
@@ -351,32 +377,60 @@ class PPOArgs(Args):
     def run_kind(self) -> str:
         return self.critic_type
 
+    def resolve(self) -> None:
+        """Also fill the algorithm's defaults: --loss_agg_mode, --clip_low, --clip_high."""
+        need(
+            self.critic_type in ALGORITHMS,
+            f"unknown --critic_type {self.critic_type!r}; known: {', '.join(ALGORITHMS)}.",
+        )
+        algorithm = get_algorithm(self.critic_type)
+        self.loss_agg_mode = self.loss_agg_mode or algorithm.agg_mode
+        self.clip_low = algorithm.clip[0] if self.clip_low is None else self.clip_low
+        self.clip_high = algorithm.clip[1] if self.clip_high is None else self.clip_high
+        super().resolve()
+
     def check(self) -> None:
         super().check()
+        algorithm = get_algorithm(self.critic_type)
+        missing = [flag for flag in algorithm.flags_used() if not hasattr(self, flag)]
         need(
-            self.critic_type != "cpgd" or isinstance(self, CPGDArgs),
-            "--critic_type cpgd needs the CPGD flags: run `python -m oat_cpgd.experiment.run_cpgd`.",
+            not missing,
+            f"--critic_type {self.critic_type} needs the flags {', '.join('--' + f for f in missing)}, which "
+            f"{type(self).__name__} lacks: run `python -m oat_cpgd.experiment.run_cpgd`.",
         )
         need(
-            self.critic_type == "ppo" or self.num_samples >= 2,
+            algorithm.needs_critic or self.num_samples >= 2,
             f"--critic_type {self.critic_type} compares responses within a group: "
             f"--num_samples must be >= 2, got {self.num_samples}.",
+        )
+        need(
+            not (self.dynamic_sampling and algorithm.needs_critic),
+            f"--dynamic_sampling drops groups whose rewards are all equal, which only group methods skip; "
+            f"--critic_type {self.critic_type} learns from them through its critic.",
         )
         need(self.mini_train_batch_size_per_device >= 1, "--mini_train_batch_size_per_device must be >= 1.")
         need(
             0 <= self.clip_low < 1 and self.clip_high >= 0,
             f"--clip_low must be in [0, 1) and --clip_high >= 0, got {self.clip_low}, {self.clip_high}.",
         )
+        need(self.tis_c > 0, f"--tis_c must be > 0, got {self.tis_c}.")
+        need(
+            0 <= self.overlong_buffer_len <= self.generate_max_length,
+            f"--overlong_buffer_len ({self.overlong_buffer_len}) must be in [0, --generate_max_length "
+            f"({self.generate_max_length})].",
+        )
+        need(
+            self.dynamic_sampling_max_draws >= 0,
+            f"--dynamic_sampling_max_draws must be >= 0, got {self.dynamic_sampling_max_draws}.",
+        )
 
     @property
     def agg_mode(self) -> str:
-        from oat_cpgd.algorithms import DEFAULT_AGG_MODE
-
-        return self.loss_agg_mode or DEFAULT_AGG_MODE[self.critic_type]
+        return self.loss_agg_mode or get_algorithm(self.critic_type).agg_mode
 
     @property
     def needs_reference(self) -> bool:
-        return self.beta > 0 or self.kl_penalty_coef > 0
+        return get_algorithm(self.critic_type).needs_reference or self.beta > 0 or self.kl_penalty_coef > 0
 
 
 @dataclass

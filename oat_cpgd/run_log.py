@@ -71,7 +71,15 @@ class RunLog:
         self.bar = tqdm(steps, desc="steps", unit="step", dynamic_ncols=True, total=total, initial=initial)
         return iter(self.bar)
 
-    def log_step(self, step: int, trajectories: list[Trajectory], prompt_indices: list[int], metrics: dict) -> None:
+    def log_step(
+        self,
+        step: int,
+        trajectories: list[Trajectory],
+        prompt_indices: list[int],
+        metrics: dict,
+        extra_prompt_indices: list[int] | None = None,
+    ) -> None:
+        """`prompt_indices`: the step's draw; `extra_prompt_indices`: dynamic sampling's extra draws."""
         row = {"step": step, **{k: _jsonable(float(v)) for k, v in metrics.items()}}
         row["data/dropped_prompts"] = self.dropped_prompts
         self._write_metrics(row)
@@ -79,9 +87,10 @@ class RunLog:
             {"prompt": t.prompt, "response": t.response, "reward": t.reward, "info": t.info}
             for t in trajectories[: self.args.log_samples]
         ]
-        self.samples_file.write(
-            json.dumps({"step": step, "prompt_indices": prompt_indices, "examples": examples}, default=str) + "\n"
-        )
+        drawn = {"step": step, "prompt_indices": prompt_indices}
+        if extra_prompt_indices:
+            drawn["extra_prompt_indices"] = extra_prompt_indices
+        self.samples_file.write(json.dumps({**drawn, "examples": examples}, default=str) + "\n")
         self.samples_file.flush()
         if self.bar is not None:
             reward = metrics.get("train/reward_mean", metrics.get("actor/reward_mean", float("nan")))

@@ -20,9 +20,13 @@ class Trajectory:
     actor_logprobs: list[float]
     """vLLM's log-prob of each sampled response token (under the sampling temperature)."""
     reward: float
-    """Oracle reward, plus --non_stop_penalty when truncated."""
+    """Oracle reward, plus --non_stop_penalty when truncated and the overlong punishment."""
     truncated: bool
     """The response hit --generate_max_length without a stop token."""
+    oracle_reward: float = 0.0
+    """The oracle's reward alone (dynamic sampling keeps groups where it varies)."""
+    weight_version: int = 0
+    """Learning steps behind the weights that sampled it (0: the initial policy)."""
     prompt: str = ""
     response: str = ""
     info: dict[str, Any] = field(default_factory=dict)

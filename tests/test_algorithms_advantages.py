@@ -6,7 +6,6 @@ import torch
 from oat_cpgd.algorithms import (
     ADVANTAGE_ESTIMATORS,
     GROUP_WEIGHTS,
-    advantage_estimator_name,
     gae_advantages,
     group_advantages,
 )
@@ -72,8 +71,8 @@ def test_integer_rewards_are_accepted():
 
 
 def test_group_advantages_rejects_bad_input():
-    with pytest.raises(ValueError, match="grpo, dr_grpo, cpgd_std, cpgd_clip_filter, cpgd_equal"):
-        group_advantages(REWARDS, 4, mode="rloo")
+    with pytest.raises(ValueError, match="grpo, dr_grpo, cpgd_std, cpgd_clip_filter, cpgd_equal, rloo"):
+        group_advantages(REWARDS, 4, mode="rank")
     with pytest.raises(ValueError, match="n_prompts"):
         group_advantages(REWARDS, 3, mode="grpo")
     with pytest.raises(ValueError, match="n_prompts"):
@@ -116,14 +115,22 @@ def test_gae_defaults_are_reward_to_go_minus_value():
     torch.testing.assert_close(returns, torch.ones(1, 3))
 
 
-def test_registry_and_critic_types():
+def test_rloo_hand_computed():
+    # Leave-one-out: group 1 [1, 0, 0, 1]: 1 - (0 + 0 + 1) / 3 = 2/3, 0 - 2/3 = -2/3;
+    # group 2 [1, 0, 0, 0]: 1 - 0 = 1, 0 - 1/3 = -1/3.
+    expected = torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 1.0, -1 / 3, -1 / 3, -1 / 3])
+    torch.testing.assert_close(group_advantages(REWARDS, 4, mode="rloo"), expected)
+    # Pairs: R_1 - R_2 and R_2 - R_1.
+    assert torch.equal(group_advantages(torch.tensor([0.25, 1.0]), 2, mode="rloo"), torch.tensor([-0.75, 0.75]))
+
+
+def test_reinforce_pp_baseline_centers_before_its_batch_whitening():
+    # The group part is R - mean_g R; the learner then whitens it over the batch (test_algorithms_utils).
+    assert torch.equal(group_advantages(REWARDS, 4, mode="reinforce_pp_baseline"), CENTERED)
+
+
+def test_estimator_registry():
     assert ADVANTAGE_ESTIMATORS["gae"] is gae_advantages
-    clip_filter = ADVANTAGE_ESTIMATORS[advantage_estimator_name("cpgd", "clip_filter")]
-    assert torch.equal(clip_filter(REWARDS, 4), group_advantages(REWARDS, 4, mode="cpgd_clip_filter"))
-    names = {critic: advantage_estimator_name(critic) for critic in ["ppo", "grpo", "drgrpo", "cpgd"]}
-    assert names == {"ppo": "gae", "grpo": "grpo", "drgrpo": "dr_grpo", "cpgd": "cpgd_std"}
-    assert advantage_estimator_name("cpgd", "equal") == "cpgd_equal"
-    with pytest.raises(ValueError, match="critic_type"):
-        advantage_estimator_name("reinforce")
-    with pytest.raises(ValueError, match="advantage estimator"):
-        advantage_estimator_name("cpgd", "rank")
+    assert set(ADVANTAGE_ESTIMATORS) == {"gae", *GROUP_WEIGHTS}
+    for mode in GROUP_WEIGHTS:
+        assert torch.equal(ADVANTAGE_ESTIMATORS[mode](REWARDS, 4), group_advantages(REWARDS, 4, mode=mode))

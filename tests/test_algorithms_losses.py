@@ -9,11 +9,11 @@ from torch.autograd import gradcheck
 
 from oat_cpgd.algorithms import (
     AGG_MODES,
-    DEFAULT_AGG_MODE,
     POLICY_LOSSES,
     aggregate,
     aggregation_units,
     cpgd_policy_loss,
+    gspo_policy_loss,
     kl_penalty,
     ppo_policy_loss,
     value_loss,
@@ -22,6 +22,7 @@ from oat_cpgd.algorithms import (
 F64 = torch.float64
 MAX_LEN = 9  # generate_max_length for seq-mean-token-sum-norm; longer than any test sequence
 LENGTHS = [7, 3, 0, 5, 1, 6]  # valid tokens per sequence, one of them empty
+POLICY_LOSS_FNS = [ppo_policy_loss, cpgd_policy_loss, gspo_policy_loss]
 
 
 def t(values) -> torch.Tensor:
@@ -167,7 +168,7 @@ def test_cpgd_pg_term_against_finite_differences(mode):
     assert gradcheck(pg, (logp,))
 
 
-@pytest.mark.parametrize("loss_fn", [cpgd_policy_loss, ppo_policy_loss])
+@pytest.mark.parametrize("loss_fn", POLICY_LOSS_FNS)
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_on_policy_gradient_is_reinforce(loss_fn, mode):
     batch = random_batch(seed=2)
@@ -176,7 +177,7 @@ def test_on_policy_gradient_is_reinforce(loss_fn, mode):
     loss, stats = loss_fn(**batch, agg_mode=mode, max_len=MAX_LEN)
     reinforce = aggregate(-batch["advantages"] * logp, batch["mask"], mode, max_len=MAX_LEN)
     torch.testing.assert_close(grad_of(loss, logp), grad_of(reinforce, logp), atol=1e-12, rtol=0)
-    # CPGD's pg is -A * u = 0 on-policy; PPO's is -A * rho = -A.
+    # CPGD's pg is -A * u = 0 on-policy; PPO's and GSPO's -A * ratio = -A.
     ppo_pg = aggregate(-batch["advantages"], batch["mask"], mode, max_len=MAX_LEN).item()
     assert stats["pg_loss"].item() == pytest.approx(0.0 if loss_fn is cpgd_policy_loss else ppo_pg, abs=1e-12)
     assert stats["clip_frac"].item() == 0.0 and stats["policy_drift"].item() == 0.0
@@ -240,6 +241,70 @@ def test_ppo_against_finite_differences(mode, dual_clip):
     assert clipped[valid].any() and torch.equal(grad[clipped | ~valid], torch.zeros_like(grad[clipped | ~valid]))
 
 
+def test_ppo_log_ratio_is_clamped_before_the_exponential():
+    # float32 e^100 is inf; clamped at 20 the loss of an A < 0 token is e^20 = 4.85165e8, finite.
+    logp = torch.tensor([[100.0]]).requires_grad_()
+    loss, stats = ppo_policy_loss(logp, torch.zeros(1, 1), -torch.ones(1, 1), torch.ones(1, 1))
+    assert loss.item() == pytest.approx(math.exp(20), rel=1e-6)
+    assert torch.isfinite(grad_of(loss, logp)).all()
+
+
+# --- GSPO ----------------------------------------------------------------------------------
+
+# Sequence 1: u = [0.1, 0.3], A = 1: s = e^mean(u) = e^0.2 = 1.221403. Sequence 2: u = [0], A = -1: s = 1.
+GSPO_LOGP, GSPO_OLD = [[-0.9, -1.7], [-0.5, 0.0]], [[-1.0, -2.0], [-0.5, 0.0]]
+GSPO_ADV, GSPO_MASK = [[1.0, 1.0], [-1.0, -1.0]], torch.tensor([[1, 1], [1, 0]])
+
+
+def test_gspo_hand_computed_with_wide_clips():
+    # clips (0.2, 0.3): s = 1.221403 stays unclipped. Token losses -A s: seq 1 [-1.221403, -1.221403],
+    # seq 2 [1]. seq-mean-token-mean: (-1.221403 + 1) / 2 = -0.110701.
+    # Gradient -A s * weight: every token of a sequence shares s (a per-token ratio would give
+    # e^0.1 and e^0.3): seq 1 tokens -1.221403 / 2 / 2 = -0.305351; seq 2 token 1 / 2 = 0.5.
+    logp = t(GSPO_LOGP).requires_grad_()
+    loss, stats = gspo_policy_loss(logp, t(GSPO_OLD), t(GSPO_ADV), GSPO_MASK, clip_low=0.2, clip_high=0.3)
+    assert loss.item() == pytest.approx(-0.110701, abs=1e-6)
+    assert stats["clip_frac"].item() == 0.0
+    torch.testing.assert_close(grad_of(loss, logp), t([[-0.305351, -0.305351], [0.5, 0.0]]), atol=1e-6, rtol=0)
+
+
+def test_gspo_paper_clips_are_the_default():
+    # (3e-4, 4e-4): s = 1.221403 is clipped to 1.0004 for seq 1 (no gradient there):
+    # (-1.0004 + 1) / 2 = -0.0002; clip_frac: seq 1's 2 of the 3 valid tokens.
+    logp = t(GSPO_LOGP).requires_grad_()
+    loss, stats = gspo_policy_loss(logp, t(GSPO_OLD), t(GSPO_ADV), GSPO_MASK)
+    assert loss.item() == pytest.approx(-0.0002, abs=1e-9)
+    assert stats["clip_frac"].item() == pytest.approx(2 / 3)
+    torch.testing.assert_close(grad_of(loss, logp), t([[0.0, 0.0], [0.5, 0.0]]))
+
+
+def test_gspo_sequence_log_ratio_is_clamped_at_10():
+    # u = 15 on a one-token sequence with A = -1 (no clip from above): loss = e^10 = 22026.466.
+    loss, _ = gspo_policy_loss(t([[15.0]]), t([[0.0]]), t([[-1.0]]), torch.ones(1, 1))
+    assert loss.item() == pytest.approx(math.exp(10))
+
+
+# --- importance weights in every policy loss ------------------------------------------------
+
+
+@pytest.mark.parametrize("loss_fn", POLICY_LOSS_FNS)
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_is_weights_multiply_each_token_loss_before_aggregation(loss_fn, mode):
+    """Each token's gradient is scaled by its weight; the weights themselves get no gradient."""
+    batch = random_batch(seed=7)
+    logp = batch["logp"].requires_grad_()
+    weights = 0.2 + 2 * torch.rand(batch["logp"].shape, generator=torch.Generator().manual_seed(8), dtype=F64)
+    weights.requires_grad_()
+    plain, _ = loss_fn(**batch, agg_mode=mode, max_len=MAX_LEN)
+    weighted, _ = loss_fn(**batch, agg_mode=mode, max_len=MAX_LEN, is_weights=weights)
+    (plain_grad,) = torch.autograd.grad(plain, logp)
+    weighted_grad, weights_grad = torch.autograd.grad(weighted, [logp, weights], allow_unused=True)
+    valid = batch["mask"].bool()
+    assert plain_grad[valid].abs().max() > 0
+    torch.testing.assert_close(weighted_grad, weights.detach() * plain_grad, atol=1e-12, rtol=0)
+    assert weights_grad is None  # detached inside the loss
+
+
 # --- value loss and KL ---------------------------------------------------------------------
 
 
@@ -296,7 +361,7 @@ def test_kl_penalty_against_finite_differences(kind):
 
 
 @pytest.mark.parametrize("split", [(2, 4), (1, 2, 3), (3, 1, 1, 1)])
-@pytest.mark.parametrize("loss_name", ["ppo", "cpgd", "value"])
+@pytest.mark.parametrize("loss_name", ["ppo_clip", "cpgd", "value"])
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_micro_batch_accumulation_is_exact(mode, loss_name, split):
     """Micro-batches, each cut to its own longest sequence and weighted by units / total units,
@@ -336,19 +401,9 @@ def test_stats_are_detached_0_dim_tensors():
         for value in stats.values():
             assert isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad
     assert set(results[0][1]) == set(results[1][1]) == {"pg_loss", "clip_frac", "policy_drift"}
+    assert set(gspo_policy_loss(**batch)[1]) == {"pg_loss", "clip_frac", "policy_drift"}
     assert set(results[2][1]) == {"value_loss", "value_clip_frac"}
 
 
-def test_registries_by_critic_type():
-    assert POLICY_LOSSES == {
-        "ppo": ppo_policy_loss,
-        "grpo": ppo_policy_loss,
-        "drgrpo": ppo_policy_loss,
-        "cpgd": cpgd_policy_loss,
-    }
-    assert DEFAULT_AGG_MODE == {
-        "ppo": "token-mean",
-        "grpo": "seq-mean-token-mean",
-        "drgrpo": "seq-mean-token-sum-norm",
-        "cpgd": "seq-mean-token-mean",
-    }
+def test_policy_loss_registry():
+    assert POLICY_LOSSES == {"ppo_clip": ppo_policy_loss, "cpgd": cpgd_policy_loss, "gspo": gspo_policy_loss}

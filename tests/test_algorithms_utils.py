@@ -63,3 +63,38 @@ def test_entropy_from_logits():
     # Uniform over 4: ln 4. Probs [1/4, 3/4]: -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.346574 + 0.215762 = 0.562335.
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0]], [[7.0, 7.0 + math.log(3.0), -100.0, -100.0]]])
     torch.testing.assert_close(entropy_from_logits(logits), torch.tensor([[math.log(4.0)], [0.562335]]))
+
+
+def test_masked_whiten_over_shards_equals_the_whole_batch():
+    """With reduce_sum summing over shards (here: threads, as ranks would all-reduce), every shard
+    is whitened with the whole batch's mean and std, however the batch is split."""
+    import threading
+
+    whole = torch.tensor([[0.5, 0.0], [-0.5, 0.0], [-0.5, -0.5], [0.5, 0.5], [0.75, 0], [-0.25, 0], [-0.25, 0]])
+    mask = torch.tensor([[1, 0], [1, 0], [1, 1], [1, 1], [1, 0], [1, 0], [1, 0]])
+    # Valid: [0.5, -0.5, -0.5, -0.5, 0.5, 0.5, 0.75, -0.25, -0.25]: sum 0.25, n 9, mean 0.027778;
+    # sum of squares 6 * 0.25 + 0.5625 + 2 * 0.0625 = 2.1875; population variance
+    # 2.1875 / 9 - 0.027778^2 = 0.242284, std 0.492224: the first token (0.5 - 0.027778) / 0.492224 = 0.959365.
+    expected = masked_whiten(whole, mask)
+    assert expected[0, 0].item() == pytest.approx(0.959365, abs=1e-5)
+    shards = [slice(0, 4), slice(4, 7)]
+    barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
+
+    def rank(r: int) -> None:
+        def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+            slots[r] = t
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+
+        results[r] = masked_whiten(whole[shards[r]], mask[shards[r]], reduce_sum=reduce_sum)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    torch.testing.assert_close(torch.cat(results), expected)
+    # Whitening each shard on its own (per rank) gives something else.
+    assert not torch.allclose(masked_whiten(whole[shards[1]], mask[shards[1]]), expected[shards[1]])

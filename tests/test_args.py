@@ -66,7 +66,10 @@ def test_oat_r1_zero_doc_command_parses():
     config = dry_run("examples/r1_zero_math.py", OAT_R1_ZERO_COUNTDOWN)
     assert config["critic_type"] == "grpo" and config["oracle"] == "countdown"
     assert config["ref_offload"] and config["vllm_gpu_ratio"] == 0.7 and config["eval_split"] == "test"
-    assert config["loss_agg_mode"] is None  # the algorithm's default applies
+    # The algorithm's defaults, resolved into the configuration, and oat's schedule defaults.
+    assert config["loss_agg_mode"] == "seq-mean-token-mean" and config["clip_low"] == config["clip_high"] == 0.2
+    assert config["lr_scheduler"] == "cosine_with_min_lr" and config["is_correction"] == "tis"
+    assert config["tis_c"] == 2.0
 
 
 def test_cpgd_command_parses_with_cpgd_defaults():

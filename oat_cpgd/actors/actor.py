@@ -68,6 +68,7 @@ class Actor:
             weight_transfer_config=WeightTransferConfig(backend=transfer_backend(self.on_cuda, args.collocate)),
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.weight_version = 0  # learning steps behind the loaded weights (set by the loop after each sync)
         self.sleep_mode = collocated_on_gpu
         if args.collocate and not self.sleep_mode:
             logger.info("vLLM has no sleep mode on this device: actor sleep/wake_up are no-ops")
@@ -152,20 +153,22 @@ class Actor:
         flat, rewards, infos = self.score(samples, prompts, references)
         verify_time = time.perf_counter() - start
 
-        penalty = getattr(self.args, "non_stop_penalty", 0.0)
+        penalties = self.length_penalties(flat)
         trajectories = [
             Trajectory(
                 prompt_index=prompt_indices[i],
                 prompt_ids=list(prompt_ids[i]),
                 response_ids=s.token_ids,
                 actor_logprobs=s.logprobs,
-                reward=reward + (penalty if s.truncated else 0.0),
+                reward=reward + penalty,
                 truncated=s.truncated,
+                oracle_reward=reward,
+                weight_version=self.weight_version,
                 prompt=prompts[i],
                 response=s.text,
                 info=info,
             )
-            for (i, s), reward, info in zip(flat, rewards, infos, strict=False)
+            for (i, s), reward, penalty, info in zip(flat, rewards, penalties, infos, strict=True)
         ]
         generated = sum(len(s.token_ids) for _, s in flat)
         metrics = {
@@ -179,6 +182,22 @@ class Actor:
             **{k.replace("oracle/", "actor/oracle_"): v for k, v in self.oracle.last_metrics.items()},
         }
         return trajectories, metrics
+
+    def length_penalties(self, flat: list[tuple[int, Sample]]) -> list[float]:
+        """--non_stop_penalty for truncated responses plus DAPO's overlong punishment (--overlong_buffer_len)."""
+        import torch
+
+        from oat_cpgd.algorithms import overlong_penalty
+
+        args = self.args
+        non_stop = getattr(args, "non_stop_penalty", 0.0)  # training flags (PPOArgs): absent when only evaluating
+        overlong = overlong_penalty(
+            torch.tensor([len(s.token_ids) for _, s in flat]),
+            max_len=args.generate_max_length,
+            buffer_len=getattr(args, "overlong_buffer_len", 0),
+            factor=getattr(args, "overlong_penalty_factor", 0.0),
+        )
+        return [(non_stop if s.truncated else 0.0) + float(p) for (_, s), p in zip(flat, overlong, strict=True)]
 
     def evaluate(
         self,
@@ -210,6 +229,10 @@ class Actor:
     # ------------------------------------------------------------------ weights
     # vLLM's weight-sync surface (a `VLLMWeightSyncClient`), driven by the learners' transfer
     # engine (oat_cpgd.weight_sync): new weights are loaded in place, the engine keeps running.
+    def set_weight_version(self, version: int) -> None:
+        """The learning steps behind the weights just loaded; rollouts sampled from now on carry it."""
+        self.weight_version = version
+
     def weight_workers(self) -> int:
         """vLLM workers in this engine: each takes one rank of the broadcast group."""
         return self.llm.llm_engine.vllm_config.parallel_config.world_size

@@ -1,29 +1,27 @@
-"""Pure torch advantage estimators and losses for PPO, GRPO, Dr. GRPO and CPGD (docs/ALGORITHMS.md).
-
-Picked by `--critic_type`: ppo -> gae + ppo loss, grpo -> grpo + ppo loss, drgrpo ->
-dr_grpo + ppo loss, cpgd -> cpgd_{--cpgd_weight} + cpgd loss; see
-`advantage_estimator_name`, `ADVANTAGE_ESTIMATORS`, `POLICY_LOSSES`, `DEFAULT_AGG_MODE`.
-"""
+"""Pure torch advantage estimators, losses and reward shaping (docs/ALGORITHMS.md), and the
+registry that names, per `--critic_type`, which of them an algorithm uses (`ALGORITHMS`)."""
 
 from oat_cpgd.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
     GROUP_WEIGHTS,
-    advantage_estimator_name,
     gae_advantages,
     group_advantages,
 )
 from oat_cpgd.algorithms.losses import (
     AGG_MODES,
-    DEFAULT_AGG_MODE,
     KL_ESTIMATORS,
     POLICY_LOSSES,
     aggregate,
     aggregation_units,
     cpgd_policy_loss,
+    gspo_policy_loss,
     kl_penalty,
     ppo_policy_loss,
     value_loss,
 )
+from oat_cpgd.algorithms.off_policy import IS_CORRECTIONS, importance_weights, top_k_top_p_logprobs
+from oat_cpgd.algorithms.registry import ALGORITHMS, Algorithm, get_algorithm
+from oat_cpgd.algorithms.rewards import kl_shaped_rewards, overlong_penalty, token_rewards
 from oat_cpgd.algorithms.utils import (
     entropy_from_logits,
     explained_variance,
@@ -36,23 +34,31 @@ from oat_cpgd.algorithms.utils import (
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
-    "DEFAULT_AGG_MODE",
+    "ALGORITHMS",
     "GROUP_WEIGHTS",
+    "IS_CORRECTIONS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
-    "advantage_estimator_name",
+    "Algorithm",
     "aggregate",
     "aggregation_units",
     "cpgd_policy_loss",
     "entropy_from_logits",
     "explained_variance",
     "gae_advantages",
+    "get_algorithm",
     "group_advantages",
+    "gspo_policy_loss",
+    "importance_weights",
     "kl_penalty",
+    "kl_shaped_rewards",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
     "masked_whiten",
+    "overlong_penalty",
     "ppo_policy_loss",
+    "token_rewards",
+    "top_k_top_p_logprobs",
     "value_loss",
 ]

@@ -35,8 +35,14 @@ def clip_filter_weight(grouped: Tensor, max_weight: float) -> Tensor:
 
 
 def unit_weight(grouped: Tensor, max_weight: float) -> Tensor:
-    """1 (Dr. GRPO, CPGD `equal`)."""
+    """1 (Dr. GRPO, CPGD `equal`, REINFORCE++-baseline before its batch whitening)."""
     return grouped.new_ones(())
+
+
+def leave_one_out_weight(grouped: Tensor, max_weight: float) -> Tensor:
+    """K / (K - 1): R_k - mean_{j != k} R_j = (K R_k - sum_j R_j) / (K - 1) = K / (K - 1) * (R_k - mean_g R) (RLOO)."""
+    size = grouped.shape[-1]
+    return grouped.new_tensor(size / (size - 1))
 
 
 GROUP_WEIGHTS: dict[str, GroupWeight] = {
@@ -45,6 +51,9 @@ GROUP_WEIGHTS: dict[str, GroupWeight] = {
     "cpgd_std": std_weight,
     "cpgd_clip_filter": clip_filter_weight,
     "cpgd_equal": unit_weight,
+    "rloo": leave_one_out_weight,
+    # R - mean_g R; the algorithm then whitens it over the whole batch's tokens (registry: whiten_advantages).
+    "reinforce_pp_baseline": unit_weight,
 }
 
 
@@ -97,10 +106,3 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Any]] = {
     **{mode: partial(group_advantages, mode=mode) for mode in GROUP_WEIGHTS},
 }
 """name -> estimator: `gae` takes (rewards, values, mask), the others (rewards, group_size)."""
-
-
-def advantage_estimator_name(critic_type: str, cpgd_weight: str = "std") -> str:
-    """The `ADVANTAGE_ESTIMATORS` entry for `--critic_type` (and `--cpgd_weight`)."""
-    names = {"ppo": "gae", "grpo": "grpo", "drgrpo": "dr_grpo", "cpgd": f"cpgd_{cpgd_weight}"}
-    name = names[check_name(critic_type, names, "critic_type")]
-    return check_name(name, ADVANTAGE_ESTIMATORS, "advantage estimator")

@@ -14,14 +14,6 @@ from oat_cpgd.algorithms.utils import check_name, masked_mean, masked_sum
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
-DEFAULT_AGG_MODE = {
-    "ppo": "token-mean",
-    "grpo": "seq-mean-token-mean",
-    "drgrpo": "seq-mean-token-sum-norm",
-    "cpgd": "seq-mean-token-mean",
-}
-"""--critic_type -> --loss_agg_mode default."""
-
 
 def aggregation_units(mask: Tensor, mode: str) -> Tensor:
     """How many units a (micro-)batch averages over in `aggregate` (0-dim integer tensor).
@@ -76,6 +68,15 @@ def _policy_stats(pg_loss: Tensor, log_ratio: Tensor, is_clipped: Tensor, mask: 
     }
 
 
+LOG_RATIO_CLAMP = 20.0
+"""|u| is clamped here before exp (as verl): e^88 is already inf in float32."""
+
+
+def _weighted(loss_per_token: Tensor, is_weights: Tensor | None) -> Tensor:
+    """The per-token loss times the (detached) importance weights, before aggregation."""
+    return loss_per_token if is_weights is None else loss_per_token * is_weights.detach()
+
+
 def ppo_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -87,14 +88,17 @@ def ppo_policy_loss(
     dual_clip: float | None = None,
     agg_mode: str = "token-mean",
     max_len: int | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO-clip (PPO, GRPO, Dr. GRPO): max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high)).
+    """PPO-clip (PPO, GRPO, Dr. GRPO, RLOO, REINFORCE++): max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high)).
 
-    With `dual_clip` = c_dual, a token with A < 0 loses at most -A c_dual. Stats: pg_loss,
-    clip_frac (valid tokens whose gradient was clipped away), policy_drift (k3).
+    The log-ratio is clamped to +-20 before the exponential. With `dual_clip` = c_dual, a token
+    with A < 0 loses at most -A c_dual. `is_weights` (per token) multiply the token losses before
+    aggregation. Stats: pg_loss, clip_frac (valid tokens whose gradient was clipped away),
+    policy_drift (k3).
     """
     log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
     loss = torch.maximum(unclipped, clipped)
@@ -106,7 +110,7 @@ def ppo_policy_loss(
         dual_clipped = (advantages < 0) & (loss > dual_bound)
         loss = torch.where(dual_clipped, dual_bound, loss)
         is_clipped = is_clipped | dual_clipped
-    pg_loss = aggregate(loss, mask, agg_mode, max_len=max_len)
+    pg_loss = aggregate(_weighted(loss, is_weights), mask, agg_mode, max_len=max_len)
     return pg_loss, _policy_stats(pg_loss, log_ratio, is_clipped, mask)
 
 
@@ -122,8 +126,9 @@ def cpgd_policy_loss(
     drift_clip: float = 2.0,
     agg_mode: str = "seq-mean-token-mean",
     max_len: int | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """CPGD (arXiv 2505.12504): agg(pg) + drift_coef * agg(drift).
+    """CPGD (arXiv 2505.12504): agg(pg) + drift_coef * agg(drift), each token's terms times its `is_weights`.
 
     pg_t = -A_t * cu_t, the log-ratio u clipped one-sided by the sign of A: at ln(1 + eps_high)
     from above if A > 0, else at ln(1 - eps_low) from below; its gradient is -A grad logp,
@@ -138,12 +143,42 @@ def cpgd_policy_loss(
         log_ratio.clamp(max=math.log1p(clip_high)),
         log_ratio.clamp(min=math.log1p(-clip_low)),
     )
-    pg_loss = aggregate(-advantages * clipped_log_ratio, mask, agg_mode, max_len=max_len)
-    drift_weight = torch.expm1(log_ratio.detach()).clamp(max=drift_clip)
-    drift = aggregate(drift_weight * logp, mask, agg_mode, max_len=max_len)
+    pg_loss = aggregate(_weighted(-advantages * clipped_log_ratio, is_weights), mask, agg_mode, max_len=max_len)
+    drift_weight = torch.expm1(log_ratio.detach().clamp(max=LOG_RATIO_CLAMP)).clamp(max=drift_clip)
+    drift = aggregate(_weighted(drift_weight * logp, is_weights), mask, agg_mode, max_len=max_len)
     # As in PPO's count, an A = 0 token has no gradient to clip.
     is_clipped = (clipped_log_ratio != log_ratio) & (advantages != 0)
     return pg_loss + drift_coef * drift, _policy_stats(pg_loss, log_ratio, is_clipped, mask)
+
+
+def gspo_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    agg_mode: str = "seq-mean-token-mean",
+    max_len: int | None = None,
+    is_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO (arXiv 2507.18071), its GSPO-token form: PPO-clip on the sequence-level ratio.
+
+    s_k = exp(mean_t u_t) over the sequence's valid tokens; per token
+    s_{k,t} = exp(logp_t - sg(logp_t) + sg(log s_k)), whose value is s_k and whose gradient is
+    s_k * grad logp_t; the log is clamped at 10 (as verl). The clip defaults are the paper's
+    (3e-4, 4e-4): a sequence ratio moves far less than a token ratio. clip_frac counts the
+    tokens of clipped sequences.
+    """
+    log_ratio = logp - old_logp
+    sequence_log_ratio = masked_mean(log_ratio.detach(), mask, dim=-1)[:, None]
+    log_token_ratio = (logp - logp.detach() + sequence_log_ratio).clamp(max=10.0)
+    ratio = torch.exp(log_token_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
+    pg_loss = aggregate(_weighted(torch.maximum(unclipped, clipped), is_weights), mask, agg_mode, max_len=max_len)
+    return pg_loss, _policy_stats(pg_loss, log_ratio, clipped > unclipped, mask)
 
 
 def value_loss(
@@ -169,11 +204,11 @@ def value_loss(
 
 
 PolicyLoss = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+"""(logp, old_logp, advantages, mask, *, clip_low, clip_high, agg_mode, max_len, is_weights, ...) -> (loss, stats)."""
 
 POLICY_LOSSES: dict[str, PolicyLoss] = {
-    "ppo": ppo_policy_loss,
-    "grpo": ppo_policy_loss,
-    "drgrpo": ppo_policy_loss,
+    "ppo_clip": ppo_policy_loss,
     "cpgd": cpgd_policy_loss,
+    "gspo": gspo_policy_loss,
 }
-"""--critic_type -> policy loss."""
+"""Policy losses by name; an algorithm (oat_cpgd.algorithms.registry) names the one it uses."""

@@ -4,7 +4,7 @@ Masks are 0/1 (or bool) tensors shaped like the values; masked entries are dropp
 `torch.where`, not multiplied by 0, so an inf or NaN there cannot leak into a result.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -33,10 +33,19 @@ def masked_var(x: Tensor, mask: Tensor) -> Tensor:
     return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
 
 
-def masked_whiten(x: Tensor, mask: Tensor) -> Tensor:
-    """(x - mean) / std over valid positions, 0 elsewhere (optional GAE advantage whitening)."""
-    whitened = (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + 1e-8)
-    return torch.where(mask.bool(), whitened, 0)
+def masked_whiten(x: Tensor, mask: Tensor, *, reduce_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """(x - mean) / std over valid positions (population std), 0 elsewhere.
+
+    `reduce_sum` sums a tensor over the shards of a batch split across processes (e.g. an
+    all-reduce over learner ranks): the mean and std are then those of the whole batch, so the
+    result does not depend on how many shards there are. Default: this tensor is the batch.
+    """
+    reduce_sum = reduce_sum or (lambda t: t)
+    valid = mask.bool()
+    total, count = reduce_sum(torch.stack([masked_sum(x, mask), valid.sum().to(x.dtype)])).unbind()
+    mean = total / count.clamp(min=1)
+    var = reduce_sum(masked_sum((x - mean) ** 2, mask)) / count.clamp(min=1)
+    return torch.where(valid, (x - mean) * torch.rsqrt(var + 1e-8), 0)
 
 
 @torch.no_grad()

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -34,27 +32,30 @@ from transformers import (
     AutoModelForTokenClassification,
     AutoTokenizer,
     PreTrainedModel,
-    get_scheduler,
 )
 
 from oat_cpgd.algorithms import (
-    advantage_estimator_name,
+    ADVANTAGE_ESTIMATORS,
+    POLICY_LOSSES,
     aggregate,
     aggregation_units,
-    cpgd_policy_loss,
     entropy_from_logits,
     explained_variance,
-    gae_advantages,
-    group_advantages,
+    get_algorithm,
+    importance_weights,
     kl_penalty,
+    kl_shaped_rewards,
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
-    ppo_policy_loss,
+    token_rewards,
+    top_k_top_p_logprobs,
     value_loss,
 )
 from oat_cpgd.args import PPOArgs
+from oat_cpgd.learners.batch import Batch, collate
 from oat_cpgd.learners.deepspeed_config import param_groups, reference_config, train_config
+from oat_cpgd.learners.schedule import lr_scheduler
 from oat_cpgd.types import Trajectory
 
 if TYPE_CHECKING:
@@ -69,61 +70,6 @@ LOSS_STATS = ("pg_loss", "value_loss")
 
 Model = torch.nn.Module
 """A DeepSpeed engine or a plain Hugging Face model: both take (input_ids, attention_mask)."""
-
-
-@dataclass
-class Batch:
-    """Responses as right-padded tensors, plus per-token data aligned with the labels."""
-
-    input_ids: Tensor
-    """[N, T] prompt + response tokens."""
-    attention_mask: Tensor
-    """[N, T]"""
-    response_mask: Tensor
-    """[N, T - 1] 1 where the label is a response token."""
-    token_data: dict[str, Tensor] = field(default_factory=dict)
-    """name -> [N, T - 1]: actor_logp, old_logp, ref_logp, old_values, advantages, returns."""
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    @property
-    def labels(self) -> Tensor:
-        return self.input_ids[:, 1:]
-
-    def select(self, indices: Tensor) -> Batch:
-        """The rows `indices`, cut to their longest sequence (a micro-batch carries no extra padding)."""
-        length = int(self.attention_mask[indices].sum(-1).max())
-        return Batch(
-            self.input_ids[indices, :length],
-            self.attention_mask[indices, :length],
-            self.response_mask[indices, : length - 1],
-            {name: value[indices, : length - 1] for name, value in self.token_data.items()},
-        )
-
-
-def collate(trajectories: list[Trajectory], pad_token_id: int, device: torch.device) -> Batch:
-    """prompt_ids + response_ids, right-padded; the actor's log-probs at the response labels."""
-    length = max(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
-    shape = (len(trajectories), length)
-    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    response_mask = torch.zeros(shape[0], length - 1)
-    actor_logp = torch.zeros(shape[0], length - 1)
-    for row, t in enumerate(trajectories):
-        prompt_len, response_len = len(t.prompt_ids), len(t.response_ids)
-        input_ids[row, : prompt_len + response_len] = torch.tensor(t.prompt_ids + t.response_ids)
-        attention_mask[row, : prompt_len + response_len] = 1
-        # Label position p - 1 predicts the first response token.
-        response = slice(prompt_len - 1, prompt_len - 1 + response_len)
-        response_mask[row, response] = 1
-        actor_logp[row, response] = torch.tensor(t.actor_logprobs, dtype=torch.float)
-    return Batch(
-        input_ids.to(device),
-        attention_mask.to(device),
-        response_mask.to(device),
-        {"actor_logp": actor_logp.to(device)},
-    )
 
 
 def label_outputs(model: Model, batch: Batch) -> Tensor:
@@ -179,10 +125,12 @@ def _set_distributed_env(rank: int, world_size: int) -> None:
 class Learner:
     """Policy (and for PPO a critic) trained with DeepSpeed, plus an optional frozen reference model."""
 
-    def __init__(self, args: PPOArgs, rank: int, world_size: int, total_optimizer_steps: int) -> None:
-        """`total_optimizer_steps`: the run's estimated optimizer steps, which the LR schedule spans
-        (times --max_step_adjustment, or --critic_max_step_adjustment for the critic)."""
+    def __init__(self, args: PPOArgs, rank: int, world_size: int, schedule_steps: float) -> None:
+        """`schedule_steps`: the optimizer steps the LR schedules span (oat's count, see
+        `oat_cpgd.learners.schedule.schedule_steps`), times --max_step_adjustment for the policy
+        and --critic_max_step_adjustment for the critic."""
         self.args, self.rank, self.world_size = args, rank, world_size
+        self.algorithm = get_algorithm(args.critic_type)
         _set_distributed_env(rank, world_size)
         deepspeed.init_distributed()
         accelerator = get_accelerator()
@@ -199,11 +147,9 @@ class Learner:
         # transformers can only build ZeRO-3 models partitioned through accelerate, which we do not
         # depend on: each rank loads the full weights to host memory and deepspeed.initialize partitions them.
         policy_model = AutoModelForCausalLM.from_pretrained(args.pretrain, **model_kwargs)
-        self.policy = self._train_engine(
-            policy_model, args.learning_rate, total_optimizer_steps * args.max_step_adjustment
-        )
+        self.policy = self._train_engine(policy_model, args.learning_rate, schedule_steps * args.max_step_adjustment)
         self.critic: DeepSpeedEngine | None = None
-        if args.critic_type == "ppo":
+        if self.algorithm.needs_critic:
             # A value head on the policy's architecture; no dropout, so old and new values agree.
             critic_path = args.critic_pretrain or args.pretrain
             critic_config = AutoConfig.from_pretrained(critic_path, num_labels=1)
@@ -213,7 +159,7 @@ class Learner:
             )
             zero_new_value_head(critic_model, loading["missing_keys"])
             self.critic = self._train_engine(
-                critic_model, args.critic_learning_rate, total_optimizer_steps * args.critic_max_step_adjustment
+                critic_model, args.critic_learning_rate, schedule_steps * args.critic_max_step_adjustment
             )
         self.reference: Model | None = None
         if args.needs_reference:
@@ -224,17 +170,14 @@ class Learner:
 
         # seq-mean-token-sum-norm divides by the generation budget, the same for every micro-batch.
         self.max_len = args.generate_max_length
-        clip = {"clip_low": args.clip_low, "clip_high": args.clip_high, "agg_mode": args.agg_mode}
-        if args.critic_type == "cpgd":
-            self.policy_loss = partial(
-                cpgd_policy_loss,
-                drift_coef=args.policy_drift_coeff,
-                drift_clip=args.drift_clip,
-                max_len=self.max_len,
-                **clip,
-            )
-        else:
-            self.policy_loss = partial(ppo_policy_loss, dual_clip=args.dual_clip, max_len=self.max_len, **clip)
+        self.policy_loss = partial(
+            POLICY_LOSSES[self.algorithm.policy_loss],
+            clip_low=args.clip_low,
+            clip_high=args.clip_high,
+            agg_mode=args.agg_mode,
+            max_len=self.max_len,
+            **self.algorithm.loss_options(args),
+        )
 
     # ------------------------------------------------------------------ engines
 
@@ -242,24 +185,11 @@ class Learner:
         args = self.args
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        total_steps = max(1, math.ceil(schedule_steps))
-        # cosine_with_min_lr decays to 10% of the peak LR, as in oat.
-        extra = {"min_lr_rate": 0.1} if args.lr_scheduler == "cosine_with_min_lr" else None
-
-        def scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-            return get_scheduler(
-                args.lr_scheduler,
-                optimizer,
-                num_warmup_steps=math.ceil(args.lr_warmup_ratio * total_steps),
-                num_training_steps=total_steps,
-                scheduler_specific_kwargs=extra,
-            )
-
         engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=param_groups(model, args.l2),
             config=train_config(args, self.world_size, learning_rate),
-            lr_scheduler=scheduler,
+            lr_scheduler=partial(lr_scheduler, args=args, total_steps=schedule_steps),
         )
         return engine
 
@@ -290,6 +220,14 @@ class Learner:
 
     def _logprobs(self, model: Model, batch: Batch) -> Tensor:
         return logprobs_from_logits(self._logits(model, batch), batch.labels)
+
+    def _sampling_logprobs(self, batch: Batch) -> Tensor:
+        """The policy's log-probs under the distribution vLLM samples from and reports: after the
+        temperature, restricted to --top_k / --top_p and renormalised (response positions only)."""
+        logits, mask = self._logits(self.policy, batch), batch.response_mask.bool()
+        out = torch.zeros(mask.shape, device=self.device)
+        out[mask] = top_k_top_p_logprobs(logits[mask], batch.labels[mask], top_k=self.args.top_k, top_p=self.args.top_p)
+        return out
 
     def _values(self, batch: Batch) -> Tensor:
         return label_outputs(self.critic, batch)[..., 0].float()
@@ -330,22 +268,31 @@ class Learner:
 
         # Everything the loss compares against is computed before the first update.
         self._train_mode(False)
-        batch.token_data["old_logp"] = self._per_token(batch, partial(self._logprobs, self.policy))
+        data = batch.token_data
+        data["old_logp"] = self._per_token(batch, partial(self._logprobs, self.policy))
+        truncated_sampling = args.top_p < 1 or args.top_k > 0
+        sampling_logp = self._per_token(batch, self._sampling_logprobs) if truncated_sampling else data["old_logp"]
+        is_weights, is_stats = importance_weights(
+            sampling_logp, data["actor_logp"], batch.response_mask, mode=args.is_correction, cap=args.tis_c
+        )
+        if args.is_correction != "none":
+            data["is_weights"] = is_weights
         if self.reference is not None:
             with self._reference_on_device():
-                batch.token_data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference))
+                data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference))
         if self.critic is not None:
-            batch.token_data["old_values"] = self._per_token(batch, self._values)
+            data["old_values"] = self._per_token(batch, self._values)
         rewards = torch.tensor([t.reward for t in trajectories], device=self.device)
-        batch.token_data.update(self._advantages(batch, rewards * args.reward_scale))
-        metrics = self._rollout_metrics(batch, rewards)
+        data.update(self._advantages(batch, rewards * args.reward_scale))
+        metrics = {**self._rollout_metrics(batch, rewards), **{f"train/{k}": float(v) for k, v in is_stats.items()}}
 
         self._train_mode(True)
         steps = []
-        shuffle = args.critic_type == "ppo"  # as oat: group methods keep the actor's order
         for _ in range(args.num_ppo_epochs):
             order = (
-                torch.randperm(len(batch), generator=self.shuffle_generator) if shuffle else torch.arange(len(batch))
+                torch.randperm(len(batch), generator=self.shuffle_generator)
+                if self.algorithm.shuffle_minibatches
+                else torch.arange(len(batch))
             )
             for indices in order.to(self.device).split(per_rank_step):
                 steps.append(self._train_step(batch, indices))
@@ -359,31 +306,28 @@ class Learner:
             engine.train(mode)
 
     def _advantages(self, batch: Batch, rewards: Tensor) -> dict[str, Tensor]:
-        """Per-token advantages (and PPO's returns) for this rank's responses."""
-        args, mask = self.args, batch.response_mask
-        if args.critic_type == "ppo":
-            # The reward sits on the last response token; KL shaping on every one.
-            last_token = mask.cumsum(-1).argmax(-1, keepdim=True)
-            token_rewards = torch.zeros_like(mask).scatter_(-1, last_token, rewards[:, None])
-            if args.kl_penalty_coef > 0:
-                kl = batch.token_data["old_logp"] - batch.token_data["ref_logp"]
-                token_rewards = token_rewards - args.kl_penalty_coef * kl * mask
-            advantages, returns = gae_advantages(
-                token_rewards, batch.token_data["old_values"], mask, gamma=args.gamma, lam=args.lam
-            )
-            if args.whiten_adv:  # over this rank's responses
-                advantages = masked_whiten(advantages, mask)
-            return {"advantages": advantages, "returns": returns}
-        # clip_filter weighs by counts of groups in the whole batch: compute on all ranks' rewards.
-        mode = advantage_estimator_name(args.critic_type, getattr(args, "cpgd_weight", "std"))
-        all_advantages = group_advantages(
-            all_gather_cat(rewards),
-            args.num_samples,
-            mode=mode,
-            clip_filter_max_weight=getattr(args, "clip_filter_max_weight", 3.0),  # a CPGDArgs flag
-        )
-        advantages = all_advantages.view(self.world_size, -1)[self.rank]
-        return {"advantages": advantages[:, None] * mask}
+        """Per-token advantages (and with a critic, the returns) for this rank's responses.
+
+        --kl_penalty_coef shapes the rewards first: per token for GAE, summed over each response
+        for the group estimators. Whitening is over the whole batch, on every rank alike.
+        """
+        args, mask, data, algorithm = self.args, batch.response_mask, batch.token_data, self.algorithm
+        kl = data["old_logp"] - data["ref_logp"] if args.kl_penalty_coef > 0 else None
+        estimator = ADVANTAGE_ESTIMATORS[algorithm.advantage_estimator(args)]
+        out = {}
+        if algorithm.needs_critic:
+            shaped = token_rewards(rewards, mask, kl=kl, kl_coef=args.kl_penalty_coef)
+            advantages, out["returns"] = estimator(shaped, data["old_values"], mask, gamma=args.gamma, lam=args.lam)
+        else:
+            if kl is not None:
+                rewards = kl_shaped_rewards(rewards, kl, mask, kl_coef=args.kl_penalty_coef)
+            # Groups never straddle ranks, but clip_filter weighs by counts over the whole batch.
+            everyone = estimator(all_gather_cat(rewards), args.num_samples, **algorithm.advantage_options(args))
+            advantages = everyone.view(self.world_size, -1)[self.rank][:, None] * mask
+        if algorithm.whiten_advantages or args.whiten_adv:
+            advantages = masked_whiten(advantages, mask, reduce_sum=all_reduce_sum)
+        out["advantages"] = advantages
+        return out
 
     def _train_step(self, batch: Batch, indices: Tensor) -> dict[str, float]:
         """One optimizer step on this rank's part of a mini-batch, in micro-batches.
@@ -429,7 +373,10 @@ class Learner:
         args, mask = self.args, batch.response_mask
         logits = self._logits(self.policy, batch)
         logp = logprobs_from_logits(logits, batch.labels)
-        loss, stats = self.policy_loss(logp, batch.token_data["old_logp"], batch.token_data["advantages"], mask)
+        data = batch.token_data
+        loss, stats = self.policy_loss(
+            logp, data["old_logp"], data["advantages"], mask, is_weights=data.get("is_weights")
+        )
         if args.beta > 0:
             kl = kl_penalty(logp, batch.token_data["ref_logp"])
             loss = loss + args.beta * aggregate(kl, mask, args.agg_mode, max_len=self.max_len)
@@ -465,7 +412,6 @@ class Learner:
             "train/response_len": mask.sum(-1).mean(),
             "train/adv_mean": adv_mean,
             "train/adv_std": masked_mean((advantages - adv_mean) ** 2, mask).sqrt(),
-            "train/logprob_gap_actor_learner": masked_mean((data["actor_logp"] - data["old_logp"]).abs(), mask),
         }
         if self.reference is not None:
             metrics["train/ref_kl"] = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"]), mask)
@@ -474,11 +420,16 @@ class Learner:
         return {name: float(value) for name, value in metrics.items()}
 
     def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        names = sorted(metrics)
-        values = all_reduce_sum(
-            torch.tensor([metrics[name] for name in names], device=self.device, dtype=torch.float64)
-        )
-        return {name: value / self.world_size for name, value in zip(names, values.tolist(), strict=True)}
+        """The mean over ranks; the maximum for `*_max` metrics."""
+        means = sorted(name for name in metrics if not name.endswith("_max"))
+        maxima = sorted(name for name in metrics if name.endswith("_max"))
+        summed = all_reduce_sum(torch.tensor([metrics[n] for n in means], device=self.device, dtype=torch.float64))
+        reduced = {name: value / self.world_size for name, value in zip(means, summed.tolist(), strict=True)}
+        if maxima:
+            peak = torch.tensor([metrics[n] for n in maxima], device=self.device, dtype=torch.float64)
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            reduced.update(zip(maxima, peak.tolist(), strict=True))
+        return reduced
 
     # ------------------------------------------------------------------ weights
 
