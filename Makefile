@@ -50,7 +50,7 @@ demo: install
 	  --input_key nums --output_key target,nums --prompt_template countdown --oracle countdown \
 	  --num_samples 4 --rollout_batch_size 16 --rollout_batch_size_per_device 16 --train_batch_size 32 \
 	  --train_batch_size_per_device 4 --mini_train_batch_size_per_device 8 --generate_max_length 48 \
-	  --prompt_max_length 256 --learning_rate 3e-4 --max_steps 10 \
+	  --prompt_max_length 256 --learning_rate 3e-4 --max_step_adjustment 4 --max_steps 10 \
 	  --eval_split 'train[:32]' --eval_steps 5 --eval_generate_max_length 48 --save_path runs
 
 bench: install

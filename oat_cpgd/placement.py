@@ -84,7 +84,7 @@ def ray_session(args: PPOArgs) -> Iterator[None]:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def spawn_learners(args: PPOArgs, learner_cls, total_optimizer_steps: int) -> list:
+def spawn_learners(args: PPOArgs, learner_cls, schedule_steps: float) -> list:
     """One Ray actor per learner rank; rank 0 on the driver's node hosts the rendezvous."""
     driver_node = ray.get_runtime_context().get_node_id()
     driver_ip = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == driver_node)
@@ -100,7 +100,7 @@ def spawn_learners(args: PPOArgs, learner_cls, total_optimizer_steps: int) -> li
         if rank == 0:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(driver_node, soft=False)
         learners.append(
-            ray.remote(learner_cls).options(**options).remote(args, rank, args.learner_ranks, total_optimizer_steps)
+            ray.remote(learner_cls).options(**options).remote(args, rank, args.learner_ranks, schedule_steps)
         )
     return learners
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-from oat_cpgd.algorithms import group_advantages
+from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages
 from oat_cpgd.args import CPGDArgs, PPOArgs
 from oat_cpgd.learners import Learner
 from oat_cpgd.types import Trajectory
@@ -45,7 +46,11 @@ class Scenario:
     group_rewards: tuple[tuple[float, ...], ...] = ((1.0, 0.0, 1.0, 0.0),)
     """Rewards of each group's responses, cycled over the prompts."""
     reference_grad_norm: bool = False
-    """Compute the first mini-batch's gradient norm with plain torch (GRPO, one optimizer step)."""
+    """Compute the first mini-batch's gradient norm with plain torch (one optimizer step; see `reference_grad_norm`)."""
+    actor_logp_shift: float = 0.0
+    """Added to the actor's log-probs: a stale behaviour policy, w = exp(-shift) on every token."""
+    perturbed_reference: bool = False
+    """--ref_pretrain is the model with noise added: the reference KL is not 0 at the first step."""
     save: bool = False
 
 
@@ -60,6 +65,36 @@ SCENARIOS: dict[str, Scenario] = {
         group_rewards=((1.0, -1.0, 1.0, -1.0),),
     ),
     "grpo": Scenario({"critic_type": "grpo", **ONE_STEP}, reference_grad_norm=True),
+    "rloo": Scenario({"critic_type": "rloo", **ONE_STEP}),
+    "gspo": Scenario({"critic_type": "gspo", **ONE_STEP}),
+    # Whitened over the whole batch's tokens: the gradient equals plain torch's on the whole batch,
+    # which per-rank whitening (each rank's groups differ) would not give.
+    "reinforce_pp_baseline": Scenario(
+        {"critic_type": "reinforce_pp_baseline", **ONE_STEP},
+        group_rewards=((1.0, 0.0, 0.0, 0.0), (1.0, 1.0, 0.0, 1.0), (0.2, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0)),
+        reference_grad_norm=True,
+    ),
+    # Registered at run time (below): the learner trains it with no edit of its own.
+    "registered_at_run_time": Scenario({"critic_type": "reinforce", **ONE_STEP}),
+    # A stale behaviour policy, w = e^ln4 = 4 on every token: tis truncates it to C = 2, doubling
+    # the gradient; mis drops every token.
+    "grpo_stale_tis": Scenario(
+        {"critic_type": "grpo", "is_correction": "tis", "tis_c": 2.0, **ONE_STEP},
+        reference_grad_norm=True,
+        actor_logp_shift=-math.log(4),
+    ),
+    "grpo_stale_mis": Scenario(
+        {"critic_type": "grpo", "is_correction": "mis", "tis_c": 2.0, **ONE_STEP}, actor_logp_shift=-math.log(4)
+    ),
+    # Every group all correct: without shaping every advantage is 0; the KL to a different reference
+    # shapes the rewards before the group advantage.
+    "grpo_kl_shaping": Scenario(
+        {"critic_type": "grpo", "kl_penalty_coef": 0.5, **ONE_STEP},
+        group_rewards=((1.0, 1.0, 1.0, 1.0),),
+        perturbed_reference=True,
+    ),
+    # The reference-KL loss (beta) against a different reference changes the "grpo" gradient.
+    "grpo_ref_kl_loss": Scenario({"critic_type": "grpo", "beta": 1.0, **ONE_STEP}, perturbed_reference=True),
     "drgrpo": Scenario({"critic_type": "drgrpo", **ONE_STEP}),
     "cpgd": Scenario({"critic_type": "cpgd", "cpgd_weight": "clip_filter", **ONE_STEP}),
     # Same learn as "grpo", accumulated over 4 micro-batches per rank instead of 1.
@@ -125,6 +160,8 @@ def make_args(model: str, world_size: int, flags: dict[str, Any]) -> PPOArgs:
         "mini_train_batch_size_per_device": 4,
         "learning_rate": 1e-3,
         "critic_learning_rate": 1e-3,
+        "lr_scheduler": "constant",  # one optimizer step at the full LR (oat's default would warm up from 0)
+        "lr_warmup_ratio": 0.0,
         "temperature": TEMPERATURE,
         "prompt_max_length": 16,
         "generate_max_length": 16,
@@ -162,19 +199,45 @@ def make_trajectories(
     return trajectories
 
 
-def reference_grad_norm(model: torch.nn.Module, trajectories: list[Trajectory]) -> float:
-    """GRPO's first (on-policy) mini-batch = the whole batch: seq-mean-token-mean of -A * ratio."""
+def reference_grad_norm(model: torch.nn.Module, trajectories: list[Trajectory], scenario: Scenario) -> float:
+    """The first (on-policy) mini-batch = the whole batch, in plain torch: -A * ratio * w per token,
+    GRPO's seq-mean-token-mean, or for REINFORCE++-baseline the group-centred rewards whitened over
+    all the batch's tokens (population std) and token-mean. w = min(e^-shift, tis_c)."""
     rewards = torch.tensor([t.reward for t in trajectories])
-    advantages = group_advantages(rewards, NUM_SAMPLES, mode="grpo")
+    lengths = torch.tensor([len(t.response_ids) for t in trajectories])
+    weight = min(math.exp(-scenario.actor_logp_shift), scenario.flags.get("tis_c", 2.0))
     model.zero_grad()
-    losses = []
-    for trajectory, advantage in zip(trajectories, advantages, strict=True):
-        logp = token_logprobs(model, trajectory)
-        losses.append((-advantage * torch.exp(logp - logp.detach())).mean())
-    torch.stack(losses).mean().backward()
+    if scenario.flags["critic_type"] == "reinforce_pp_baseline":
+        centered = group_advantages(rewards, NUM_SAMPLES, mode="dr_grpo")
+        tokens = centered.repeat_interleave(lengths)
+        advantages = (centered - tokens.mean()) / (tokens.var(unbiased=False) + 1e-8).sqrt()
+        loss = sum(
+            (-advantage * weight * torch.exp(logp - logp.detach())).sum()
+            for advantage, logp in zip(advantages, (token_logprobs(model, t) for t in trajectories), strict=True)
+        ) / lengths.sum()
+    else:
+        advantages = group_advantages(rewards, NUM_SAMPLES, mode="grpo")
+        losses = []
+        for trajectory, advantage in zip(trajectories, advantages, strict=True):
+            logp = token_logprobs(model, trajectory)
+            losses.append((-advantage * weight * torch.exp(logp - logp.detach())).mean())
+        loss = torch.stack(losses).mean()
+    loss.backward()
     norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters() if p.grad is not None))
     model.zero_grad()
     return float(norm)
+
+
+def perturbed_copy(model: torch.nn.Module, path: Path, rank: int) -> Path:
+    """The model with seeded noise on every weight, saved (with the tokenizer's files) by rank 0."""
+    if rank == 0 and not path.exists():
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+        model.save_pretrained(path)
+    dist.barrier()
+    return path
 
 
 def sequence_logprobs(learner: Learner, shard: list[Trajectory]) -> list[float]:
@@ -191,16 +254,21 @@ def run_scenario(
     """Runs one scenario and writes its results; returns the synced state (rank 0)."""
     plain_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     trajectories = make_trajectories(plain_model, plain_model.config.vocab_size, scenario.group_rewards)
+    for trajectory in trajectories:
+        trajectory.actor_logprobs = [logp + scenario.actor_logp_shift for logp in trajectory.actor_logprobs]
     result: dict[str, Any] = {
         "rewards": [t.reward for t in trajectories],
         "response_lengths": [len(t.response_ids) for t in trajectories],
     }
     if scenario.reference_grad_norm:
-        result["reference_grad_norm"] = reference_grad_norm(plain_model, trajectories)
+        result["reference_grad_norm"] = reference_grad_norm(plain_model, trajectories, scenario)
+    flags = dict(scenario.flags)
+    if scenario.perturbed_reference:
+        flags["ref_pretrain"] = str(perturbed_copy(plain_model, out / "perturbed_reference", rank))
     del plain_model
 
-    args = make_args(model_dir, world_size, scenario.flags)
-    learner = Learner(args, rank, world_size, total_optimizer_steps=10)
+    args = make_args(model_dir, world_size, flags)
+    learner = Learner(args, rank, world_size, schedule_steps=10)
     per_rank = len(trajectories) // world_size
     shard = trajectories[rank * per_rank : (rank + 1) * per_rank]
 
@@ -228,6 +296,8 @@ def main() -> None:
     cli = parser.parse_args()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cli.out.mkdir(parents=True, exist_ok=True)
+    # A new algorithm is one registry entry: REINFORCE with a group-mean baseline, token-mean.
+    ALGORITHMS["reinforce"] = Algorithm("dr_grpo", "ppo_clip", "token-mean", loss_flags={"dual_clip": "dual_clip"})
     for name in cli.scenarios:
         state = run_scenario(name, SCENARIOS[name], cli.model, cli.out, rank, world_size)
         if rank == 0:

@@ -6,6 +6,7 @@ from sync_support import broadcast_to
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oat_cpgd.actors import Actor
+from oat_cpgd.algorithms import top_k_top_p_logprobs
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.weight_sync import ModelWeights
 
@@ -75,6 +76,26 @@ def test_samples_logprobs_and_truncation(actor, prompt_ids):
     assert all(s.truncated == (s.token_ids[0] != actor.tokenizer.eos_token_id) for s in flagged)
 
 
+@pytest.mark.parametrize(("top_k", "top_p"), [(-1, 0.7), (5, 1.0), (40, 0.9)])
+def test_truncated_sampling_logprobs_are_what_the_learner_computes(actor, prompt_ids, tiny_model_path, top_k, top_p):
+    """With top-k/top-p, vLLM reports log-probs renormalised over the kept tokens: exactly what
+    top_k_top_p_logprobs gives on the model's logits, and not the full-vocabulary ones."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    params = Actor.sampling_params(n=2, temperature=1.2, top_p=top_p, top_k=top_k, max_tokens=MAX_NEW)
+    gaps = []
+    for ids, group in zip(prompt_ids, actor.generate(prompt_ids, params), strict=True):
+        for sample in group:
+            full_ids = torch.tensor([ids + sample.token_ids])
+            with torch.no_grad():
+                logits = model(full_ids).logits[0, len(ids) - 1 : -1] / 1.2
+            labels = torch.tensor(sample.token_ids)
+            expected = top_k_top_p_logprobs(logits, labels, top_k=top_k, top_p=top_p)
+            torch.testing.assert_close(torch.tensor(sample.logprobs), expected, atol=1e-4, rtol=0)
+            full = top_k_top_p_logprobs(logits, labels)
+            gaps.append((expected - full).mean().item())
+    assert min(gaps) > 0.05  # the kept tokens' mass is well below 1 for this near-uniform model
+
+
 def test_step_scores_with_the_oracle(actor, prompt_ids):
     trajectories, metrics = actor.step(prompt_ids, ["a", "b", "c"], ["42", "72", "1"], [10, 11, 12])
     assert len(trajectories) == 9
@@ -87,6 +108,24 @@ def test_step_scores_with_the_oracle(actor, prompt_ids):
         assert {"answer", "format_ok", "timed_out"} <= set(t.info)
     for key in ("actor/generate_time", "actor/verify_time", "actor/tokens_per_s", "actor/reward_mean"):
         assert key in metrics and metrics[key] >= 0 or key == "actor/reward_mean"
+    assert all(t.reward == t.oracle_reward + (-0.5 if t.truncated else 0.0) for t in trajectories)
+
+
+def test_step_labels_trajectories_with_the_weight_version_and_overlong_penalty(actor, prompt_ids):
+    """Trajectories carry the weight version set after a sync; DAPO's overlong punishment shapes the reward."""
+    actor.set_weight_version(3)
+    actor.args.overlong_buffer_len, actor.args.overlong_penalty_factor = 4, 1.0
+    try:
+        trajectories, _ = actor.step(prompt_ids, ["a", "b", "c"], ["42", "72", "1"], [10, 11, 12])
+    finally:
+        actor.set_weight_version(0)
+        actor.args.overlong_buffer_len = 0
+    assert {t.weight_version for t in trajectories} == {3}
+    for t in trajectories:
+        # max 12 tokens, buffer 4: -(L - 8) / 4 beyond 8 tokens; -0.5 more when truncated.
+        overlong = min(0.0, -(len(t.response_ids) - (MAX_NEW - 4)) / 4)
+        assert t.reward == pytest.approx(t.oracle_reward + overlong + (-0.5 if t.truncated else 0.0))
+    assert any(len(t.response_ids) > MAX_NEW - 4 for t in trajectories)
 
 
 def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):

@@ -40,6 +40,9 @@ METRICS = {
     "train/all_wrong_groups",
     "train/response_len",
     "train/logprob_gap_actor_learner",
+    "train/is_weight_mean",
+    "train/is_weight_max",
+    "train/is_capped_frac",
     "train/lr",
     "misc/learn_time",
 }
@@ -73,7 +76,7 @@ def state(results: Path, name: str) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(results / f"{name}.safetensors")
 
 
-@pytest.mark.parametrize("name", ["ppo", "grpo", "drgrpo", "cpgd"])
+@pytest.mark.parametrize("name", ["ppo", "grpo", "drgrpo", "cpgd", "rloo", "gspo", "registered_at_run_time"])
 def test_learn_moves_logprobs_with_the_advantage(results: Path, name: str) -> None:
     """One on-policy step: responses with a positive advantage gain log-prob, the others lose it."""
     run = result(results, name)
@@ -95,6 +98,8 @@ def test_metrics_are_complete_finite_and_the_same_on_every_rank(results: Path, n
     run = result(results, name)
     metrics = run["metrics"]
     expected = METRICS | (PPO_METRICS if SCENARIOS[name].flags["critic_type"] == "ppo" else set())
+    if SCENARIOS[name].flags.get("beta", 0) > 0 or SCENARIOS[name].flags.get("kl_penalty_coef", 0) > 0:
+        expected |= {"train/ref_kl"}
     assert expected <= set(metrics), expected - set(metrics)
     assert all(math.isfinite(value) for value in metrics.values()), metrics
     rewards = torch.tensor(run["rewards"])
@@ -103,15 +108,50 @@ def test_metrics_are_complete_finite_and_the_same_on_every_rank(results: Path, n
     assert metrics["train/all_correct_groups"] == pytest.approx((groups >= 1).all(-1).float().mean().item())
     assert metrics["train/all_wrong_groups"] == pytest.approx((groups <= 0).all(-1).float().mean().item())
     assert metrics["train/response_len"] == pytest.approx(sum(run["response_lengths"]) / len(rewards))
-    assert metrics["train/grad_norm"] > 0 and metrics["train/entropy"] > 0
+    assert metrics["train/entropy"] > 0
+    if name != "grpo_stale_mis":  # every token masked there
+        assert metrics["train/grad_norm"] > 0
 
 
-@pytest.mark.parametrize("name", ["grpo", "grpo_micro1"])
+@pytest.mark.parametrize("name", ["grpo", "grpo_micro1", "reinforce_pp_baseline", "grpo_stale_tis"])
 def test_gradient_equals_plain_torch_on_the_whole_batch(results: Path, name: str) -> None:
     """Exact accumulation over ranks and micro-batches: the loss weights undo DeepSpeed's rank
-    average and accumulation division, so the gradient is that of the whole mini-batch loss."""
+    average and accumulation division, so the gradient is that of the whole mini-batch loss.
+    REINFORCE++-baseline whitens over the whole batch (not per rank); tis weighs every token by min(4, 2)."""
     run = result(results, name)
     assert run["metrics"]["train/grad_norm"] == pytest.approx(run["reference_grad_norm"], rel=1e-5)
+
+
+def test_truncated_importance_weights_for_a_stale_behaviour_policy(results: Path) -> None:
+    """The actor sampled with log-probs ln 4 below the learner's: w = 4 everywhere, truncated to C = 2
+    (the gradient doubles, above); mis drops every token, so nothing is learned."""
+    for name in ("grpo_stale_tis", "grpo_stale_mis"):
+        metrics = result(results, name)["metrics"]
+        assert metrics["train/is_weight_mean"] == pytest.approx(4, rel=1e-4)
+        assert metrics["train/is_weight_max"] == pytest.approx(4, rel=1e-4)
+        assert metrics["train/is_capped_frac"] == 1.0
+        # k3 of the gap: w - 1 - ln w = 3 - ln 4 = 1.613706
+        assert metrics["train/logprob_gap_actor_learner"] == pytest.approx(3 - math.log(4), rel=1e-4)
+    assert result(results, "grpo_stale_tis")["metrics"]["train/grad_norm"] == pytest.approx(
+        2 * result(results, "grpo")["metrics"]["train/grad_norm"], rel=1e-5
+    )
+    mis = result(results, "grpo_stale_mis")
+    assert mis["metrics"]["train/grad_norm"] == 0.0 and mis["logp_after"] == pytest.approx(mis["logp_before"])
+
+
+def test_kl_penalty_shapes_the_group_rewards(results: Path) -> None:
+    """All rewards equal: only the reward shaping by the KL to a different reference gives advantages."""
+    metrics = result(results, "grpo_kl_shaping")["metrics"]
+    assert metrics["train/ref_kl"] > 1e-3
+    assert metrics["train/adv_std"] > 0.1 and metrics["train/grad_norm"] > 0
+    assert metrics["train/reward_mean"] == 1.0  # the oracle's rewards, as logged, are unshaped
+
+
+def test_reference_kl_loss_changes_the_gradient(results: Path) -> None:
+    """beta * k3(ref, policy) with a reference unlike the policy: a different gradient from plain GRPO's."""
+    with_kl, plain = result(results, "grpo_ref_kl_loss")["metrics"], result(results, "grpo")["metrics"]
+    assert with_kl["train/ref_kl"] > 1e-3
+    assert abs(with_kl["train/grad_norm"] - plain["train/grad_norm"]) > 0.01 * plain["train/grad_norm"]
 
 
 @pytest.mark.parametrize(
@@ -148,14 +188,11 @@ def test_clip_filter_weight_counts_groups_of_the_whole_batch(results: Path) -> N
         torch.tensor(run["rewards"]), NUM_SAMPLES, mode="cpgd_clip_filter", clip_filter_max_weight=3.0
     )
     lengths = torch.tensor(run["response_lengths"], dtype=torch.float)
-    # Token-weighted over each rank's response tokens, then averaged over the ranks.
-    means, stds = [], []
-    for rank_advantages, rank_lengths in zip(advantages.chunk(WORLD_SIZE), lengths.chunk(WORLD_SIZE), strict=True):
-        mean = (rank_advantages * rank_lengths).sum() / rank_lengths.sum()
-        means.append(mean)
-        stds.append((((rank_advantages - mean) ** 2 * rank_lengths).sum() / rank_lengths.sum()).sqrt())
-    assert run["metrics"]["train/adv_mean"] == pytest.approx(float(sum(means) / WORLD_SIZE), rel=1e-5)
-    assert run["metrics"]["train/adv_std"] == pytest.approx(float(sum(stds) / WORLD_SIZE), rel=1e-5)
+    # Token-weighted over the whole batch's response tokens.
+    mean = (advantages * lengths).sum() / lengths.sum()
+    std = (((advantages - mean) ** 2 * lengths).sum() / lengths.sum()).sqrt()
+    assert run["metrics"]["train/adv_mean"] == pytest.approx(float(mean), rel=1e-5)
+    assert run["metrics"]["train/adv_std"] == pytest.approx(float(std), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["cpgd_zero3_bf16", "ppo_zero2_bf16"])
@@ -167,7 +204,7 @@ def test_bf16_features_run(results: Path, name: str) -> None:
     assert metrics["train/ref_kl"] == pytest.approx(0, abs=1e-6)  # the reference is the initial policy
     assert 0 < metrics["train/lr"] < 1e-3  # the mean over steps of a schedule that starts at 0
     assert metrics["train/policy_drift"] > 0  # later mini-batches are off-policy
-    if name == "ppo_zero2_bf16":  # --whiten_adv, per rank
+    if name == "ppo_zero2_bf16":  # --whiten_adv, over the whole batch
         assert metrics["train/adv_mean"] == pytest.approx(0, abs=1e-5)
         assert metrics["train/adv_std"] == pytest.approx(1, abs=1e-3)
 

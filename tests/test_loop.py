@@ -51,6 +51,8 @@ def countdown_args(model, data, tmp_path, critic_type, **overrides) -> CPGDArgs:
         generate_max_length=16,
         prompt_max_length=256,
         learning_rate=1e-3,
+        lr_scheduler="constant",  # the algorithms at a fixed LR (the schedule is tests/test_schedule.py's)
+        lr_warmup_ratio=0.0,
         max_steps=2,
         save_path=str(tmp_path),
         wb_run_name=f"{critic_type}-test",
@@ -79,12 +81,17 @@ def run_and_check(args: CPGDArgs, tmp_path: Path) -> list[dict]:
             "train/entropy",
             "train/grad_norm",
             "train/logprob_gap_actor_learner",
+            "train/is_weight_mean",
+            "train/is_capped_frac",
             "actor/generate_time",
             "actor/verify_time",
             "misc/weight_sync_time",
             "misc/step_time",
         ):
             assert key in row, key
+    if not args.asynchronous:  # synced after every step: each rollout comes from the learner's weights
+        assert [r["misc/rollout_weight_version"] for r in rows] == [r["step"] - 1 for r in rows]
+        assert all(r["misc/policy_lag"] == 0 for r in rows)
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert all(len(s["prompt_indices"]) == args.rollout_batch_size for s in samples)
 
@@ -122,22 +129,47 @@ def test_collocated_with_wandb_offline(ray_cluster, tiny_model_path, shared_data
 
 
 def test_asynchronous_with_two_actors(ray_cluster, tiny_model_path, shared_data, tmp_path):
-    """Two actors: each takes its own ranks in the weight broadcast, and each ends with the learner's weights."""
+    """One step off-policy: the rollout of step s was sampled with the weights step s - 1 started
+    from (after s - 2 updates) while the learner trains on those after s - 1, and the importance
+    weights see the gap. Two actors: each takes its own ranks in the weight broadcast, and each
+    ends with the learner's weights."""
     args = countdown_args(
         tiny_model_path,
         shared_data,
         tmp_path,
         "grpo",
         asynchronous=True,
-        max_steps=3,
+        max_steps=4,
         num_actors=2,
         rollout_batch_size_per_device=2,
     )
-    run_and_check(args, tmp_path)
+    rows = run_and_check(args, tmp_path)
+    assert [r["misc/rollout_weight_version"] for r in rows] == [0, 0, 1, 2]
+    assert [r["misc/policy_lag"] for r in rows] == [0, 1, 1, 1]
+    # Step 1 is on-policy up to vLLM/torch numerics; later steps see a whole update's gap.
+    gaps = [r["train/logprob_gap_actor_learner"] for r in rows]
+    assert gaps[0] < 1e-6 and min(gaps[1:]) > 100 * gaps[0], gaps
+    assert all(abs(r["train/is_weight_mean"] - 1) > 1e-4 for r in rows[1:]), rows
 
 
-@pytest.mark.parametrize("critic_type", ["ppo", "grpo", "drgrpo", "cpgd"])
-def test_reward_rises_on_a_learnable_task(critic_type, ray_cluster, tiny_model_path, shared_data, tmp_path):
+DAPO = dict(
+    loss_agg_mode="token-mean",
+    clip_high=0.28,
+    dynamic_sampling=True,
+    dynamic_sampling_max_draws=2,
+    overlong_buffer_len=4,
+    overlong_penalty_factor=0.05,
+)
+"""DAPO's recipe on GRPO: token-mean, clip-higher, dynamic sampling, the soft overlong punishment."""
+
+
+@pytest.mark.parametrize(
+    ("critic_type", "extra_flags"),
+    [(name, {}) for name in ("ppo", "grpo", "drgrpo", "cpgd", "rloo", "reinforce_pp_baseline", "gspo")]
+    + [("grpo", DAPO)],
+    ids=["ppo", "grpo", "drgrpo", "cpgd", "rloo", "reinforce_pp_baseline", "gspo", "dapo"],
+)
+def test_reward_rises_on_a_learnable_task(critic_type, extra_flags, ray_cluster, tiny_model_path, shared_data, tmp_path):
     """Catches sign errors: each algorithm must raise the share of '7's in its answers."""
     args = countdown_args(
         tiny_model_path,
@@ -160,11 +192,18 @@ def test_reward_rises_on_a_learnable_task(critic_type, ray_cluster, tiny_model_p
         sync_params_every=1,
         temperature=1.0,
         critic_learning_rate=2e-3,
+        **extra_flags,
     )
     run_dir = run(args)
-    rewards = [json.loads(line)["actor/reward_mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rewards = [row["actor/reward_mean"] for row in rows]  # the oracle's, before any length penalty
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert end > start + 0.15 and end > 3 * start, rewards
+    if extra_flags.get("dynamic_sampling"):
+        # Early on many groups score all 0: extra prompts are drawn, and the trained share is reported.
+        assert sum(row["misc/dynamic_sampling_draws"] for row in rows) > 0
+        assert all(row["misc/prompts_drawn"] >= args.rollout_batch_size for row in rows)
+        assert all(0 <= row["train/informative_groups"] <= 1 for row in rows)
 
 
 def test_evaluation_in_the_loop_matches_the_evaluate_command(ray_cluster, tiny_model_path, shared_data, tmp_path):

@@ -1,4 +1,4 @@
-"""The DeepSpeed learner: PPO, GRPO, Dr. GRPO and CPGD updates (docs/ALGORITHMS.md).
+"""The DeepSpeed learner: trains any algorithm of the registry (oat_cpgd.algorithms.registry; docs/ALGORITHMS.md).
 
 One `Learner` runs on each learner rank. `learn`, `response_logprobs`, `connect_actors`,
 `sync_weights` and `save_pretrained` are collectives: every rank calls them together, `learn` with its own
@@ -403,7 +403,11 @@ class Learner:
         """This rank's rollout statistics (raw oracle rewards; advantages over response tokens)."""
         mask, data = batch.response_mask, batch.token_data
         advantages = data["advantages"]
-        adv_mean = masked_mean(advantages, mask)
+        # Over the whole batch's response tokens (every rank reports the same value).
+        valid = mask.bool()
+        total, count = all_reduce_sum(torch.stack([advantages[valid].sum(), valid.sum().float()])).unbind()
+        adv_mean = total / count.clamp(min=1)
+        adv_var = all_reduce_sum(((advantages - adv_mean) ** 2)[valid].sum()) / count.clamp(min=1)
         groups = rewards.view(-1, self.args.num_samples)
         metrics = {
             "train/reward_mean": rewards.mean(),
@@ -411,7 +415,7 @@ class Learner:
             "train/all_wrong_groups": (groups <= 0).all(-1).float().mean(),
             "train/response_len": mask.sum(-1).mean(),
             "train/adv_mean": adv_mean,
-            "train/adv_std": masked_mean((advantages - adv_mean) ** 2, mask).sqrt(),
+            "train/adv_std": adv_var.sqrt(),
         }
         if self.reference is not None:
             metrics["train/ref_kl"] = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"]), mask)
