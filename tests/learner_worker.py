@@ -211,10 +211,13 @@ def reference_grad_norm(model: torch.nn.Module, trajectories: list[Trajectory], 
         centered = group_advantages(rewards, NUM_SAMPLES, mode="dr_grpo")
         tokens = centered.repeat_interleave(lengths)
         advantages = (centered - tokens.mean()) / (tokens.var(unbiased=False) + 1e-8).sqrt()
-        loss = sum(
-            (-advantage * weight * torch.exp(logp - logp.detach())).sum()
-            for advantage, logp in zip(advantages, (token_logprobs(model, t) for t in trajectories), strict=True)
-        ) / lengths.sum()
+        loss = (
+            sum(
+                (-advantage * weight * torch.exp(logp - logp.detach())).sum()
+                for advantage, logp in zip(advantages, (token_logprobs(model, t) for t in trajectories), strict=True)
+            )
+            / lengths.sum()
+        )
     else:
         advantages = group_advantages(rewards, NUM_SAMPLES, mode="grpo")
         losses = []

@@ -169,7 +169,9 @@ DAPO = dict(
     + [("grpo", DAPO)],
     ids=["ppo", "grpo", "drgrpo", "cpgd", "rloo", "reinforce_pp_baseline", "gspo", "dapo"],
 )
-def test_reward_rises_on_a_learnable_task(critic_type, extra_flags, ray_cluster, tiny_model_path, shared_data, tmp_path):
+def test_reward_rises_on_a_learnable_task(
+    critic_type, extra_flags, ray_cluster, tiny_model_path, shared_data, tmp_path
+):
     """Catches sign errors: each algorithm must raise the share of '7's in its answers."""
     args = countdown_args(
         tiny_model_path,
