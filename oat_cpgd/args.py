@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +22,9 @@ from oat_cpgd.algorithms import AGG_MODES, ALGORITHMS, IS_CORRECTIONS, get_algor
 CriticType = Literal[tuple(ALGORITHMS)]
 AggMode = Literal[AGG_MODES]
 ISCorrection = Literal[IS_CORRECTIONS]
+
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -38,6 +43,29 @@ def need(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def resolve_oracle_name(name: str) -> str:
+    """--oracle checked now (not once vLLM has started), as the name the Ray workers will resolve.
+
+    A name registered with `register_oracle` in this process becomes its class's `module:Class`
+    path, since the workers' registries only hold what they import; built-in names are kept.
+    `module:Class` imports as in the workers, whose path starts with the launch directory.
+    """
+    from oat_cpgd.oracles.registry import importable_oracle_name
+
+    cwd_added = os.getcwd() not in sys.path
+    if cwd_added:
+        sys.path.append(os.getcwd())
+    try:
+        return importable_oracle_name(name)
+    except (TypeError, ValueError) as err:  # not a RewardOracle; unknown name (the known ones listed)
+        raise ConfigError(f"--oracle {name}: {err}.") from None
+    except Exception as err:  # the module or class does not import
+        raise ConfigError(f"--oracle {name} does not import: {type(err).__name__}: {err}.") from None
+    finally:
+        if cwd_added:
+            sys.path.remove(os.getcwd())
+
+
 @dataclass
 class Args:
     """General arguments: resources, model, data, generation, oracle, training, logging."""
@@ -49,6 +77,9 @@ class Args:
     their share of the CPU cores."""
     num_actors: int = -1
     """vLLM actor engines. -1: one per GPU with --collocate, half the GPUs otherwise; one on CPU."""
+    max_actor_restarts: int = 3
+    """Times Ray restarts an actor whose process died (OOM, segfault, killed); its lost prompts are
+    resent after it rejoins the weight transfer and gets the current weights (misc/actor_restarts)."""
     collocate: bool = False
     """Actors and learners share the same devices; on CUDA the vLLM engine sleeps while the learner trains."""
     asynchronous: bool = False
@@ -158,7 +189,10 @@ class Args:
     (oat's count: one per --train_batch_size prompts, not responses) times this. A run takes
     num_samples x num_ppo_epochs times as many, so set it to that product for the schedule to end with the run."""
     max_norm: float = 1.0
-    """Gradient clipping norm."""
+    """Gradient clipping norm (0: no clipping)."""
+    max_skipped_steps: int = 3
+    """An optimizer step whose loss or gradient is not finite (NaN/inf) is skipped on every rank and
+    counted (train/skipped_steps); more than this many in a row stop the run with an error."""
     adam_beta_1: float = 0.9
     adam_beta_2: float = 0.95
     l2: float = 0.0
@@ -185,6 +219,13 @@ class Args:
     """Most responses one learner rank may hold per step (a memory guard); -1: no limit."""
     sync_params_every: int = 1
     """Push learner weights to the actors every this many learning steps."""
+    sync_check_every: int = 1
+    """After every this many weight syncs, each actor scores a fixed probe (the first training
+    prompt's tokens) and its log-probs are compared with the learner's; 0: never."""
+    sync_check_tolerance: float = 0.05
+    """The largest mean absolute log-prob difference on the probe that passes the sync check; above it
+    the run stops: the actors are not sampling from the trained policy. (vLLM and the learner agree to
+    ~1e-5 in fp32 and to ~1e-2 in bf16.)"""
     max_steps: int = -1
     """Stop after this many learning steps (-1: run through the prompt epochs)."""
 
@@ -249,6 +290,7 @@ class Args:
             self.max_model_len = self.prompt_max_length + max(self.generate_max_length, self.eval_generate_max_length)
         if self.wb_run_name is None:
             self.wb_run_name = f"{self.run_kind()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.oracle = resolve_oracle_name(self.oracle)
         self.check()
 
     def run_kind(self) -> str:
@@ -306,6 +348,50 @@ class Args:
             "prompt_max_length",
         ):
             need(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}.")
+        for name in (
+            "eval_batch_size",
+            "eval_generate_max_length",
+            "max_train",
+            "max_eval",
+            "max_save_num",
+            "vllm_tensor_parallel_size",
+            "vllm_cpu_kvcache_gb",
+        ):
+            value = getattr(self, name)
+            default = " (its default -1 means --rollout_batch_size_per_device)" if name == "eval_batch_size" else ""
+            need(value >= 1, f"--{name} must be >= 1{default}, got {value}.")
+        for name in ("eval_steps", "save_steps", "max_steps", "num_actors"):
+            value = getattr(self, name)
+            need(value == -1 or value >= 1, f"--{name} must be >= 1, or -1 for its default, got {value}.")
+        longest = self.prompt_max_length + max(self.generate_max_length, self.eval_generate_max_length)
+        need(
+            self.max_model_len >= longest,
+            f"--max_model_len ({self.max_model_len}) is shorter than --prompt_max_length ({self.prompt_max_length}) "
+            f"+ max(--generate_max_length, --eval_generate_max_length) "
+            f"({max(self.generate_max_length, self.eval_generate_max_length)}) = {longest} tokens.",
+        )
+        need(
+            0 < self.vllm_gpu_ratio <= 1,
+            f"--vllm_gpu_ratio is a share of GPU memory and must be in (0, 1], got {self.vllm_gpu_ratio}.",
+        )
+        need(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}.")
+        need(0 <= self.lr_warmup_ratio <= 1, f"--lr_warmup_ratio must be in [0, 1], got {self.lr_warmup_ratio}.")
+        need(self.max_step_adjustment > 0, f"--max_step_adjustment must be > 0, got {self.max_step_adjustment}.")
+        need(self.max_norm >= 0, f"--max_norm must be >= 0 (0: no gradient clipping), got {self.max_norm}.")
+        need(
+            0 <= self.adam_beta_1 < 1 and 0 <= self.adam_beta_2 < 1,
+            f"--adam_beta_1 and --adam_beta_2 must be in [0, 1), got {self.adam_beta_1}, {self.adam_beta_2}.",
+        )
+        need(self.l2 >= 0, f"--l2 (weight decay) must be >= 0, got {self.l2}.")
+        need(self.beta >= 0, f"--beta (reference-KL loss coefficient) must be >= 0, got {self.beta}.")
+        need(self.oracle_timeout > 0, f"--oracle_timeout must be > 0 seconds, got {self.oracle_timeout}.")
+        need(self.oracle_workers >= 0, f"--oracle_workers must be >= 0 (0: checks inline), got {self.oracle_workers}.")
+        need(self.log_samples >= 0, f"--log_samples must be >= 0, got {self.log_samples}.")
+        for name in ("max_actor_restarts", "max_skipped_steps", "sync_check_every"):
+            need(getattr(self, name) >= 0, f"--{name} must be >= 0, got {getattr(self, name)}.")
+        need(self.sync_check_tolerance > 0, f"--sync_check_tolerance must be > 0, got {self.sync_check_tolerance}.")
+        need(self.eval_temperature >= 0, f"--eval_temperature must be >= 0 (0: greedy), got {self.eval_temperature}.")
+        need(self.top_k == -1 or self.top_k >= 1, f"--top_k must be >= 1, or -1 for no top-k, got {self.top_k}.")
         need(0 < self.top_p <= 1 and 0 < self.eval_top_p <= 1, "--top_p and --eval_top_p must be in (0, 1].")
         need(
             self.temperature > 0,
@@ -388,6 +474,12 @@ class PPOArgs(Args):
         self.clip_low = algorithm.clip[0] if self.clip_low is None else self.clip_low
         self.clip_high = algorithm.clip[1] if self.clip_high is None else self.clip_high
         super().resolve()
+        if self.non_stop_penalty > 0:
+            logger.warning(
+                "--non_stop_penalty %s is positive: it rewards responses truncated at --generate_max_length "
+                "(a penalty is <= 0, e.g. -1).",
+                self.non_stop_penalty,
+            )
 
     def check(self) -> None:
         super().check()
@@ -423,6 +515,34 @@ class PPOArgs(Args):
             self.dynamic_sampling_max_draws >= 0,
             f"--dynamic_sampling_max_draws must be >= 0, got {self.dynamic_sampling_max_draws}.",
         )
+        need(self.num_ppo_epochs >= 1, f"--num_ppo_epochs must be >= 1, got {self.num_ppo_epochs}.")
+        need(self.critic_learning_rate > 0, f"--critic_learning_rate must be > 0, got {self.critic_learning_rate}.")
+        need(
+            self.critic_max_step_adjustment > 0,
+            f"--critic_max_step_adjustment must be > 0, got {self.critic_max_step_adjustment}.",
+        )
+        need(
+            self.kl_penalty_coef >= 0,
+            f"--kl_penalty_coef (reference-KL reward shaping) must be >= 0, got {self.kl_penalty_coef}.",
+        )
+        need(
+            self.reward_scale > 0,
+            f"--reward_scale must be > 0 (a negative one rewards failure), got {self.reward_scale}.",
+        )
+        need(
+            0 <= self.gamma <= 1 and 0 <= self.lam <= 1,
+            f"--gamma and --lam must be in [0, 1], got {self.gamma}, {self.lam}.",
+        )
+        need(self.vf_coef >= 0, f"--vf_coef must be >= 0, got {self.vf_coef}.")
+        need(self.cliprange_value > 0, f"--cliprange_value must be > 0, got {self.cliprange_value}.")
+        need(
+            self.overlong_penalty_factor >= 0,
+            f"--overlong_penalty_factor must be >= 0 (it is subtracted), got {self.overlong_penalty_factor}.",
+        )
+        need(
+            self.dual_clip is None or self.dual_clip > 1,
+            f"--dual_clip must be > 1 (it bounds the loss at dual_clip x the advantage), got {self.dual_clip}.",
+        )
 
     @property
     def agg_mode(self) -> str:
@@ -446,6 +566,14 @@ class CPGDArgs(PPOArgs):
     """Per-prompt advantage weight omega: 1/std (std), min(c_w, G/G_nonzero) (clip_filter) or 1 (equal)."""
     clip_filter_max_weight: float = 3.0
     """c_w, the cap of the clip_filter weight."""
+
+    def check(self) -> None:
+        super().check()
+        need(self.policy_drift_coeff >= 0, f"--policy_drift_coeff must be >= 0, got {self.policy_drift_coeff}.")
+        need(self.drift_clip > 0, f"--drift_clip must be > 0, got {self.drift_clip}.")
+        need(
+            self.clip_filter_max_weight > 0, f"--clip_filter_max_weight must be > 0, got {self.clip_filter_max_weight}."
+        )
 
 
 ArgsT = TypeVar("ArgsT", bound=Args)

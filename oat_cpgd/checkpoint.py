@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -51,3 +52,36 @@ def save_checkpoint(
 
 def load_state(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / STATE_FILE).read_text())
+
+
+RESUMABLE_CHANGES = frozenset(
+    {
+        # Where and how the run is watched, and how long it goes on: not what it learns.
+        "resume_dir", "ray_address", "save_path", "wb_run_name", "use_wb", "wb_org", "wb_group", "wb_project",
+        "plot", "dry_run", "log_samples", "max_steps", "save_steps", "max_save_num", "eval_steps",
+        # Actor resources (actors are reseeded on resume anyway).
+        "num_actors", "vllm_gpu_ratio", "vllm_cpu_kvcache_gb", "enable_prefix_caching", "oracle_workers",
+    }
+)  # fmt: skip
+"""Flags a resumed run may change; every other flag (model, data, algorithm, learning) must match."""
+
+
+def prompts_fingerprint(indices: list[int], prompts: list[str]) -> str:
+    """A hash of the training prompts (their rows and rendered text): the same data, in the same order."""
+    return hashlib.sha256(json.dumps([indices, prompts]).encode()).hexdigest()[:16]
+
+
+def resume_differences(
+    saved_config: dict, config: dict, saved_state: dict, num_prompts: int, fingerprint: str
+) -> list[str]:
+    """What keeps a run from continuing the one saved: flags that differ (beyond RESUMABLE_CHANGES), or other data."""
+    differences = [
+        f"--{name}: {saved_config.get(name)!r} in the saved run, {config.get(name)!r} now"
+        for name in sorted(set(saved_config) | set(config))
+        if name not in RESUMABLE_CHANGES and saved_config.get(name) != config.get(name)
+    ]
+    if saved_state.get("num_prompts") != num_prompts:
+        differences.append(f"training prompts: {saved_state.get('num_prompts')} in the saved run, {num_prompts} now")
+    elif saved_state.get("prompts_fingerprint", fingerprint) != fingerprint:
+        differences.append("training prompts: as many as in the saved run, but other rows or text (their hash differs)")
+    return differences

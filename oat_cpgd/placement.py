@@ -107,7 +107,13 @@ def spawn_learners(args: PPOArgs, learner_cls, schedule_steps: float) -> list:
 
 def spawn_actors(args: PPOArgs, actor_cls) -> list:
     gpus_each = 0.5 if args.collocate else args.vllm_tensor_parallel_size
-    remote_cls = ray.remote(actor_cls).options(num_cpus=0, num_gpus=gpus_each if args.on_cuda else 0)
+    # A dead actor (OOM, segfault, killed) is restarted by Ray; the loop resends its chunk (oat_cpgd.roles).
+    remote_cls = ray.remote(actor_cls).options(
+        num_cpus=0,
+        num_gpus=gpus_each if args.on_cuda else 0,
+        max_restarts=args.max_actor_restarts,
+        max_task_retries=0,
+    )
     return [remote_cls.remote(args, index) for index in range(args.actor_count)]
 
 

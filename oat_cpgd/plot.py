@@ -7,6 +7,7 @@ policy drift. A panel whose metrics were never logged says "no data".
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def read_rows(run_dir: Path) -> list[dict]:
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of the rows that logged `key` (run_log writes NaN as null: skipped)."""
-    points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+    """(steps, values) of the rows that logged a finite `key` (a NaN/inf value is skipped)."""
+    points = [(row["step"], row[key]) for row in rows if row.get(key) is not None and math.isfinite(row[key])]
     return [step for step, _ in points], [value for _, value in points]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -11,12 +10,6 @@ from tqdm import tqdm
 
 from oat_cpgd.args import Args
 from oat_cpgd.types import Trajectory
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN/inf
-    return value
 
 
 def keep_steps_up_to(path: Path, step: int) -> None:
@@ -46,8 +39,9 @@ class RunLog:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.args = args
-        (self.run_dir / "config.json").write_text(args.to_json())
-        if resume_step is not None:
+        if resume_step is None:  # a resumed run keeps the original's configuration
+            (self.run_dir / "config.json").write_text(args.to_json())
+        else:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 keep_steps_up_to(self.run_dir / name, resume_step)
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
@@ -80,7 +74,8 @@ class RunLog:
         extra_prompt_indices: list[int] | None = None,
     ) -> None:
         """`prompt_indices`: the step's draw; `extra_prompt_indices`: dynamic sampling's extra draws."""
-        row = {"step": step, **{k: _jsonable(float(v)) for k, v in metrics.items()}}
+        # A NaN/inf metric is written as NaN/Infinity (Python's json reads them back), never as null.
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         row["data/dropped_prompts"] = self.dropped_prompts
         self._write_metrics(row)
         examples = [

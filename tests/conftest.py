@@ -42,3 +42,20 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"shared data folder {path} is missing: tests need the datasets there")
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster shared by the runs of a test module (run() reuses a live session)."""
+    import shutil
+
+    import ray
+
+    from oat_cpgd.placement import start_local_ray
+
+    # Ray workers import the test classes (loop_support, fault_support) as the driver does.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    temp_dir = start_local_ray()
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

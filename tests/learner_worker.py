@@ -56,6 +56,7 @@ class Scenario:
 
 ONE_STEP = {"train_batch_size": 16, "train_batch_size_per_device": 4}
 TWO_STEPS = {"train_batch_size": 8, "train_batch_size_per_device": 4}
+CPGD_THREE_EPOCHS = {"critic_type": "cpgd", "cpgd_weight": "clip_filter", "num_ppo_epochs": 3, **ONE_STEP}
 
 SCENARIOS: dict[str, Scenario] = {
     # One optimizer step on-policy: every response's log-prob moves with its advantage's sign.
@@ -93,10 +94,24 @@ SCENARIOS: dict[str, Scenario] = {
         group_rewards=((1.0, 1.0, 1.0, 1.0),),
         perturbed_reference=True,
     ),
+    # A NaN reward in rank 0's first mini-batch: that optimizer step is skipped on both ranks, the second applies.
+    "grpo_nan_reward": Scenario(
+        {"critic_type": "grpo", **TWO_STEPS},
+        group_rewards=((math.nan, 0.0, 1.0, 0.0), (1.0, 0.0, 1.0, 0.0), (1.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0)),
+    ),
+    # Every reward NaN under ZeRO-3: two skipped steps in a row exceed --max_skipped_steps 1.
+    "grpo_nan_abort": Scenario(
+        {"critic_type": "grpo", "zero_stage": 3, "max_skipped_steps": 1, **TWO_STEPS},
+        group_rewards=((math.nan, 0.0, 1.0, 0.0),),
+    ),
     # The reference-KL loss (beta) against a different reference changes the "grpo" gradient.
     "grpo_ref_kl_loss": Scenario({"critic_type": "grpo", "beta": 1.0, **ONE_STEP}, perturbed_reference=True),
     "drgrpo": Scenario({"critic_type": "drgrpo", **ONE_STEP}),
     "cpgd": Scenario({"critic_type": "cpgd", "cpgd_weight": "clip_filter", **ONE_STEP}),
+    # The same batch for 3 epochs: epochs 2 and 3 start off-policy, so the drift grows; a strong
+    # drift coefficient (alpha) pulls the policy back towards the proximal one and keeps it smaller.
+    "cpgd_three_epochs": Scenario({**CPGD_THREE_EPOCHS, "policy_drift_coeff": 0.0}),
+    "cpgd_three_epochs_strong_drift": Scenario({**CPGD_THREE_EPOCHS, "policy_drift_coeff": 5.0}),
     # Same learn as "grpo", accumulated over 4 micro-batches per rank instead of 1.
     "grpo_micro1": Scenario(
         {"critic_type": "grpo", **ONE_STEP, "train_batch_size_per_device": 1}, reference_grad_norm=True
@@ -192,7 +207,8 @@ def make_trajectories(
         rewards = group_rewards[prompt_index % len(group_rewards)]
         for sample in range(NUM_SAMPLES):
             response = [rng.randrange(3, vocab_size) for _ in range(rng.randint(2, 12))]
-            trajectories.append(Trajectory(prompt_index, prompt, response, [], rewards[sample], truncated=False))
+            reward = rewards[sample]
+            trajectories.append(Trajectory(prompt_index, prompt, response, [], reward, False, oracle_reward=reward))
     with torch.no_grad():
         for trajectory in trajectories:
             trajectory.actor_logprobs = token_logprobs(model, trajectory).tolist()
@@ -276,7 +292,10 @@ def run_scenario(
     shard = trajectories[rank * per_rank : (rank + 1) * per_rank]
 
     result["logp_before"] = sequence_logprobs(learner, shard)
-    result["metrics"] = learner.learn(shard)
+    try:
+        result["metrics"] = learner.learn(shard)
+    except FloatingPointError as error:  # too many non-finite updates: every rank stops alike
+        result["error"] = str(error)
     result["logp_after"] = sequence_logprobs(learner, shard)
     # Every rank iterates (ZeRO-3 gathers layer by layer); copies, as the gathered memory is released.
     state = {name: tensor.to("cpu", copy=True) for name, tensor in learner.weights()}
@@ -284,7 +303,7 @@ def run_scenario(
         learner.save_pretrained(out / f"{name}_saved")
     if rank == 0:
         safetensors.torch.save_file(state, out / f"{name}.safetensors")
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2))  # NaN metrics as NaN
     del learner
     gc.collect()
     return state

@@ -14,6 +14,14 @@ class SevensOracle(RewardOracle):
         return response.count("7") / max(len(response), 1)
 
 
+class LengthOracle(RewardOracle):
+    """The response's length in characters / 64 (at most 1): every group's rewards differ, so every
+    update moves the policy."""
+
+    def reward(self, prompt, response, reference):
+        return min(1.0, len(response) / 64)
+
+
 GREEDY_PROMPTS = ["Using the numbers [3, 5, 7]", "What is 12 plus 30?"]
 
 

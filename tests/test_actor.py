@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from greedy_support import assert_same_greedy, hf_greedy
 from sync_support import broadcast_to
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -46,20 +47,10 @@ def greedy(actor: Actor, prompt_ids, max_new=MAX_NEW):
     return [group[0].token_ids for group in actor.generate(prompt_ids, params)]
 
 
-def hf_greedy(model, prompt_ids, max_new=MAX_NEW):
-    outputs = []
-    for ids in prompt_ids:
-        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, min_new_tokens=max_new)
-        outputs.append(out[0, len(ids) :].tolist())
-    return outputs
-
-
 def test_greedy_matches_transformers(actor, prompt_ids, tiny_model_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
     vllm_out = greedy(actor, prompt_ids)
-    hf_out = hf_greedy(model, prompt_ids)
-    for v, h in zip(vllm_out, hf_out, strict=False):
-        assert v == h[: len(v)]  # vLLM may stop at eos; transformers was forced on
+    assert_same_greedy(vllm_out, hf_greedy(model, prompt_ids, MAX_NEW), model, MAX_NEW)
 
 
 def test_samples_logprobs_and_truncation(actor, prompt_ids):
@@ -103,12 +94,15 @@ def test_step_scores_with_the_oracle(actor, prompt_ids):
     for t in trajectories:
         assert t.prompt_ids == prompt_ids[[10, 11, 12].index(t.prompt_index)]
         assert len(t.actor_logprobs) == len(t.response_ids)
-        assert t.reward in (0.0, 1.0, -0.5, 0.5)  # oracle reward plus the non-stop penalty when truncated
-        assert (t.reward < 0) == (t.truncated and t.reward != 0.5) or t.reward == 0.5
+        assert t.oracle_reward in (0.0, 1.0)  # GSM8K: correct or not (format_reward 0)
+        # The oracle reward plus the non-stop penalty exactly when truncated: 0, 1, -0.5 or 0.5.
+        assert t.reward == t.oracle_reward + (-0.5 if t.truncated else 0.0)
         assert {"answer", "format_ok", "timed_out"} <= set(t.info)
-    for key in ("actor/generate_time", "actor/verify_time", "actor/tokens_per_s", "actor/reward_mean"):
-        assert key in metrics and metrics[key] >= 0 or key == "actor/reward_mean"
-    assert all(t.reward == t.oracle_reward + (-0.5 if t.truncated else 0.0) for t in trajectories)
+    assert any(t.truncated for t in trajectories)  # the penalty path is exercised (12 tokens rarely end)
+    for key in ("actor/generate_time", "actor/verify_time", "actor/tokens_per_s"):
+        assert metrics[key] > 0, (key, metrics)
+    # The oracle's mean, before the penalty.
+    assert metrics["actor/reward_mean"] == pytest.approx(sum(t.oracle_reward for t in trajectories) / 9)
 
 
 def test_step_labels_trajectories_with_the_weight_version_and_overlong_penalty(actor, prompt_ids):
@@ -139,8 +133,7 @@ def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):
     broadcast_to(actor, ModelWeights(model))
     after = greedy(actor, prompt_ids)
     assert after != before
-    for v, h in zip(after, hf_greedy(model, prompt_ids), strict=False):
-        assert v == h[: len(v)]
+    assert_same_greedy(after, hf_greedy(model, prompt_ids, MAX_NEW), model, MAX_NEW)
 
 
 def test_sleep_and_wake_up_are_noops_on_cpu(actor, prompt_ids):

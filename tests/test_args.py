@@ -1,12 +1,17 @@
 """The CLI: oat's documented commands parse verbatim; bad combinations name their flags."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from oat_cpgd.args import CPGDArgs, PPOArgs, parse_args
+from oat_cpgd.args import ConfigError, CPGDArgs, PPOArgs, parse_args
+from oat_cpgd.oracles import ORACLES, RewardOracle, register_oracle
+
+REPO = Path(__file__).resolve().parents[1]
 
 # oat's docs/reasoning_examples.md, first command (PPO on GSM8K), module name changed only.
 OAT_PPO_GSM8K = """
@@ -112,6 +117,128 @@ def test_bad_combinations_name_their_flags(argv, flags, capsys):
     message = capsys.readouterr().err
     for flag in flags:
         assert flag in message, message
+
+
+@pytest.mark.parametrize(
+    "argv, flags",
+    [
+        (["--eval_batch_size", "0"], ["--eval_batch_size"]),
+        (["--max_model_len", "8"], ["--max_model_len", "--prompt_max_length", "--generate_max_length"]),
+        (["--learning_rate", "-1"], ["--learning_rate"]),
+        (["--learning_rate", "0"], ["--learning_rate"]),
+        (["--critic_learning_rate", "-1"], ["--critic_learning_rate"]),
+        (["--beta", "-1"], ["--beta"]),
+        (["--kl_penalty_coef", "-1"], ["--kl_penalty_coef"]),
+        (["--vllm_gpu_ratio", "7"], ["--vllm_gpu_ratio"]),
+        (["--vllm_gpu_ratio", "0"], ["--vllm_gpu_ratio"]),
+        (["--max_norm", "-1"], ["--max_norm"]),
+        (["--eval_steps", "0"], ["--eval_steps"]),
+        (["--save_steps", "0"], ["--save_steps"]),
+        (["--oracle_timeout", "0"], ["--oracle_timeout"]),
+        (["--oracle_workers", "-1"], ["--oracle_workers"]),
+        (["--num_ppo_epochs", "0"], ["--num_ppo_epochs"]),
+        (["--eval_temperature", "-0.5"], ["--eval_temperature"]),
+        (["--top_k", "0"], ["--top_k"]),
+        (["--lr_warmup_ratio", "1.5"], ["--lr_warmup_ratio"]),
+        (["--reward_scale", "-1"], ["--reward_scale"]),
+        (["--gamma", "1.5"], ["--gamma"]),
+        (["--dual_clip", "0.5"], ["--dual_clip"]),
+        (["--max_skipped_steps", "-1"], ["--max_skipped_steps"]),
+        (["--max_actor_restarts", "-1"], ["--max_actor_restarts"]),
+        (["--sync_check_every", "-1"], ["--sync_check_every"]),
+        (["--sync_check_tolerance", "0"], ["--sync_check_tolerance"]),
+        (["--tis_c", "0"], ["--tis_c"]),
+        (["--overlong_buffer_len", "2000"], ["--overlong_buffer_len", "--generate_max_length"]),
+        (["--critic_type", "ppo", "--dynamic_sampling"], ["--dynamic_sampling", "--critic_type"]),
+        (["--oracle", "gsm9k"], ["--oracle", "gsm9k", "countdown", "deepscaler", "gsm8k", "math"]),
+        (["--oracle", "pathlib:Path"], ["--oracle", "RewardOracle"]),
+        (["--oracle", "no_such_module:Oracle"], ["--oracle", "no_such_module"]),
+        (["--oracle", "oat_cpgd.oracles.gsm8k:NoSuchOracle"], ["--oracle", "NoSuchOracle"]),
+    ],
+)
+def test_out_of_range_flags_name_their_flags(argv, flags, capsys):
+    """Caught at parse time (--dry_run included), before any engine starts."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(PPOArgs, argv=[*argv, "--dry_run"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    for flag in flags:
+        assert flag in message, message
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--policy_drift_coeff", "-0.1"], "--policy_drift_coeff"),
+        (["--drift_clip", "0"], "--drift_clip"),
+        (["--clip_filter_max_weight", "0"], "--clip_filter_max_weight"),
+    ],
+)
+def test_out_of_range_cpgd_flags_name_their_flags(argv, flag, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(CPGDArgs, argv=argv)
+    assert flag in capsys.readouterr().err
+
+
+def test_limits_themselves_are_accepted():
+    args = parse_args(
+        PPOArgs,
+        argv="--max_model_len 2048 --vllm_gpu_ratio 1 --beta 0 --max_norm 0 --eval_steps -1 --oracle_workers 0 "
+        "--eval_batch_size 1 --top_k 1 --non_stop_penalty -1".split(),
+    )
+    assert args.max_model_len == 2048 and args.eval_batch_size == 1
+    assert parse_args(PPOArgs, argv=[]).max_model_len == 2048  # the default: 1024 + max(1024, 1024)
+
+
+def test_a_positive_non_stop_penalty_is_warned_about(caplog):
+    with caplog.at_level("WARNING", logger="oat_cpgd.args"):
+        parse_args(PPOArgs, argv=["--non_stop_penalty", "-1"])
+        parse_args(PPOArgs, argv=["--non_stop_penalty", "0"])
+        assert not caplog.records
+        parse_args(PPOArgs, argv=["--non_stop_penalty", "0.5"])
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "--non_stop_penalty" in record.getMessage()
+
+
+class RegisteredOracle(RewardOracle):
+    """Registered under a short name by the test below only (at module level: importable by workers)."""
+
+    def reward(self, prompt, response, reference):
+        return 1.0
+
+
+def test_registered_oracle_names_reach_the_ray_workers(tmp_path):
+    """The registry is per process: a registered short name becomes the class's import path, which a
+    fresh process (a Ray worker: the repo root and PYTHONPATH on its path) resolves to the same class."""
+    register_oracle("registered_in_the_driver")(RegisteredOracle)
+    try:
+        args = parse_args(PPOArgs, argv=["--oracle", "registered_in_the_driver"])
+    finally:
+        del ORACLES["registered_in_the_driver"]
+    assert args.oracle == f"{__name__}:RegisteredOracle"
+    worker = "import sys; from oat_cpgd.oracles import oracle_class; print(oracle_class(sys.argv[1]).__qualname__)"
+    tests_dir = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), tests_dir])}
+    done = subprocess.run(
+        [sys.executable, "-c", worker, args.oracle], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "RegisteredOracle", done.stderr
+    # Built-in names stay as they are: every worker's registry has them.
+    for name in ("gsm8k", "countdown", "math", "deepscaler", "examples.my_oracle:IntegerAnswerOracle"):
+        assert parse_args(PPOArgs, argv=["--oracle", name]).oracle == name
+
+
+def test_an_oracle_registered_where_workers_cannot_import_it_is_an_error():
+    class LocalOracle(RewardOracle):
+        def reward(self, prompt, response, reference):
+            return 0.0
+
+    register_oracle("local_only")(LocalOracle)
+    try:
+        with pytest.raises(ConfigError, match="--oracle local_only.*importable module"):
+            PPOArgs(oracle="local_only").resolve()
+    finally:
+        del ORACLES["local_only"]
 
 
 def test_cpgd_critic_type_needs_the_cpgd_entry_point(capsys):

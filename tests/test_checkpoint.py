@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.checkpoint import complete_checkpoints, latest_checkpoint, load_state, save_checkpoint
@@ -54,7 +55,7 @@ def test_resume_drops_log_rows_after_the_checkpoint(tmp_path):
 
 
 FLAGS = """--gpus 2 --train_split train[:64] --input_key nums --output_key target,nums --prompt_template countdown
-    --oracle countdown --oracle_workers 1 --num_samples 4 --rollout_batch_size 4 --rollout_batch_size_per_device 4
+    --oracle loop_support:LengthOracle --oracle_workers 1 --num_samples 4 --rollout_batch_size 4 --rollout_batch_size_per_device 4
     --train_batch_size 8 --train_batch_size_per_device 2 --generate_max_length 16 --prompt_max_length 256
     --learning_rate 1e-3 --max_steps 4 --save_steps 2 --max_save_num 3 --eval_steps -1""".split()
 
@@ -67,7 +68,9 @@ def rows(path: Path) -> list[dict]:
 def test_a_killed_run_resumes_where_it_stopped(tiny_model_path, shared_data, tmp_path):
     """A 4-step run, and a run SIGKILLed after its step-2 checkpoint then resumed, draw the same prompts."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short, and ours: what the crash leaves is found
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    # LengthOracle (tests/loop_support.py): rewards that differ within every group, so every step trains.
+    python_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": python_path}
     data = str(shared_data / "countdown" / "train_head.jsonl")
 
     def command(name: str, *extra: str) -> list[str]:
@@ -108,5 +111,12 @@ def test_a_killed_run_resumes_where_it_stopped(tiny_model_path, shared_data, tmp
     for run in (tmp_path / "whole", crashed):
         assert [p.name for p in complete_checkpoints(run)] == ["step_2", "step_4"]
         assert load_state(latest_checkpoint(run))["step"] == 4
-    model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(crashed) / "policy")
-    assert model.num_parameters() > 0
+    # The newest checkpoint's policy loads, and holds the weights the run ended with: those of
+    # final_model (saved after the same last step), trained away from the initial model.
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    for run in (tmp_path / "whole", crashed):
+        checkpointed = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run) / "policy").state_dict()
+        final = AutoModelForCausalLM.from_pretrained(run / "final_model").state_dict()
+        assert checkpointed.keys() == final.keys() == initial.keys()
+        assert all(torch.equal(checkpointed[name], final[name]) for name in final), run.name
+        assert not all(torch.equal(checkpointed[name], initial[name]) for name in initial), run.name

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from oat_cpgd.placement import ray_temp_dir, worker_env
@@ -55,6 +56,42 @@ def test_local_cluster_is_torn_down(tiny_model_path, shared_data, tmp_path):
     assert not [name for name in set(os.listdir("/dev/shm")) - shm_before if "ray" in name or "plasma" in name]
 
 
+def cluster_processes(temp_dir: str) -> list[psutil.Process]:
+    """The processes of the Ray cluster whose session files are under `temp_dir`, and their children.
+
+    Every process Ray starts (gcs_server, raylet, agents, log monitor, workers) names its session
+    or temp folder on its command line, and `temp_dir` is this test's alone: other clusters on the
+    machine are left alone, unlike `ray stop`, which stops every cluster of the user.
+    """
+    found: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in arg for arg in process.info["cmdline"] or ()):
+                found[process.pid] = process
+                found.update((child.pid, child) for child in process.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def stop_cluster(temp_dir: str) -> None:
+    """Terminate this cluster's processes (SIGTERM, then SIGKILL what is left after 20 s)."""
+    processes = cluster_processes(temp_dir)
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -78,11 +115,13 @@ def test_attach_to_a_running_cluster(tiny_model_path, shared_data, tmp_path):
     }
     temp_dir = ray_temp_dir()
     head = f"start --head --node-ip-address 127.0.0.1 --port {port} --num-cpus 2 --include-dashboard false"
-    subprocess.run([ray_bin, *head.split(), "--temp-dir", temp_dir], check=True, env=env, capture_output=True)
     try:
+        subprocess.run([ray_bin, *head.split(), "--temp-dir", temp_dir], check=True, env=env, capture_output=True)
+        assert cluster_processes(temp_dir), "ray start left no process naming its --temp-dir"
         cli_run(
             tiny_model_path, shared_data, tmp_path / "runs", "attached", "--ray_address", f"127.0.0.1:{port}", env=env
         )
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+        stop_cluster(temp_dir)  # only the cluster started above
         shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not cluster_processes(temp_dir)

@@ -101,7 +101,13 @@ def test_empty_after_filtering_is_an_error(shared_data, tokenizer, tmp_path):
     rows = load_split(str(shared_data / "gsm8k"), "test[:3]")
     with pytest.raises(DataError, match="all 3 rows exceed --prompt_max_length 2"):
         build_prompts(rows, tokenizer, input_key="question", output_key="answer", prompt_max_length=2)
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text(json.dumps({"question": "q", "answer": "1"}) + "\n")
+    one_row = tmp_path / "one_row.jsonl"
+    one_row.write_text(json.dumps({"question": "q", "answer": "1"}) + "\n")
+    rows = load_split(str(one_row), "train")
+    assert len(build_prompts(rows, tokenizer, input_key="question", output_key="answer")) == 1
+    # No rows at all (the columns exist): nothing was dropped, the data is empty.
+    empty = rows.select([])
+    with pytest.raises(DataError, match="the data set is empty"):
+        build_prompts(empty, tokenizer, input_key="question", output_key="answer")
     with pytest.raises(DataError, match="does not exist"):
         load_split(str(tmp_path / "nope.jsonl"), "train")

@@ -3,13 +3,8 @@
 import pytest
 
 from oat_cpgd.args import PPOArgs
-from oat_cpgd.interface import (
-    extra_prompt_order,
-    fill_with_informative_groups,
-    is_informative,
-    num_learning_steps,
-    prompt_order,
-)
+from oat_cpgd.interface import num_learning_steps
+from oat_cpgd.rollout import extra_prompt_order, fill_with_informative_groups, is_informative, prompt_order
 from oat_cpgd.types import Trajectory
 
 

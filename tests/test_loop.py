@@ -1,32 +1,20 @@
 """The online loop end to end: real Ray, vLLM, DeepSpeed, oracles and data, on the tiny model (CPU)."""
 
 import json
-import os
-import shutil
+import math
+import statistics
 from pathlib import Path
 
 import pytest
-import ray
 import torch
+from greedy_support import assert_same_greedy, hf_greedy
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.args import CPGDArgs
 from oat_cpgd.interface import run
-from oat_cpgd.placement import start_local_ray
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray cluster shared by the runs of this module (run() reuses a live session)."""
-    # Ray workers import the test classes (loop_support) as the driver does.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
-    temp_dir = start_local_ray()
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def countdown_args(model, data, tmp_path, critic_type, **overrides) -> CPGDArgs:
@@ -65,11 +53,12 @@ def countdown_args(model, data, tmp_path, critic_type, **overrides) -> CPGDArgs:
     return args
 
 
-def run_and_check(args: CPGDArgs, tmp_path: Path) -> list[dict]:
-    """Run with the greedy-recording actor; check metrics and that actor == saved learner model."""
+def run_and_check(args: CPGDArgs, tmp_path: Path, actor_cls=None) -> list[dict]:
+    """Run with the greedy-recording actor (or a subclass); check the metrics and that each actor
+    samples as the saved learner model does."""
     from loop_support import GreedyRecordingActor
 
-    run_dir = run(args, actor_cls=GreedyRecordingActor)
+    run_dir = run(args, actor_cls=actor_cls or GreedyRecordingActor)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, args.max_steps + 1))
     for row in rows:
@@ -87,8 +76,11 @@ def run_and_check(args: CPGDArgs, tmp_path: Path) -> list[dict]:
             "actor/verify_time",
             "misc/weight_sync_time",
             "misc/step_time",
+            "misc/actor_restarts",
         ):
             assert key in row, key
+        # Synced after every step and checked on the probe: vLLM and the learner agree to float error.
+        assert row["misc/sync_check_gap"] < 1e-3, row
     if not args.asynchronous:  # synced after every step: each rollout comes from the learner's weights
         assert [r["misc/rollout_weight_version"] for r in rows] == [r["step"] - 1 for r in rows]
         assert all(r["misc/policy_lag"] == 0 for r in rows)
@@ -101,9 +93,8 @@ def run_and_check(args: CPGDArgs, tmp_path: Path) -> list[dict]:
     for recording in recordings:  # every actor got the last sync
         recorded = json.loads(recording.read_text())
         assert len(recorded["response_ids"]) == 2
-        for ids, actor_answer in zip(recorded["prompt_ids"], recorded["response_ids"], strict=True):
-            hf = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, min_new_tokens=16)
-            assert actor_answer == hf[0, len(ids) :].tolist()[: len(actor_answer)], recording.name
+        hf = hf_greedy(model, recorded["prompt_ids"], 16)
+        assert_same_greedy(recorded["response_ids"], hf, model, 16)
     return rows
 
 
@@ -142,6 +133,10 @@ def test_asynchronous_with_two_actors(ray_cluster, tiny_model_path, shared_data,
         max_steps=4,
         num_actors=2,
         rollout_batch_size_per_device=2,
+        # A reward the random model earns (CountDown's is 0 everywhere), so every update moves the policy.
+        oracle="loop_support:SevensOracle",
+        prompt_template="{nums}",
+        output_key="target",
     )
     rows = run_and_check(args, tmp_path)
     assert [r["misc/rollout_weight_version"] for r in rows] == [0, 0, 1, 2]
@@ -172,7 +167,8 @@ DAPO = dict(
 def test_reward_rises_on_a_learnable_task(
     critic_type, extra_flags, ray_cluster, tiny_model_path, shared_data, tmp_path
 ):
-    """Catches sign errors: each algorithm must raise the share of '7's in its answers."""
+    """Catches sign errors: each algorithm must raise the share of '7's in its answers. And more than
+    sign errors: the std normalisation of the group methods and the critic's learning (below)."""
     args = countdown_args(
         tiny_model_path,
         shared_data,
@@ -201,11 +197,66 @@ def test_reward_rises_on_a_learnable_task(
     rewards = [row["actor/reward_mean"] for row in rows]  # the oracle's, before any length penalty
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert end > start + 0.15 and end > 3 * start, rewards
+    if critic_type == "ppo":
+        check_the_critic_learns(rows)
+    else:
+        check_advantage_scale(critic_type, rows, args.num_samples, args.rollout_batch_size)
     if extra_flags.get("dynamic_sampling"):
         # Early on many groups score all 0: extra prompts are drawn, and the trained share is reported.
         assert sum(row["misc/dynamic_sampling_draws"] for row in rows) > 0
         assert all(row["misc/prompts_drawn"] >= args.rollout_batch_size for row in rows)
         assert all(0 <= row["train/informative_groups"] <= 1 for row in rows)
+
+
+def informative_share(row: dict) -> tuple[float, bool]:
+    """The share of the step's groups whose rewards vary, and whether it is exact.
+
+    Dynamic sampling counts them (train/informative_groups). Otherwise those not all 0 or all 1 (of
+    the rewards the learner got; SevensOracle's lie in [0, 1]) bound it: a group can also score,
+    say, 0.5 everywhere.
+    """
+    if "train/informative_groups" in row:
+        return row["train/informative_groups"], True
+    return 1 - row["train/all_wrong_groups"] - row["train/all_correct_groups"], False
+
+
+def check_advantage_scale(critic_type: str, rows: list[dict], group_size: int, groups: int) -> None:
+    """train/adv_std of a group method: the std of the advantages over the batch's response tokens.
+
+    With 1/std per group (grpo, gspo, cpgd's default `std` weight) each group that has signal gets
+    advantages of population std sqrt((K - 1) / K), the others 0, so over equally long responses
+    adv_std = sqrt(share x (K - 1) / K): 0.94 when every group has signal, and at least
+    sqrt((K - 1) / K / groups) = 0.33 when one has. Without the 1/std, SevensOracle's small reward
+    spreads (one '7' in 12 characters is a reward of 0.08) give a few hundredths. REINFORCE++-baseline
+    whitens over the batch: 1. (Token weighting: the 20% slack.)
+    """
+    per_group = (group_size - 1) / group_size
+    trained = [row for row in rows if row["train/adv_std"] > 1e-6]
+    assert len(trained) >= 2, rows  # the checks below are not vacuous
+    for row in rows:
+        if informative_share(row)[0] == 0:  # no group with signal: no advantage at all
+            assert row["train/adv_std"] < 1e-6, row
+    for row in trained:
+        share, exact = informative_share(row)
+        if critic_type in ("grpo", "gspo", "cpgd"):
+            low, high = math.sqrt(per_group * (share if exact else 1 / groups)), math.sqrt(per_group * share)
+            assert 0.8 * low <= row["train/adv_std"] <= 1.2 * high, row
+        elif critic_type == "reinforce_pp_baseline":
+            assert row["train/adv_std"] == pytest.approx(1.0, abs=1e-3), row
+
+
+def check_the_critic_learns(rows: list[dict]) -> None:
+    """PPO's explained variance, on the steps whose returns vary, rises over the run.
+
+    The value head starts at 0 (explained variance 0). Fitted to the early, nearly constant
+    returns, its values' noise dwarfs their variance (very negative); as it learns the spread
+    rewards it climbs to about 0 or above. A dead critic stays at 0, a diverging one far below.
+    """
+    evs = [row["train/explained_variance"] for row in rows if informative_share(row)[0] > 0]
+    assert len(evs) >= 4, rows
+    early, late = evs[: len(evs) // 2], evs[len(evs) // 2 :]
+    assert statistics.median(late) > statistics.median(early) + 0.1, evs
+    assert min(evs[-3:]) > -10, evs
 
 
 def test_evaluation_in_the_loop_matches_the_evaluate_command(ray_cluster, tiny_model_path, shared_data, tmp_path):

@@ -229,6 +229,15 @@ class Actor:
     # ------------------------------------------------------------------ weights
     # vLLM's weight-sync surface (a `VLLMWeightSyncClient`), driven by the learners' transfer
     # engine (oat_cpgd.weight_sync): new weights are loaded in place, the engine keeps running.
+    def probe_logprobs(self, token_ids: Sequence[int]) -> list[float]:
+        """The engine's log-probs of token_ids[1:], each given its prefix (the weight-sync check's probe)."""
+        import vllm
+
+        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        (output,) = self.llm.generate([{"prompt_token_ids": list(token_ids)}], params, use_tqdm=False)
+        steps = output.prompt_logprobs[1:]  # the first token has no prefix
+        return [step[token].logprob for step, token in zip(steps, token_ids[1:], strict=True)]
+
     def set_weight_version(self, version: int) -> None:
         """The learning steps behind the weights just loaded; rollouts sampled from now on carry it."""
         self.weight_version = version

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -167,6 +168,7 @@ class Learner:
             self.reference = self._reference_engine(reference_model.eval().requires_grad_(False))
 
         self.weight_transfer: TrainerWeightTransferEngine | None = None  # set by connect_actors
+        self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite gradient, consecutively
 
         # seq-mean-token-sum-norm divides by the generation budget, the same for every micro-batch.
         self.max_len = args.generate_max_length
@@ -241,6 +243,15 @@ class Learner:
             out[indices, : micro_batch.response_mask.shape[1]] = compute(micro_batch)
         return out
 
+    @torch.no_grad()
+    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
+        """Collective (a ZeRO-3 forward): the policy's log-probs of token_ids[1:], each given its prefix,
+        without temperature, as the actor's `probe_logprobs` reports them."""
+        ids = torch.tensor([token_ids], device=self.device)
+        self.policy.eval()
+        logits = self.policy(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0, :-1]
+        return logprobs_from_logits(logits, ids[0, 1:]).cpu().tolist()
+
     def response_logprobs(self, trajectories: list[Trajectory]) -> list[Tensor]:
         """Collective: each response's token log-probs under the current policy (CPU tensors)."""
         batch = collate(trajectories, self.tokenizer.pad_token_id, self.device)
@@ -284,7 +295,11 @@ class Learner:
             data["old_values"] = self._per_token(batch, self._values)
         rewards = torch.tensor([t.reward for t in trajectories], device=self.device)
         data.update(self._advantages(batch, rewards * args.reward_scale))
-        metrics = {**self._rollout_metrics(batch, rewards), **{f"train/{k}": float(v) for k, v in is_stats.items()}}
+        oracle_rewards = torch.tensor([t.oracle_reward for t in trajectories], device=self.device)
+        metrics = {
+            **self._rollout_metrics(batch, oracle_rewards),
+            **{f"train/{k}": float(v) for k, v in is_stats.items()},
+        }
 
         self._train_mode(True)
         steps = []
@@ -298,6 +313,7 @@ class Learner:
                 steps.append(self._train_step(batch, indices))
         for name in steps[0]:
             metrics[f"train/{name}"] = sum(step[name] for step in steps) / len(steps)
+        metrics["train/skipped_steps"] = sum(step["skipped_steps"] for step in steps)  # a count, not a mean
         metrics["misc/learn_time"] = time.time() - start
         return self._mean_over_ranks(metrics)
 
@@ -367,7 +383,32 @@ class Learner:
                 stats[name] += float(value) * (loss_weight if name in LOSS_STATS else token_weight)
         stats["grad_norm"] = float(self.policy.get_global_grad_norm())
         stats["lr"] = lr
+        stats["skipped_steps"] = float(self._update_was_skipped())
         return stats
+
+    def _update_was_skipped(self) -> bool:
+        """After an optimizer step: whether it was skipped for a non-finite (NaN/inf) gradient.
+
+        DeepSpeed's ZeRO optimizers (stages 1-3, fp32 and bf16) skip such an update themselves, on
+        every rank alike (the gradient norm they test is all-reduced), and leave the LR scheduler
+        where it was. More than --max_skipped_steps in a row stop the run. ZeRO stage 0 has no such
+        check, so a non-finite gradient there has already reached the weights: stop at once.
+        """
+        engines = self._engines().values()
+        skipped = not all(engine.was_step_applied() for engine in engines)
+        if not skipped and not all(math.isfinite(float(engine.get_global_grad_norm())) for engine in engines):
+            raise FloatingPointError(
+                "a non-finite (NaN/inf) gradient was applied: --zero-stage 0 does not skip such updates. "
+                "The weights are unusable; resume from the last checkpoint with --resume_dir, with ZeRO stage >= 1."
+            )
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        if self.skipped_in_a_row > self.args.max_skipped_steps:
+            raise FloatingPointError(
+                f"{self.skipped_in_a_row} optimizer steps in a row had a non-finite (NaN/inf) loss or gradient and "
+                f"were skipped (--max_skipped_steps {self.args.max_skipped_steps}); the run stops. The last "
+                "checkpoint is intact: look at the rewards and the learning rate, then --resume_dir."
+            )
+        return skipped
 
     def _policy_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         args, mask = self.args, batch.response_mask

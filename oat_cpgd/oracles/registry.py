@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from oat_cpgd.oracles.base import RewardOracle
@@ -35,6 +37,56 @@ def oracle_class(name: str) -> type[RewardOracle]:
     if not (isinstance(cls, type) and issubclass(cls, RewardOracle)):
         raise TypeError(f"{name} is not a subclass of RewardOracle")
     return cls
+
+
+BUILT_IN_PACKAGE = "oat_cpgd.oracles."
+"""Names registered by classes of this package resolve alike in every process that imports it."""
+
+
+def _main_module_name() -> str | None:
+    """The importable name of the `__main__` module (`python -m pkg.mod` or a script under the cwd), if any."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return spec.name
+    path = getattr(main, "__file__", None)
+    if not path:
+        return None
+    # Ray workers import from the launch directory (oat_cpgd.placement.worker_env): a script below it imports.
+    try:
+        relative = Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return None
+    if relative.suffix != ".py":
+        return None
+    parts = relative.with_suffix("").parts
+    return ".".join(parts) if all(part.isidentifier() for part in parts) else None
+
+
+def importable_oracle_name(name: str) -> str:
+    """A name for `oracle_class` that resolves to the same class in other processes (Ray workers).
+
+    The registry lives per process: a name registered with `register_oracle` in the launching
+    process is unknown to a worker that never imported the registering module. Built-in names
+    (registered by this package, which every worker imports) are kept; other registered names
+    become their class's `module:Class` import path. `module:Class` names are kept. Raises
+    ValueError (unknown name, or a class no other process can import), TypeError (not a
+    RewardOracle) or ImportError/AttributeError (`module:Class` that does not import).
+    """
+    cls = oracle_class(name)
+    if name not in ORACLES or cls.__module__.startswith(BUILT_IN_PACKAGE):
+        return name
+    module_name = _main_module_name() if cls.__module__ == "__main__" else cls.__module__
+    if module_name is None or "." in cls.__qualname__ or "<" in cls.__qualname__:
+        raise ValueError(
+            f"oracle {name!r} ({cls.__module__}.{cls.__qualname__}) is registered in this process only and other "
+            "processes cannot import its class: define it at the top level of an importable module"
+        )
+    if cls.__module__ != "__main__":  # a script's module is not imported again here (its top level would rerun)
+        module = importlib.import_module(module_name)
+        if getattr(module, cls.__qualname__, None) is not cls:
+            raise ValueError(f"oracle {name!r}: {module_name}:{cls.__qualname__} does not name its class")
+    return f"{module_name}:{cls.__qualname__}"
 
 
 def get_oracle(name: str, **options: Any) -> RewardOracle:

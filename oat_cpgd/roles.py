@@ -1,0 +1,124 @@
+"""The loop's calls across roles that must not fail silently: the weight sync and its semantic
+check, learner calls that name a rank that died, and bringing a restarted actor back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from oat_cpgd.checkpoint import latest_checkpoint
+from oat_cpgd.placement import ActorGroup
+
+logger = logging.getLogger(__name__)
+
+
+class LearnerDiedError(RuntimeError):
+    """A learner rank's process died; the run cannot go on without it."""
+
+
+def gather_learners(futures: list, run_dir: Path) -> list:
+    """ray.get over one call on every learner rank. When a rank's process died, the others wait
+    for it in a collective forever: stop with an error naming the rank and the last checkpoint."""
+    pending = list(futures)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayActorError as error:
+            rank = futures.index(ready[0])
+            checkpoint = latest_checkpoint(run_dir)
+            resume = (
+                f"its last checkpoint is {checkpoint}: continue it with --resume_dir {run_dir} and the same flags"
+                if checkpoint
+                else "it has no checkpoint yet (--save_steps N writes them)"
+            )
+            raise LearnerDiedError(
+                f"learner rank {rank} died ({type(error).__name__}), so the run stops; {resume}."
+            ) from error
+    return ray.get(futures)
+
+
+def connect(learners: list, actors: list) -> None:
+    """Open the weight transfer from the learners to every actor's vLLM workers."""
+    workers = ray.get([actor.weight_workers.remote() for actor in actors])
+    ray.get([learner.connect_actors.remote(ActorGroup(actors, workers), sum(workers)) for learner in learners])
+
+
+def sync_weights(learners: list, actors: list, version: int, run_dir: Path) -> float:
+    """The policy's weights after `version` learning steps to every actor (learner rank 0 sends);
+    returns the wall time. The actors label what they sample next with `version`."""
+    start = time.perf_counter()
+    gather_learners([learner.sync_weights.remote() for learner in learners], run_dir)
+    ray.get([actor.set_weight_version.remote(version) for actor in actors])
+    return time.perf_counter() - start
+
+
+class WeightSyncError(RuntimeError):
+    """The actors' log-probs do not match the learner's after a sync."""
+
+
+def check_sync(learners: list, actors: list, probe: list[int], tolerance: float) -> float:
+    """Semantic check of a sync: every actor's log-probs on `probe` against the learner's; returns the
+    largest mean absolute difference, or raises WeightSyncError above `tolerance`."""
+    expected = torch.tensor(ray.get([learner.probe_logprobs.remote(probe) for learner in learners])[0])
+    gaps = [
+        float((torch.tensor(seen) - expected).abs().mean())
+        for seen in ray.get([actor.probe_logprobs.remote(probe) for actor in actors])
+    ]
+    worst = max(gaps)
+    if not worst <= tolerance:  # NaN fails too
+        raise WeightSyncError(
+            f"after the weight sync, actor {gaps.index(worst)}'s log-probs on a fixed probe differ from the "
+            f"learner's by {worst:.3g} on average (--sync_check_tolerance {tolerance}): the actors are not "
+            "sampling from the trained policy, so the run stops."
+        )
+    return worst
+
+
+def wait_until_restarted(actor, timeout_s: float = 900.0) -> None:
+    """Until Ray has restarted `actor` (it is unavailable while its engine starts again)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.__ray_ready__.remote())
+            return
+        except ray.exceptions.ActorDiedError as error:
+            raise RuntimeError("an actor died and its --max_actor_restarts are spent; the run stops") from error
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+class ActorRecovery:
+    """Brings an actor that died mid-rollout back: Ray restarts its process (--max_actor_restarts),
+    then every actor rejoins a fresh weight transfer and gets the current weights, and the lost
+    chunk is sent again."""
+
+    def __init__(self, learners: list, actors: list, prompts, version: int, run_dir: Path) -> None:
+        self.learners, self.actors, self.prompts, self.run_dir = learners, actors, prompts, run_dir
+        self.version = version
+        """Learning steps behind the weights the actors last received."""
+        self.restarts = 0
+
+    def synced(self, version: int) -> None:
+        self.version = version
+
+    def __call__(self, chunk):
+        from oat_cpgd.rollout import send
+
+        if chunk.restarts_seen == self.restarts:  # the first lost chunk of this death: restore the actors
+            self.restarts += 1
+            logger.warning(
+                "actor %d died during a rollout (restart %d): reconnecting the actors, syncing the weights "
+                "of step %d and resending its %d prompts", chunk.actor, self.restarts, self.version, len(chunk.indices)
+            )  # fmt: skip
+            wait_until_restarted(self.actors[chunk.actor])
+            connect(self.learners, self.actors)
+            sync_weights(self.learners, self.actors, self.version, self.run_dir)
+        chunk.restarts_seen = self.restarts
+        return send(self.actors, self.prompts, chunk)

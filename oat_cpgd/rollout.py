@@ -1,0 +1,123 @@
+"""What each step samples: the prompts it draws (a pure function of seed and step), their chunks on
+the actors, and DAPO's dynamic sampling of informative groups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+from oat_cpgd.args import PPOArgs
+from oat_cpgd.data import PromptSet
+from oat_cpgd.types import Trajectory
+
+
+def prompt_order(num_prompts: int, seed: int, step: int, batch_size: int) -> list[int]:
+    """Prompts drawn at learning step `step` (1-based): a fresh seeded permutation each epoch.
+
+    A pure function of its arguments, so a resumed run draws exactly what the original would have.
+    """
+    start = (step - 1) * batch_size
+    drawn = []
+    while len(drawn) < batch_size:
+        epoch, offset = divmod(start + len(drawn), num_prompts)
+        permutation = np.random.default_rng([seed, epoch]).permutation(num_prompts)
+        drawn.extend(permutation[offset : offset + batch_size - len(drawn)].tolist())
+    return drawn
+
+
+def extra_prompt_order(num_prompts: int, seed: int, step: int, draw: int, batch_size: int) -> list[int]:
+    """Prompts of dynamic sampling's `draw`-th extra draw (1-based) at learning step `step`.
+
+    Seeded by (seed, step, draw), apart from the epoch order: how many extra draws a step needed
+    does not change what any other step draws, so `prompt_order` stays a pure function.
+    """
+    permutation = np.random.default_rng([seed, step, draw, 1]).permutation(num_prompts)
+    return np.resize(permutation, batch_size).tolist()
+
+
+def is_informative(group: list[Trajectory]) -> bool:
+    """A group whose oracle rewards are not all equal: its advantages are not all 0."""
+    return len({t.oracle_reward for t in group}) > 1
+
+
+def groups_of(trajectories: list[Trajectory], size: int) -> list[list[Trajectory]]:
+    return [trajectories[i : i + size] for i in range(0, len(trajectories), size)]
+
+
+def fill_with_informative_groups(
+    groups: list[list[Trajectory]], needed: int, draw_more: Callable[[int], list[list[Trajectory]]], max_draws: int
+) -> tuple[list[list[Trajectory]], int]:
+    """DAPO's dynamic sampling: `needed` groups, informative ones first, in the order drawn.
+
+    `draw_more(n)` samples the n-th extra batch of groups; at most `max_draws` are drawn. If there
+    are still too few informative groups, uninformative ones (advantage 0) fill the step so the
+    batch keeps its shape. Returns the groups and the number of extra draws.
+    """
+    informative = [g for g in groups if is_informative(g)]
+    spare = [g for g in groups if not is_informative(g)]
+    draws = 0
+    while len(informative) < needed and draws < max_draws:
+        draws += 1
+        more = draw_more(draws)
+        informative += [g for g in more if is_informative(g)]
+        spare += [g for g in more if not is_informative(g)]
+    return (informative + spare)[:needed], draws
+
+
+@dataclass
+class Chunk:
+    """--rollout_batch_size_per_device prompts sent to one actor, and the pending result."""
+
+    actor: int
+    indices: list[int]
+    future: Any = None
+    restarts_seen: int = 0
+    """How many actor restarts the loop had recovered from when this chunk was sent."""
+
+
+def send(actors: list, prompts: PromptSet, chunk: Chunk) -> Chunk:
+    chunk.future = actors[chunk.actor].step.remote(
+        [prompts.prompt_ids[i] for i in chunk.indices],
+        [prompts.prompts[i] for i in chunk.indices],
+        [prompts.references[i] for i in chunk.indices],
+        [prompts.indices[i] for i in chunk.indices],
+    )
+    return chunk
+
+
+def start_rollout(
+    args: PPOArgs, actors: list, prompts: PromptSet, indices: list[int], restarts_seen: int = 0
+) -> list[Chunk]:
+    """Chunks of --rollout_batch_size_per_device prompts, dealt round-robin to the actors."""
+    size = args.rollout_batch_size_per_device
+    return [
+        send(actors, prompts, Chunk(n % len(actors), indices[i : i + size], restarts_seen=restarts_seen))
+        for n, i in enumerate(range(0, len(indices), size))
+    ]
+
+
+def finish_rollout(
+    chunks: list[Chunk], recover: Callable[[Chunk], Chunk]
+) -> tuple[list[Trajectory], list[dict[str, float]]]:
+    """The trajectories of every chunk, in order, and each chunk's actor metrics.
+
+    A chunk whose actor died (Ray restarts it) goes to `recover`, which brings the actor back to
+    the current weights and sends the chunk again.
+    """
+    results = []
+    for chunk in chunks:
+        while True:
+            try:
+                results.append(ray.get(chunk.future))
+                break
+            except ray.exceptions.RayActorError:
+                chunk = recover(chunk)
+    return [t for chunk, _ in results for t in chunk], [metrics for _, metrics in results]
+
+
+def mean_metrics(chunks: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([m[k] for m in chunks])) for k in chunks[0]}

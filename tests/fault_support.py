@@ -1,0 +1,52 @@
+"""Real roles that fail on purpose, for tests/test_faults.py (importable by Ray workers via PYTHONPATH)."""
+
+import os
+import signal
+from pathlib import Path
+
+from loop_support import GreedyRecordingActor
+
+from oat_cpgd.actors import Actor
+from oat_cpgd.learners import Learner
+
+
+def first_time(args, name: str) -> bool:
+    """True once per run folder: a marker file survives the process that dies."""
+    marker = Path(args.save_path) / args.wb_run_name / name
+    if marker.exists():
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return True
+
+
+class KilledOnceActor(GreedyRecordingActor):
+    """The real actor; its process is SIGKILLed in the middle of its second rollout chunk, once a run
+    (after generating and scoring, before the result is returned). Ray restarts it."""
+
+    def step(self, *args, **kwargs):
+        result = super().step(*args, **kwargs)
+        self.chunks = getattr(self, "chunks", 0) + 1
+        if self.chunks == 2 and first_time(self.args, "actor_killed"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+
+class StaleActor(Actor):
+    """Takes part in every weight sync, then reloads the initial weights: the trained policy never
+    reaches sampling, as when a sync silently drops weights (verl #7495's LoRA weights)."""
+
+    def finish_weight_update(self, weight_version=None):
+        super().finish_weight_update(weight_version)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": self.args.pretrain})
+        self.llm.reset_prefix_cache()
+
+
+class DiesOnceLearner(Learner):
+    """The real learner; rank 1's process is SIGKILLed when its second learn starts, once a run."""
+
+    def learn(self, trajectories):
+        self.learns = getattr(self, "learns", 0) + 1
+        if self.rank == 1 and self.learns == 2 and first_time(self.args, "learner_killed"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().learn(trajectories)
