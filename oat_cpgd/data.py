@@ -1,4 +1,4 @@
-"""Prompt data: load a split, render prompts, drop over-long ones, keep the references.
+"""Prompt data: load a split, render prompts, drop over-long ones and unusable references, keep the references.
 
 `--prompt_data` may be a Hugging Face dataset name, a folder written by
 `datasets.save_to_disk`, a folder of data files (each file a split named by its stem,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,33 @@ class PromptSet:
     references: list[Any] = field(default_factory=list)
     num_dropped: int = 0
     """Prompts dropped for exceeding --prompt_max_length."""
+    num_bad_references: int = 0
+    """Rows dropped because the oracle cannot use their reference (`RewardOracle.check_reference`)."""
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    @property
+    def total_dropped(self) -> int:
+        """Rows dropped for any reason (not those past `max_items`)."""
+        return self.num_dropped + self.num_bad_references
+
+
+SHOWN_BAD_REFERENCES = 5
+"""How many rejected references the warning shows."""
+
+
+def _accepts(check_reference: Callable[[Any], bool], reference: Any) -> tuple[bool, str]:
+    """The check's verdict, and why it said no: a raising check rejects the reference."""
+    try:
+        return bool(check_reference(reference)), ""
+    except Exception as error:
+        return False, f" ({type(error).__name__}: {error})"
+
+
+def _shorten(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _data_files_in(folder: Path) -> dict[str, str]:
@@ -142,8 +167,14 @@ def build_prompts(
     apply_chat_template: bool = False,
     prompt_max_length: int = 1024,
     max_items: int | None = None,
+    check_reference: Callable[[Any], bool] | None = None,
 ) -> PromptSet:
-    """Render every row, drop (and count) prompts over `prompt_max_length` tokens, keep `max_items`."""
+    """Render every row, drop (and count) prompts over `prompt_max_length` tokens, keep `max_items`.
+
+    `check_reference` (e.g. the run's `oracle.check_reference`) says whether the oracle can use
+    a row's reference; rows it rejects (or raises on) are dropped, counted in `num_bad_references`
+    and the first few shown in a warning, rather than scoring 0 whenever they are drawn.
+    """
     columns = list(dataset.column_names)
     needed = {input_key if f == "input" else f for f in template_fields(prompt_template)}
     output_keys = [k.strip() for k in output_key.split(",")]
@@ -155,7 +186,16 @@ def build_prompts(
             raise DataError(f"{flag} names column {key!r}, which the data does not have; columns: {columns}")
 
     prompts = PromptSet()
+    bad_references: list[str] = []
     for index, row in enumerate(dataset):
+        reference = row[output_keys[0]] if len(output_keys) == 1 else {k: row[k] for k in output_keys}
+        if check_reference is not None:
+            accepted, reason = _accepts(check_reference, reference)
+            if not accepted:
+                prompts.num_bad_references += 1
+                if len(bad_references) < SHOWN_BAD_REFERENCES:
+                    bad_references.append(f"row {index}: {_shorten(reference)}{reason}")
+                continue
         text = render_template(prompt_template, row, input_key)
         if apply_chat_template:
             text = tokenizer.apply_chat_template(
@@ -170,26 +210,51 @@ def build_prompts(
         prompts.indices.append(index)
         prompts.prompts.append(text)
         prompts.prompt_ids.append(list(ids))
-        prompts.references.append(row[output_keys[0]] if len(output_keys) == 1 else {k: row[k] for k in output_keys})
+        prompts.references.append(reference)
         if max_items is not None and len(prompts) >= max_items:
             break
     if prompts.num_dropped:
         logger.warning(
             "dropped %d prompts longer than --prompt_max_length %d tokens", prompts.num_dropped, prompt_max_length
         )
-    if not prompts.prompts:
-        raise DataError(
-            f"no prompts left: all {prompts.num_dropped} rows exceed --prompt_max_length {prompt_max_length}"
-            if prompts.num_dropped
-            else "the data set is empty"
+    if prompts.num_bad_references:
+        logger.warning(
+            "dropped %d rows whose reference (--output_key %s) the oracle cannot use; the first: %s",
+            prompts.num_bad_references,
+            output_key,
+            "; ".join(bad_references),
         )
+    if not prompts.prompts:
+        if prompts.num_dropped and not prompts.num_bad_references:
+            reason = f"all {prompts.num_dropped} rows exceed --prompt_max_length {prompt_max_length}"
+        elif prompts.num_bad_references:
+            reason = (
+                f"the oracle cannot use the reference (--output_key {output_key}) of {prompts.num_bad_references} "
+                f"rows, e.g. {bad_references[0]}, and {prompts.num_dropped} exceed --prompt_max_length "
+                f"{prompt_max_length}"
+            )
+        else:
+            reason = "the data set is empty"
+        raise DataError(f"no prompts left: {reason}" if prompts.total_dropped else reason)
     return prompts
 
 
 def load_prompts(
-    args, tokenizer, *, source: str, split: str, input_key: str, output_key: str, max_items: int
+    args,
+    tokenizer,
+    *,
+    source: str,
+    split: str,
+    input_key: str,
+    output_key: str,
+    max_items: int,
+    check_reference: Callable[[Any], bool] | None = None,
 ) -> PromptSet:
-    """One split rendered as the run renders every prompt (--prompt_template, chat template, length limit)."""
+    """One split rendered as the run renders every prompt (--prompt_template, chat template, length limit).
+
+    `check_reference`: see `build_prompts`; pass the run's `oracle.check_reference` to drop rows
+    whose reference the oracle cannot use.
+    """
     return build_prompts(
         load_split(source, split),
         tokenizer,
@@ -199,4 +264,5 @@ def load_prompts(
         apply_chat_template=args.apply_chat_template,
         prompt_max_length=args.prompt_max_length,
         max_items=max_items,
+        check_reference=check_reference,
     )

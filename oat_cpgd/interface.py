@@ -26,7 +26,7 @@ from oat_cpgd.checkpoint import (
     save_checkpoint,
 )
 from oat_cpgd.data import PromptSet, load_prompts
-from oat_cpgd.evaluation import load_eval_sets, run_evaluation, write_eval_results
+from oat_cpgd.evaluation import load_eval_sets, local_oracle, run_evaluation, write_eval_results
 from oat_cpgd.placement import ray_session, spawn_actors, spawn_learners
 from oat_cpgd.plot import plot_run
 from oat_cpgd.roles import ActorRecovery, check_sync, connect, gather_learners, sync_weights
@@ -98,9 +98,11 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
 
     learner_cls, actor_cls = learner_cls or Learner, actor_cls or Actor
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    oracle = local_oracle(args)  # checks references and compares answers in the driver; starts no workers
     prompts = load_prompts(args, tokenizer, source=args.prompt_data, split=args.train_split,
-                           input_key=args.input_key, output_key=args.output_key, max_items=args.max_train)  # fmt: skip
-    eval_sets = load_eval_sets(args, tokenizer) if args.eval_steps > 0 else {}
+                           input_key=args.input_key, output_key=args.output_key, max_items=args.max_train,
+                           check_reference=oracle.check_reference)  # fmt: skip
+    eval_sets = load_eval_sets(args, tokenizer, oracle) if args.eval_steps > 0 else {}
     steps = num_learning_steps(args, len(prompts))
     lr_steps = schedule_steps(args, len(prompts))
     warn_if_the_schedule_ends_early(args, steps, lr_steps)
@@ -108,14 +110,14 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
     resume_from = checkpoint_to_resume(args, run_dir, prompts)
     done_steps = load_state(resume_from)["step"] if resume_from else 0
     run_log = RunLog(
-        run_dir, args, dropped_prompts=prompts.num_dropped, resume_step=done_steps if resume_from else None
+        run_dir, args, dropped_prompts=prompts.total_dropped, resume_step=done_steps if resume_from else None
     )
 
     with ray_session(args):
         actors = spawn_actors(args, actor_cls)
         learners = spawn_learners(args, learner_cls, lr_steps)
         try:
-            _train(args, actors, learners, prompts, eval_sets, run_dir, run_log, steps, resume_from, done_steps)
+            _train(args, actors, learners, prompts, eval_sets, oracle, run_dir, run_log, steps, resume_from, done_steps)
         except BaseException:
             # Stop this run's own roles (a rank left waiting in a collective would never return).
             for handle in actors + learners:
@@ -126,7 +128,9 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
     return run_dir
 
 
-def _train(args, actors, learners, prompts, eval_sets, run_dir, run_log, steps, resume_from, done_steps) -> None:
+def _train(
+    args, actors, learners, prompts, eval_sets, oracle, run_dir, run_log, steps, resume_from, done_steps
+) -> None:
     ray.get([a.__ray_ready__.remote() for a in actors + learners])
     connect(learners, actors)
     if resume_from:
@@ -177,7 +181,7 @@ def _train(args, actors, learners, prompts, eval_sets, run_dir, run_log, steps, 
         """Eval metrics at `step` (empty when none is due); the actors answer with the current weights."""
         if not eval_due(step):
             return {}
-        metrics, per_bench = run_evaluation(actors, eval_sets, args)
+        metrics, per_bench = run_evaluation(actors, eval_sets, args, oracle)
         write_eval_results(run_dir, step, per_bench)
         return metrics
 

@@ -1,6 +1,7 @@
 """Evaluation: hand-computed accuracy/pass@n/maj@n, eval sets on real rows, the evaluate entry point, and plots."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,8 +17,11 @@ from oat_cpgd.evaluation import (
     benchmark_names,
     eval_metrics,
     load_eval_sets,
+    local_oracle,
+    majority_answers,
     metrics_table,
     question_metrics,
+    run_evaluation,
     write_eval_results,
 )
 from oat_cpgd.oracles import get_oracle
@@ -91,6 +95,104 @@ def test_benchmark_and_eval_metrics_average_questions_then_benchmarks():
     assert rows[0].split() == ["benchmark", "accuracy", "pass@n", "maj@n", "response_len"]
     assert [row.split()[0] for row in rows[1:]] == ["gsm8k", "math", "average"]
     assert [float(v) for v in rows[3].split()[1:]] == [0.375, 0.5, 0.25, 6.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "rewards", "answers", "plain_maj", "oracle_maj"),
+    [
+        # 0.5, \frac12 and 1/2 are one answer with 3 votes, against "3" with 2.
+        ("math", [0.0, 0.0, 1.0, 1.0, 1.0], ["3", "3", "0.5", "\\frac12", "1/2"], 0.0, 1.0),
+        # The other way round: a wrong answer written three ways outvotes the right one.
+        ("math", [1.0, 1.0, 0.0, 0.0, 0.0], ["3", "3", "0.25", "\\frac14", "1/4"], 1.0, 0.0),
+        ("gsm8k", [0.0, 0.0, 1.0, 1.0, 1.0], ["8", "8", "7", "7.0", "007"], 0.0, 1.0),
+        ("countdown", [0.1, 0.1, 1.0, 1.0, 1.0], ["1+2", "1+2", "6*4", "(6 * 4)", "6 * (4)"], 0.0, 1.0),
+    ],
+)
+def test_maj_votes_on_equivalent_answers(name, rewards, answers, plain_maj, oracle_maj):
+    same_answer = get_oracle(name, num_workers=0).same_answer
+    assert question_metrics(result(rewards, answers))["maj@n"] == plain_maj
+    assert question_metrics(result(rewards, answers), same_answer)["maj@n"] == oracle_maj
+    assert benchmark_metrics([result(rewards, answers)], same_answer)["maj@n"] == oracle_maj
+
+
+def test_majority_answers_groups_ties_and_failing_comparisons():
+    same = get_oracle("math", num_workers=0).same_answer
+    assert majority_answers(["3", "0.5", "\\frac12", None, None], same) == {"0.5", "\\frac12"}
+    assert majority_answers(["3", "0.5", "4", "\\frac12", "4"], same) == {"0.5", "\\frac12"}  # tie: seen first
+    assert majority_answers([None, None], same) == set()
+
+    def broken(a, b):
+        raise RuntimeError("boom")
+
+    assert majority_answers(["1/2", "0.5", "0.5 "], broken) == {"0.5", "0.5 "}  # falls back to the text
+
+
+def test_dropped_prompts_are_logged_per_benchmark_and_not_averaged():
+    metrics = eval_metrics({"a": [result([1.0], ["1"])], "b": [result([0.0], ["2"])]}, {"a": 3, "b": 0})
+    assert metrics["eval/a/dropped_prompts"] == 3.0 and metrics["eval/b/dropped_prompts"] == 0.0
+    assert "eval/average/dropped_prompts" not in metrics
+    assert metrics["eval/average/accuracy"] == 0.5
+    assert metrics_table(metrics).splitlines()[0].split() == [
+        "benchmark",
+        "accuracy",
+        "pass@n",
+        "maj@n",
+        "response_len",
+    ]
+
+
+class FakeActor:
+    """Answers every prompt with its reference (\\boxed), written three equivalent ways; stands in for a Ray actor."""
+
+    def __init__(self):
+        self.evaluate = self
+
+    def remote(self, prompt_ids, prompts, references, *, n, **sampling):
+        writings = ["\\boxed{0.5}", "\\boxed{\\frac12}", "\\boxed{1/2}", "\\boxed{7}", "\\boxed{7}"][:n]
+        oracle = get_oracle("math", num_workers=0)
+        results = []
+        for reference in references:
+            rewards, infos = oracle.get_reward(["q"] * n, writings, [reference] * n)
+            answers = [info["answer"] for info in infos]
+            results.append({"responses": writings, "rewards": rewards, "answers": answers, "lengths": [3] * n})
+        return results
+
+
+def test_run_evaluation_counts_dropped_rows_and_votes_with_the_oracle(tmp_path, tiny_model_path, monkeypatch):
+    rows = [
+        {"problem": "Half of one?", "answer": "\\frac{1}{2}"},
+        {"problem": "No answer.", "answer": None},
+        {"problem": "One over two?", "answer": "0.5"},
+        {"problem": "Blank answer.", "answer": "  "},
+        {"problem": "long " * 500, "answer": "1/2"},
+    ]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = PPOArgs(
+        prompt_data=str(tmp_path), eval_split="test", input_key="problem", output_key="answer",
+        oracle="math", prompt_max_length=64, eval_n=5, eval_temperature=1.0, eval_batch_size=1,
+    )  # fmt: skip
+    args.resolve()
+    sets = load_eval_sets(args, AutoTokenizer.from_pretrained(tiny_model_path))
+    assert sets["test"].indices == [0, 2]
+    assert (sets["test"].num_bad_references, sets["test"].num_dropped) == (2, 1)
+
+    monkeypatch.setattr("oat_cpgd.evaluation.ray.get", lambda refs: refs)  # the fake actor answers at once
+    metrics, per_bench = run_evaluation([FakeActor()], sets, args)
+    assert [question["index"] for question in per_bench["test"]] == [0, 2]
+    assert metrics["eval/test/dropped_prompts"] == 3.0
+    # 3 samples of 5 are right (0.5 written three ways), 2 say 7: maj@n follows the oracle's equivalence.
+    assert metrics["eval/test/accuracy"] == pytest.approx(0.6)
+    assert metrics["eval/test/maj@n"] == 1.0
+    assert metrics == eval_metrics(per_bench, {"test": 3}, local_oracle(args).same_answer)
+    assert eval_metrics(per_bench)["eval/test/maj@n"] == 0.0  # by text, "7" (2 votes) would win
+
+
+def test_local_oracle_is_the_runs_oracle_without_workers():
+    oracle = local_oracle(PPOArgs(oracle="countdown", format_reward=0.3, oracle_timeout=4.0))
+    assert type(oracle).__name__ == "CountdownOracle"
+    assert (oracle.num_workers, oracle.format_reward, oracle.timeout_s) == (0, 0.3, 4.0)
+    assert oracle.get_reward(["q"], ["<answer>1 + 2</answer>"], [{"target": 3, "nums": [1, 2]}])[0] == [1.0]
+    assert oracle._pool is None  # checked inline: no worker process was started
 
 
 # ---------------------------------------------------------------- eval sets
@@ -168,7 +270,8 @@ def test_evaluate_entry_point_end_to_end(tiny_model_path, shared_data, tmp_path)
         assert len(question["responses"]) == len(question["rewards"]) == 2
         assert len(question["answers"]) == len(question["lengths"]) == 2
         assert all(0 < length <= 16 for length in question["lengths"])
-    assert metrics == pytest.approx(eval_metrics(per_bench))
+    same_answer = get_oracle("gsm8k", num_workers=0).same_answer
+    assert metrics == pytest.approx(eval_metrics(per_bench, {"test": 0}, same_answer))
     for bench in ("test", "average"):
         assert all(0 <= metrics[f"eval/{bench}/{name}"] <= 1 for name in ("accuracy", "pass@n", "maj@n"))
         assert 0 < metrics[f"eval/{bench}/response_len"] <= 16
@@ -204,7 +307,7 @@ def test_plot_run_draws_all_panels(tmp_path):
                 "train/reward_mean": step / 10,
                 "actor/reward_mean": step / 10,
                 "train/response_len": 100 - step,
-                "train/policy_drift": None if step == 3 else 1e-3 * step,  # run_log writes NaN as null
+                "train/policy_drift": math.nan if step == 3 else 1e-3 * step,  # run_log writes NaN as NaN
             }
         )
     rows.append({"step": 6, "eval/gsm8k/accuracy": 0.4, "eval/math/accuracy": 0.2, "eval/average/accuracy": 0.3})

@@ -387,3 +387,120 @@ def test_random_responses_never_raise_and_stay_in_range(request, name, reference
     scores, infos = oracle.get_reward(["q"] * len(responses), responses, [reference] * len(responses))
     assert set(scores) <= rewards
     assert all(set(info) >= INFO_KEYS and info["error"] is None for info in infos)
+
+
+# --- Reference checks and answer equivalence ------------------------------------------
+
+
+def test_base_oracle_accepts_every_reference_and_compares_answers_as_text():
+    oracle = FlakyOracle(num_workers=0)
+    assert all(oracle.check_reference(reference) for reference in [None, "", 0, {"any": "thing"}])
+    assert oracle.same_answer(" 5\n", "5") and not oracle.same_answer("0.5", "1/2")
+
+
+@pytest.mark.parametrize(
+    ("name", "reference", "usable"),
+    [
+        ("gsm8k", "18", True),
+        ("gsm8k", 18, True),
+        ("gsm8k", 7.5, True),
+        ("gsm8k", "Natalia sold 48 + 24 = <<48+24=72>>72 clips.\n#### 72", True),
+        ("gsm8k", "#### 1,080", True),
+        ("gsm8k", None, False),
+        ("gsm8k", "", False),
+        ("gsm8k", "no number here", False),
+        ("gsm8k", float("nan"), False),
+        ("gsm8k", "9" * 5_000, False),  # more digits than Python converts: never equal
+        ("countdown", {"target": 24, "nums": [2, 3, 4, 6]}, True),
+        ("countdown", '{"target": 24, "nums": [2, 3, 4, 6]}', True),
+        ("countdown", {"target": 24, "nums": []}, False),
+        ("countdown", {"target": "24", "nums": [2, 3]}, False),
+        ("countdown", {"target": 24.5, "nums": [2, 3]}, False),
+        ("countdown", {"target": True, "nums": [2, 3]}, False),
+        ("countdown", {"target": 24, "nums": [2, None]}, False),
+        ("countdown", {"target": 24, "nums": "2, 3"}, False),
+        ("countdown", {"nums": [2, 3]}, False),
+        ("countdown", '{"target": 24, ', False),
+        ("countdown", 24, False),
+        ("countdown", None, False),
+        ("math", "\\frac{14}{3}", True),
+        ("math", 142.0, True),
+        ("math", 7, True),
+        ("math", "The sum is $2+2=\\boxed{4}$.", True),
+        ("math", ["\\text{(B)}", "B"], True),
+        ("math", ["", "B"], True),  # one usable answer is enough
+        ("math", [], False),
+        ("math", None, False),
+        ("math", "", False),
+        ("math", " $ ", False),
+        ("math", float("nan"), False),
+        ("math", True, False),
+        # Unbalanced braces: \boxed{...} around it does not close (two such rows are in DeepScaleR).
+        ("math", "3,-\\frac{3}{2}+\\frac{3i\\sqrt{3}}{2},-\\frac{3}{2}-\\frac{3i\\sqrt{3}}{2", False),
+        ("math", "}{", False),
+    ],
+)
+def test_check_reference(name, reference, usable):
+    oracle = get_oracle(name, num_workers=0)
+    assert oracle.check_reference(reference) is usable
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "countdown", "math"])
+def test_rejected_references_can_never_score_one(name):
+    """What check_reference rejects, no real answer matches: reward raises or scores below 1.
+
+    (A None reference is the text "None" to math-verify: only `\\boxed{None}` would match it.)
+    """
+    oracle = get_oracle(name, num_workers=0)
+    bad = {
+        "gsm8k": [None, "", "no number here"],
+        "countdown": [{"target": 24, "nums": []}, {"nums": [2, 3]}, None],
+        "math": [None, "", " $ "],
+    }[name]
+    responses = ["#### 24", "<answer>24</answer>", "\\boxed{24}", "\\boxed{}", "None", ""]
+    for reference in bad:
+        rewards, _ = oracle.get_reward(["q"] * len(responses), responses, [reference] * len(responses))
+        assert max(rewards) < 1.0, reference
+
+
+@pytest.mark.parametrize(
+    ("name", "a", "b", "same"),
+    [
+        ("math", "0.5", "\\frac12", True),
+        ("math", "1/2", "\\frac{1}{2}", True),
+        ("math", "0.5", "1/2", True),
+        ("math", "\\dfrac{3}{4}", "0.75", True),
+        ("math", "2\\sqrt{2}", "\\sqrt{8}", True),
+        ("math", " 7 ", "7", True),
+        ("math", "3", "4", False),
+        ("math", "\\frac{1}{3}", "0.33", False),
+        ("math", "", "0", False),
+        ("math", "}{", "{}", False),
+        ("gsm8k", "7", "7.0", True),
+        ("gsm8k", "007", "7", True),
+        ("gsm8k", "-0", "0", True),
+        ("gsm8k", "7", "8", False),
+        ("gsm8k", "1e9999999", "1e9999999 ", True),  # same text; never converted to a number
+        ("gsm8k", "1e3", "1000", False),
+        ("countdown", "6*4*(3-2)", "(6 * 4) * (3 - 2)", True),
+        ("countdown", "6*4*(3-2)", "4*6*(3-2)", False),
+        ("countdown", "x y", " x y", True),
+        ("countdown", "9**9**9", "9 ** 9 ** 9", False),  # not an allowed expression: compared as text
+    ],
+)
+def test_same_answer(name, a, b, same):
+    oracle = get_oracle(name, num_workers=0)
+    assert oracle.same_answer(a, b) is same
+    assert oracle.same_answer(b, a) is same
+
+
+def test_math_same_answer_contains_math_verify_errors(monkeypatch):
+    import oat_cpgd.oracles.math_boxed as math_boxed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("math-verify broke")
+
+    monkeypatch.setattr(math_boxed, "equivalent", broken)
+    oracle = MathOracle(num_workers=0)
+    assert oracle.same_answer("0.5", "\\frac12") is False
+    assert oracle.same_answer("0.5", " 0.5") is True  # equal text needs no math-verify

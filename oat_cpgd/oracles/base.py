@@ -29,6 +29,8 @@ class RewardOracle:
     Subclasses implement only `reward`; `get_reward` adds batching, the time limit
     (`timeout_s` per check) and error containment: a check that times out, raises or
     kills its worker scores `incorrect_reward` and is counted in `last_metrics`.
+    Optionally, `check_reference` rejects references that `reward` cannot use (the loader
+    drops their rows) and `same_answer` tells equivalent answers apart for maj@n.
 
     Checks run in `num_workers` processes started with "spawn" (forking a process that
     runs vLLM/torch threads is unsafe), lazily on first use and reused across calls; a
@@ -55,6 +57,23 @@ class RewardOracle:
     def reward(self, prompt: str, response: str, reference: Any) -> float | tuple[float, Info]:
         """Score one response: a float, or (float, info) with e.g. `answer` and `format_ok`."""
         raise NotImplementedError
+
+    def check_reference(self, reference: Any) -> bool:
+        """Whether `reward` can score responses against `reference`; by default every reference can.
+
+        The prompt loader calls it on every row, in the driver (no workers, no time limit), and
+        drops the rows it rejects: a reference that can never be matched would score
+        `incorrect_reward` every time its prompt is drawn. Keep it cheap; raising counts as False.
+        """
+        return True
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two extracted answers (the info's `answer`) are the same answer, for maj@n votes.
+
+        By default: equal text after stripping whitespace. Called in the driver, with no worker
+        time limit, only on answers whose `reward` check finished in time.
+        """
+        return a.strip() == b.strip()
 
     def score(self, correct: bool, format_ok: bool) -> float:
         """1.0 if correct, else `format_reward` if well-formed, else `incorrect_reward`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import numbers
 import operator
 from fractions import Fraction
 from typing import Any
@@ -53,6 +54,11 @@ def evaluate(tree: ast.expr) -> Fraction:
     return OPERATORS[type(tree.op)](evaluate(tree.left), evaluate(tree.right))
 
 
+def is_integer(value: Any) -> bool:
+    """An int (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 @register_oracle("countdown")
 class CountdownOracle(RewardOracle):
     """1.0 for an expression in the last `<answer>` that uses each number once and equals the target.
@@ -78,3 +84,28 @@ class CountdownOracle(RewardOracle):
         except ZeroDivisionError:
             correct = False
         return self.score(correct, True), {"answer": answer, "format_ok": True}
+
+    def check_reference(self, reference: Any) -> bool:
+        """`{"target": int, "nums": [int, ...]}` (at least one number), or that as a JSON string."""
+        if isinstance(reference, str):
+            try:
+                reference = json.loads(reference)
+            except ValueError:
+                return False
+        if not isinstance(reference, dict):
+            return False
+        target, nums = reference.get("target"), reference.get("nums")
+        return (
+            is_integer(target)
+            and isinstance(nums, (list, tuple))
+            and len(nums) > 0
+            and all(is_integer(n) for n in nums)
+        )
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """The same expression, however spaced or redundantly parenthesized; other text compares as text."""
+        a, b = a.strip(), b.strip()
+        if a == b:
+            return True
+        trees = parse_expression(a), parse_expression(b)
+        return None not in trees and ast.dump(trees[0]) == ast.dump(trees[1])

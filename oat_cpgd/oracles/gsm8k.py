@@ -43,7 +43,7 @@ def same_number(a: str, b: str) -> bool:
     """Numeric equality of two normalized numbers; too many digits to convert compares unequal."""
     try:
         return Fraction(a) == Fraction(b)
-    except ValueError:  # Python refuses int conversions of more than 4,300 digits
+    except (ValueError, ZeroDivisionError):  # Python refuses int conversions of more than 4,300 digits
         return False
 
 
@@ -62,3 +62,15 @@ class GSM8KOracle(RewardOracle):
             raise ValueError(f"No number in the reference {reference!r}")
         correct = answer is not None and same_number(answer, gold)
         return self.score(correct, format_ok), {"answer": answer, "format_ok": format_ok}
+
+    def check_reference(self, reference: Any) -> bool:
+        """A number, or text with one (`#### N` in a full solution), that converts to a fraction."""
+        gold, _ = extract_answer(str(reference))
+        return gold is not None and same_number(gold, gold)
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Equal numbers: `7`, `7.0` and `007` are one answer (other text compares as text)."""
+        a, b = a.strip(), b.strip()
+        # Only plain numbers: Fraction would also read `1e999999999`, and spend minutes on it.
+        numbers = all(re.fullmatch(NUMBER, text) for text in (a, b))
+        return a == b or (numbers and same_number(normalize_number(a), normalize_number(b)))
