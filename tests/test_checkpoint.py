@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ray_support import kill_cluster  # tests/ is on sys.path
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.checkpoint import complete_checkpoints, latest_checkpoint, load_state, save_checkpoint
@@ -90,14 +91,14 @@ def test_a_killed_run_resumes_where_it_stopped(tiny_model_path, shared_data, tmp
             time.sleep(0.1)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        subprocess.run(["pkill", "-9", "-f", str(ray_tmp)])  # Ray processes of the killed run
+        kill_cluster(str(ray_tmp))  # the killed run's Ray processes, its workers included
         assert max(r["step"] for r in rows(crashed / "metrics.jsonl")) < 4
 
         resumed = subprocess.run(command("crashed", "--resume_dir", str(crashed)), env=env, cwd=REPO,
                                  capture_output=True, text=True, timeout=400)  # fmt: skip
         assert resumed.returncode == 0, resumed.stderr[-4000:]
     finally:
-        subprocess.run(["pkill", "-9", "-f", str(ray_tmp)])
+        kill_cluster(str(ray_tmp))
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     for name in ("metrics.jsonl", "samples.jsonl"):

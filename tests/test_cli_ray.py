@@ -10,8 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
+from ray_support import cluster_processes, stop_cluster  # tests/ is on sys.path
 
 from oat_cpgd.placement import ray_temp_dir, worker_env
 
@@ -54,42 +54,6 @@ def test_local_cluster_is_torn_down(tiny_model_path, shared_data, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert ray_processes() <= processes_before
     assert not [name for name in set(os.listdir("/dev/shm")) - shm_before if "ray" in name or "plasma" in name]
-
-
-def cluster_processes(temp_dir: str) -> list[psutil.Process]:
-    """The processes of the Ray cluster whose session files are under `temp_dir`, and their children.
-
-    Every process Ray starts (gcs_server, raylet, agents, log monitor, workers) names its session
-    or temp folder on its command line, and `temp_dir` is this test's alone: other clusters on the
-    machine are left alone, unlike `ray stop`, which stops every cluster of the user.
-    """
-    found: dict[int, psutil.Process] = {}
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in arg for arg in process.info["cmdline"] or ()):
-                found[process.pid] = process
-                found.update((child.pid, child) for child in process.children(recursive=True))
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    found.pop(os.getpid(), None)
-    return list(found.values())
-
-
-def stop_cluster(temp_dir: str) -> None:
-    """Terminate this cluster's processes (SIGTERM, then SIGKILL what is left after 20 s)."""
-    processes = cluster_processes(temp_dir)
-    for process in processes:
-        try:
-            process.terminate()
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(processes, timeout=20)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(alive, timeout=10)
 
 
 def free_port() -> int:
