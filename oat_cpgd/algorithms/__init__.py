@@ -23,6 +23,7 @@ from oat_cpgd.algorithms.off_policy import IS_CORRECTIONS, importance_weights, t
 from oat_cpgd.algorithms.registry import ALGORITHMS, Algorithm, get_algorithm
 from oat_cpgd.algorithms.rewards import kl_shaped_rewards, overlong_penalty, token_rewards
 from oat_cpgd.algorithms.utils import (
+    batch_mean_var,
     entropy_from_logits,
     explained_variance,
     logprobs_from_logits,
@@ -42,6 +43,7 @@ __all__ = [
     "Algorithm",
     "aggregate",
     "aggregation_units",
+    "batch_mean_var",
     "cpgd_policy_loss",
     "entropy_from_logits",
     "explained_variance",

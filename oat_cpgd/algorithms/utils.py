@@ -33,19 +33,26 @@ def masked_var(x: Tensor, mask: Tensor) -> Tensor:
     return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, *, reduce_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    """(x - mean) / std over valid positions (population std), 0 elsewhere.
+def batch_mean_var(
+    x: Tensor, mask: Tensor, *, reduce_sum: Callable[[Tensor], Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mean and population variance of `x` over the valid positions of a whole batch (0-dim tensors).
 
     `reduce_sum` sums a tensor over the shards of a batch split across processes (e.g. an
-    all-reduce over learner ranks): the mean and std are then those of the whole batch, so the
-    result does not depend on how many shards there are. Default: this tensor is the batch.
+    all-reduce over learner ranks), so the figures do not depend on how many shards there are.
+    Default: this tensor is the batch.
     """
     reduce_sum = reduce_sum or (lambda t: t)
     valid = mask.bool()
     total, count = reduce_sum(torch.stack([masked_sum(x, mask), valid.sum().to(x.dtype)])).unbind()
     mean = total / count.clamp(min=1)
-    var = reduce_sum(masked_sum((x - mean) ** 2, mask)) / count.clamp(min=1)
-    return torch.where(valid, (x - mean) * torch.rsqrt(var + 1e-8), 0)
+    return mean, reduce_sum(masked_sum((x - mean) ** 2, mask)) / count.clamp(min=1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, *, reduce_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """(x - mean) / std over valid positions (population std, `batch_mean_var`), 0 elsewhere."""
+    mean, var = batch_mean_var(x, mask, reduce_sum=reduce_sum)
+    return torch.where(mask.bool(), (x - mean) * torch.rsqrt(var + 1e-8), 0)
 
 
 @torch.no_grad()

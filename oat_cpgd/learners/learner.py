@@ -40,6 +40,7 @@ from oat_cpgd.algorithms import (
     POLICY_LOSSES,
     aggregate,
     aggregation_units,
+    batch_mean_var,
     entropy_from_logits,
     explained_variance,
     get_algorithm,
@@ -223,24 +224,30 @@ class Learner:
     def _logprobs(self, model: Model, batch: Batch) -> Tensor:
         return logprobs_from_logits(self._logits(model, batch), batch.labels)
 
-    def _sampling_logprobs(self, batch: Batch) -> Tensor:
-        """The policy's log-probs under the distribution vLLM samples from and reports: after the
-        temperature, restricted to --top_k / --top_p and renormalised (response positions only)."""
+    def _full_and_sampling_logprobs(self, batch: Batch) -> Tensor:
+        """From one forward: [..., 0] the policy's log-probs (full vocabulary), [..., 1] those under the
+        distribution vLLM samples from and reports: restricted to --top_k / --top_p and renormalised
+        (computed at response positions only; 0 elsewhere)."""
         logits, mask = self._logits(self.policy, batch), batch.response_mask.bool()
-        out = torch.zeros(mask.shape, device=self.device)
-        out[mask] = top_k_top_p_logprobs(logits[mask], batch.labels[mask], top_k=self.args.top_k, top_p=self.args.top_p)
-        return out
+        sampling = torch.zeros(mask.shape, device=self.device)
+        sampling[mask] = top_k_top_p_logprobs(
+            logits[mask], batch.labels[mask], top_k=self.args.top_k, top_p=self.args.top_p
+        )
+        return torch.stack([logprobs_from_logits(logits, batch.labels), sampling], dim=-1)
 
     def _values(self, batch: Batch) -> Tensor:
         return label_outputs(self.critic, batch)[..., 0].float()
 
     @torch.no_grad()
     def _per_token(self, batch: Batch, compute: Callable[[Batch], Tensor]) -> Tensor:
-        """`compute` over micro-batches of --mini_train_batch_size_per_device, gathered into [N, T - 1]."""
-        out = torch.zeros(batch.response_mask.shape, device=self.device)
+        """`compute` over micro-batches of --mini_train_batch_size_per_device, gathered into [N, T - 1, ...]."""
+        out = None
         for indices in torch.arange(len(batch), device=self.device).split(self.args.mini_train_batch_size_per_device):
             micro_batch = batch.select(indices)
-            out[indices, : micro_batch.response_mask.shape[1]] = compute(micro_batch)
+            values = compute(micro_batch)
+            if out is None:  # [N, T - 1] plus whatever per-token shape `compute` gives
+                out = values.new_zeros((*batch.response_mask.shape, *values.shape[2:]))
+            out[indices, : micro_batch.response_mask.shape[1]] = values
         return out
 
     @torch.no_grad()
@@ -280,9 +287,10 @@ class Learner:
         # Everything the loss compares against is computed before the first update.
         self._train_mode(False)
         data = batch.token_data
-        data["old_logp"] = self._per_token(batch, partial(self._logprobs, self.policy))
-        truncated_sampling = args.top_p < 1 or args.top_k > 0
-        sampling_logp = self._per_token(batch, self._sampling_logprobs) if truncated_sampling else data["old_logp"]
+        if args.top_p < 1 or args.top_k > 0:  # vLLM reports truncated log-probs: compare like with like
+            data["old_logp"], sampling_logp = self._per_token(batch, self._full_and_sampling_logprobs).unbind(-1)
+        else:
+            data["old_logp"] = sampling_logp = self._per_token(batch, partial(self._logprobs, self.policy))
         is_weights, is_stats = importance_weights(
             sampling_logp, data["actor_logp"], batch.response_mask, mode=args.is_correction, cap=args.tis_c
         )
@@ -445,10 +453,7 @@ class Learner:
         mask, data = batch.response_mask, batch.token_data
         advantages = data["advantages"]
         # Over the whole batch's response tokens (every rank reports the same value).
-        valid = mask.bool()
-        total, count = all_reduce_sum(torch.stack([advantages[valid].sum(), valid.sum().float()])).unbind()
-        adv_mean = total / count.clamp(min=1)
-        adv_var = all_reduce_sum(((advantages - adv_mean) ** 2)[valid].sum()) / count.clamp(min=1)
+        adv_mean, adv_var = batch_mean_var(advantages, mask, reduce_sum=all_reduce_sum)
         groups = rewards.view(-1, self.args.num_samples)
         metrics = {
             "train/reward_mean": rewards.mean(),
