@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages
+from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages, top_k_top_p_logprobs
 from oat_cpgd.args import CPGDArgs, PPOArgs
 from oat_cpgd.learners import Learner
 from oat_cpgd.types import Trajectory
@@ -104,6 +104,9 @@ SCENARIOS: dict[str, Scenario] = {
         {"critic_type": "grpo", "zero_stage": 3, "max_skipped_steps": 1, **TWO_STEPS},
         group_rewards=((math.nan, 0.0, 1.0, 0.0),),
     ),
+    # --top_p 0.8 (the actor's log-probs here are full-vocabulary ones): the weights are computed
+    # against the learner's top-p renormalised log-probs, so their mean is plain torch's ratio's.
+    "grpo_top_p": Scenario({"critic_type": "grpo", "top_p": 0.8, "is_correction": "none", **ONE_STEP}),
     # The reference-KL loss (beta) against a different reference changes the "grpo" gradient.
     "grpo_ref_kl_loss": Scenario({"critic_type": "grpo", "beta": 1.0, **ONE_STEP}, perturbed_reference=True),
     "drgrpo": Scenario({"critic_type": "drgrpo", **ONE_STEP}),
@@ -196,6 +199,21 @@ def token_logprobs(model: torch.nn.Module, trajectory: Trajectory) -> torch.Tens
     return logp[len(trajectory.prompt_ids) - 1 :]
 
 
+@torch.no_grad()
+def top_p_weight_mean(model: torch.nn.Module, trajectories: list[Trajectory], top_p: float, world_size: int) -> float:
+    """Plain torch: exp(top-p renormalised logp - actor logp), averaged over each rank's response
+    tokens and then over the ranks (how the learner reports token statistics)."""
+    ratios = []
+    for trajectory in trajectories:
+        ids = torch.tensor([trajectory.prompt_ids + trajectory.response_ids])
+        logits = model(input_ids=ids).logits[0, len(trajectory.prompt_ids) - 1 : -1].float() / TEMPERATURE
+        kept = top_k_top_p_logprobs(logits, torch.tensor(trajectory.response_ids), top_p=top_p)
+        ratios.append(torch.exp(kept - torch.tensor(trajectory.actor_logprobs)))
+    per_rank = len(ratios) // world_size
+    shards = [torch.cat(ratios[r * per_rank : (r + 1) * per_rank]).mean() for r in range(world_size)]
+    return float(torch.stack(shards).mean())
+
+
 def make_trajectories(
     model: torch.nn.Module, vocab_size: int, group_rewards: tuple[tuple[float, ...], ...]
 ) -> list[Trajectory]:
@@ -281,6 +299,8 @@ def run_scenario(
     }
     if scenario.reference_grad_norm:
         result["reference_grad_norm"] = reference_grad_norm(plain_model, trajectories, scenario)
+    if "top_p" in scenario.flags:
+        result["top_p_weight_mean"] = top_p_weight_mean(plain_model, trajectories, scenario.flags["top_p"], world_size)
     flags = dict(scenario.flags)
     if scenario.perturbed_reference:
         flags["ref_pretrain"] = str(perturbed_copy(plain_model, out / "perturbed_reference", rank))

@@ -89,7 +89,8 @@ def test_learn_moves_logprobs_with_the_advantage(results: Path, name: str) -> No
     metrics = run["metrics"]
     # The learner's recomputed log-probs equal plain torch's (padding, masks, temperature), and
     # the first mini-batch is on-policy: nothing clipped, no drift.
-    assert metrics["train/logprob_gap_actor_learner"] < 1e-5
+    # The gap is now the k3 KL, about d^2 / 2 for a log-prob difference d: this is |d| < ~1e-5, as before.
+    assert metrics["train/logprob_gap_actor_learner"] < 5e-11
     assert metrics["train/clip_frac"] == 0
     assert abs(metrics["train/policy_drift"]) < 1e-6
 
@@ -163,6 +164,18 @@ def test_too_many_skipped_updates_stop_the_run(results: Path, tiny_model_path: P
     initial = safetensors.torch.load_file(tiny_model_path / "model.safetensors")
     weights = state(results, "grpo_nan_abort")
     assert all(torch.equal(weights[name], tensor) for name, tensor in initial.items())
+
+
+def test_top_p_weights_compare_with_the_renormalised_learner(results: Path) -> None:
+    """Under --top_p the learner's side of w is restricted to the kept tokens and renormalised, from
+    the same forward as its full-vocabulary log-probs. The actor log-probs here are full-vocabulary
+    ones, so a learner comparing full with full would give w = 1 everywhere; plain torch's top-p
+    weights (0 for the random tokens top-p cuts off, > 1 for kept ones) are far from that."""
+    run = result(results, "grpo_top_p")
+    assert abs(run["top_p_weight_mean"] - 1) > 0.05
+    assert run["metrics"]["train/is_weight_mean"] == pytest.approx(run["top_p_weight_mean"], rel=1e-4)
+    # The loss still uses the full-vocabulary log-probs: the first mini-batch is on-policy.
+    assert run["metrics"]["train/clip_frac"] == 0 and abs(run["metrics"]["train/policy_drift"]) < 1e-6
 
 
 def test_kl_penalty_shapes_the_group_rewards(results: Path) -> None:
