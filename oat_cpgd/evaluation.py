@@ -18,14 +18,13 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import ray
 
 from oat_cpgd.args import Args
 from oat_cpgd.data import PromptSet, load_prompts
-from oat_cpgd.oracles import RewardOracle, get_oracle
+from oat_cpgd.oracles import RewardOracle, oracle_from_flags
 
 CORRECT_REWARD = 1.0
 """The oracles' score for a correct answer; format rewards (e.g. countdown's 0.1) stay below it."""
@@ -40,10 +39,7 @@ SameAnswer = Callable[[str, str], bool]
 def local_oracle(args: Args) -> RewardOracle:
     """The run's oracle for this process's own checks (`check_reference`, `same_answer`): it runs
     checks inline and starts no worker processes, so it is cheap to build and needs no closing."""
-    options: dict[str, Any] = {"timeout_s": args.oracle_timeout, "num_workers": 0}
-    if args.format_reward is not None:
-        options["format_reward"] = args.format_reward
-    return get_oracle(args.oracle, **options)
+    return oracle_from_flags(args, num_workers=0)
 
 
 def eval_splits(args: Args) -> list[str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oat_cpgd.args import Args
-from oat_cpgd.oracles import get_oracle
+from oat_cpgd.oracles import oracle_from_flags
 from oat_cpgd.types import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -72,10 +72,7 @@ class Actor:
         self.sleep_mode = collocated_on_gpu
         if args.collocate and not self.sleep_mode:
             logger.info("vLLM has no sleep mode on this device: actor sleep/wake_up are no-ops")
-        oracle_options: dict[str, Any] = {"timeout_s": args.oracle_timeout, "num_workers": args.oracle_workers}
-        if args.format_reward is not None:
-            oracle_options["format_reward"] = args.format_reward
-        self.oracle = get_oracle(args.oracle, **oracle_options)
+        self.oracle = oracle_from_flags(args, num_workers=args.oracle_workers)
         self.train_sampling = self.sampling_params(
             n=args.num_samples,
             temperature=args.temperature,

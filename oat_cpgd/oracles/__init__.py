@@ -4,7 +4,7 @@ from oat_cpgd.oracles.base import Info, RewardOracle
 from oat_cpgd.oracles.countdown import CountdownOracle
 from oat_cpgd.oracles.gsm8k import GSM8KOracle
 from oat_cpgd.oracles.math_boxed import MathOracle
-from oat_cpgd.oracles.registry import ORACLES, get_oracle, oracle_class, register_oracle
+from oat_cpgd.oracles.registry import ORACLES, get_oracle, oracle_class, oracle_from_flags, register_oracle
 
 __all__ = [
     "ORACLES",
@@ -15,5 +15,6 @@ __all__ = [
     "RewardOracle",
     "get_oracle",
     "oracle_class",
+    "oracle_from_flags",
     "register_oracle",
 ]

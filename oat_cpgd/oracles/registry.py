@@ -92,3 +92,12 @@ def importable_oracle_name(name: str) -> str:
 def get_oracle(name: str, **options: Any) -> RewardOracle:
     """A new oracle of the named class, built with `options` (e.g. timeout_s, num_workers)."""
     return oracle_class(name)(**options)
+
+
+def oracle_from_flags(flags: Any, *, num_workers: int) -> RewardOracle:
+    """The run's oracle as --oracle, --oracle_timeout and --format_reward describe it, with `num_workers`
+    worker processes (0: checks run inline, as the driver's own checks do)."""
+    options: dict[str, Any] = {"timeout_s": flags.oracle_timeout, "num_workers": num_workers}
+    if flags.format_reward is not None:
+        options["format_reward"] = flags.format_reward
+    return get_oracle(flags.oracle, **options)
