@@ -68,7 +68,7 @@ def warn_if_the_schedule_ends_early(args: PPOArgs, steps: int, lr_steps: float) 
         )  # fmt: skip
 
 
-def checkpoint_to_resume(args: PPOArgs, run_dir: Path, prompts: PromptSet) -> Path | None:
+def checkpoint_to_resume(args: PPOArgs, run_dir: Path, prompts: PromptSet, fingerprint: str) -> Path | None:
     """With --resume_dir, its newest complete checkpoint, once the flags and data are known to match
     the saved run's (checked before any engine starts); None for a fresh run."""
     if not args.resume_dir:
@@ -77,7 +77,6 @@ def checkpoint_to_resume(args: PPOArgs, run_dir: Path, prompts: PromptSet) -> Pa
     if resume_from is None:
         raise FileNotFoundError(f"--resume_dir {args.resume_dir}: no complete checkpoint in {checkpoints_dir(run_dir)}")
     saved_config = json.loads((run_dir / "config.json").read_text())
-    fingerprint = prompts_fingerprint(prompts.indices, prompts.prompts)
     differences = resume_differences(
         saved_config, json.loads(args.to_json()), load_state(resume_from), len(prompts), fingerprint
     )
@@ -107,7 +106,8 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
     lr_steps = schedule_steps(args, len(prompts))
     warn_if_the_schedule_ends_early(args, steps, lr_steps)
     run_dir = Path(args.resume_dir or Path(args.save_path) / args.wb_run_name)
-    resume_from = checkpoint_to_resume(args, run_dir, prompts)
+    fingerprint = prompts_fingerprint(prompts.indices, prompts.prompts)  # saved with every checkpoint
+    resume_from = checkpoint_to_resume(args, run_dir, prompts, fingerprint)
     done_steps = load_state(resume_from)["step"] if resume_from else 0
     run_log = RunLog(
         run_dir, args, dropped_prompts=prompts.total_dropped, resume_step=done_steps if resume_from else None
@@ -117,7 +117,8 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
         actors = spawn_actors(args, actor_cls)
         learners = spawn_learners(args, learner_cls, lr_steps)
         try:
-            _train(args, actors, learners, prompts, eval_sets, oracle, run_dir, run_log, steps, resume_from, done_steps)
+            _train(args, actors, learners, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps,
+                   resume_from, done_steps)  # fmt: skip
         except BaseException:
             # Stop this run's own roles (a rank left waiting in a collective would never return).
             for handle in actors + learners:
@@ -129,7 +130,7 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
 
 
 def _train(
-    args, actors, learners, prompts, eval_sets, oracle, run_dir, run_log, steps, resume_from, done_steps
+    args, actors, learners, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps, resume_from, done_steps
 ) -> None:
     ray.get([a.__ray_ready__.remote() for a in actors + learners])
     connect(learners, actors)
@@ -204,7 +205,7 @@ def _train(
             "step": step,
             "prompts_drawn": step * args.rollout_batch_size,
             "num_prompts": len(prompts),
-            "prompts_fingerprint": prompts_fingerprint(prompts.indices, prompts.prompts),
+            "prompts_fingerprint": fingerprint,
         }
         write = lambda folder: gather_learners([lr.save_checkpoint.remote(str(folder)) for lr in learners], run_dir)  # noqa: E731
         save_checkpoint(run_dir, step, state, write, args.max_save_num)

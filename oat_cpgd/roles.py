@@ -12,6 +12,7 @@ import torch
 
 from oat_cpgd.checkpoint import latest_checkpoint
 from oat_cpgd.placement import ActorGroup
+from oat_cpgd.rollout import Chunk, send
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +109,7 @@ class ActorRecovery:
     def synced(self, version: int) -> None:
         self.version = version
 
-    def __call__(self, chunk):
-        from oat_cpgd.rollout import send
-
+    def __call__(self, chunk: Chunk) -> Chunk:
         if chunk.restarts_seen == self.restarts:  # the first lost chunk of this death: restore the actors
             self.restarts += 1
             logger.warning(
