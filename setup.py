@@ -24,6 +24,8 @@ setup(
         "datasets>=4.0",
         "tyro>=1.0",
         "wandb>=0.20",
+        "tensorboard>=2.10",  # --use_tb, through torch.utils.tensorboard
+        "peft>=0.13",  # --lora_rank
         "math-verify>=0.9.0",
         "pebble>=5.0",
         "numpy",

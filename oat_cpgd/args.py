@@ -1,21 +1,26 @@
 """Command-line arguments, layered like oat's: general -> PPO family -> CPGD.
 
 Every field is a flag parsed by tyro; both spellings work (`--learning_rate` and
-`--learning-rate`). The attribute docstrings below are what `--help` shows.
+`--learning-rate`). The attribute docstrings below are what `--help` shows, grouped by HELP_SECTIONS.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
 import sys
 import time
+import typing
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
+import docstring_parser
 import tyro
+from typing_extensions import Doc
 
 from oat_cpgd.algorithms import AGG_MODES, ALGORITHMS, IS_CORRECTIONS, get_algorithm
 
@@ -29,12 +34,6 @@ logger = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """Inconsistent flags; the message names them."""
-
-
-def cuda_device_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
 
 
 def need(condition: bool, message: str) -> None:
@@ -86,6 +85,11 @@ class Args:
     """Overlap the next rollout with learning (one step off-policy). Not with --collocate."""
     ray_address: str | None = None
     """Attach to an existing Ray cluster (e.g. `auto` or `127.0.0.1:6379`); default: start a local one."""
+    actor_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Custom Ray resources each actor asks for, as NAME AMOUNT pairs (e.g. `--actor_resources actor_node 1`
+    with `ray start --resources '{"actor_node": 8}'` on the nodes meant for generation)."""
+    learner_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Custom Ray resources each learner rank asks for, as NAME AMOUNT pairs (see --actor_resources)."""
     vllm_gpu_ratio: float = 0.25
     """Share of GPU memory vLLM pre-allocates (CUDA)."""
     vllm_cpu_kvcache_gb: int = 1
@@ -117,6 +121,17 @@ class Args:
     """Train in bfloat16 (emulated, not faster, on CPU); the actor then also runs in bf16."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    lora_rank: int = 0
+    """LoRA rank r of the policy (0: off, full fine-tuning). Only the adapter trains; the actors,
+    checkpoints' policy/ and final_model/ get the merged model (base + B·A·alpha/r), and checkpoints
+    keep the adapter in peft's format in policy_adapter/. The critic (PPO) and reference are not LoRA'd."""
+    lora_alpha: int = 16
+    """LoRA's alpha: the adapter's update B·A is scaled by alpha / r."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input while training, in [0, 1)."""
+    target_modules: tuple[str, ...] = ("all-linear",)
+    """Modules the LoRA adapter wraps: all-linear (every linear layer of attention and MLP, not the
+    output layer, as peft reads it) or names such as q_proj v_proj."""
 
     # --- Prompt data ---
     prompt_data: str = "../shared/data/gsm8k"
@@ -139,8 +154,12 @@ class Args:
     num_samples: int = 8
     """Responses sampled per prompt (the group size K)."""
     temperature: float = 1.0
+    """Sampling temperature of the training rollouts (> 0); the learner divides its logits by it too."""
     top_p: float = 1.0
+    """Nucleus sampling of the training rollouts: sample among the most likely tokens whose probabilities sum to
+    this (1: all tokens); below 1 the importance weights are computed over the kept tokens only."""
     top_k: int = -1
+    """Sample the training rollouts among the k most likely tokens (-1: all tokens)."""
     generate_max_length: int = 1024
     """Max new tokens per response."""
     stop: tuple[str, ...] = ()
@@ -168,18 +187,23 @@ class Args:
     eval_output_key: str = ""
     """Defaults to --output_key."""
     max_eval: int = 1000
+    """Use at most this many prompts of each evaluation benchmark."""
     eval_steps: int = 20
     """Evaluate every this many learning steps (-1: never)."""
     eval_batch_size: int = -1
     """Eval prompts per actor call; -1: --rollout_batch_size_per_device."""
     eval_generate_max_length: int = 1024
+    """Max new tokens per evaluation response."""
     eval_temperature: float = 0.0
+    """Sampling temperature for evaluation (0: greedy, then each prompt is decoded once and counted --eval_n times)."""
     eval_top_p: float = 1.0
+    """Nucleus sampling (top-p) for evaluation (1: all tokens)."""
     eval_n: int = 1
     """Samples per eval prompt (for accuracy, pass@n and maj@n)."""
 
     # --- Training ---
     learning_rate: float = 1e-6
+    """Peak learning rate of the policy (AdamW), reached after the warm-up (--lr_warmup_ratio)."""
     lr_scheduler: Literal["constant", "cosine_with_min_lr", "polynomial", "linear", "cosine"] = "cosine_with_min_lr"
     """LR schedule after the warm-up (oat's default); cosine_with_min_lr decays to 10% of --learning_rate."""
     lr_warmup_ratio: float = 0.03
@@ -194,7 +218,9 @@ class Args:
     """An optimizer step whose loss or gradient is not finite (NaN/inf) is skipped on every rank and
     counted (train/skipped_steps); more than this many in a row stop the run with an error."""
     adam_beta_1: float = 0.9
+    """AdamW's beta1 (decay of the gradient's running mean), for the policy and the critic."""
     adam_beta_2: float = 0.95
+    """AdamW's beta2 (decay of the squared gradient's running mean), for the policy and the critic."""
     l2: float = 0.0
     """Weight decay."""
     zero_stage: Literal[0, 1, 2, 3] = 2
@@ -231,9 +257,12 @@ class Args:
 
     # --- Saving and logging ---
     save_path: str = "./runs"
+    """Folder of the runs: each writes metrics, samples, checkpoints and its final model to
+    <save_path>/<--wb_run_name>/."""
     save_steps: int = -1
     """Checkpoint every this many steps (-1: only at the end)."""
     max_save_num: int = 3
+    """Keep the newest this many checkpoints in <run folder>/checkpoints/; older ones are deleted."""
     resume_dir: str = ""
     """Continue the run saved in this folder."""
     seed: int = 42
@@ -243,9 +272,14 @@ class Args:
     """Full prompt/response/reward examples written to samples.jsonl per step."""
     use_wb: bool = False
     """Log to Weights & Biases (WANDB_MODE=offline works without network)."""
+    use_tb: bool = False
+    """Also write the metrics.jsonl rows as TensorBoard scalars to <run folder>/tb/ (`tensorboard --logdir`)."""
     wb_org: str | None = None
+    """Weights & Biases entity (team or user) to log to; default: your wandb default entity."""
     wb_group: str | None = None
+    """Weights & Biases group that collects related runs; default: none."""
     wb_project: str = "oat_cpgd"
+    """Weights & Biases project to log to."""
     wb_run_name: str | None = None
     """Run name (also the run folder under --save_path); default: generated."""
     plot: bool = False
@@ -254,24 +288,53 @@ class Args:
     """Print the resolved configuration and exit without starting anything."""
 
     # ------------------------------------------------------------------
+    # Where the roles run (an oat_cpgd.placement.Placement), set by `place` from the Ray cluster's
+    # resources. Not a field, hence no flag and not in config.json, but pickled with the args to every
+    # actor and learner, which read it rather than probe the devices of their own process.
+    placement = None
+
+    def placed(self):
+        if self.placement is None:
+            raise RuntimeError("the placement is decided from the Ray cluster (oat_cpgd.placement.place_on_cluster)")
+        return self.placement
+
+    def place(self, placement) -> None:
+        """Adopt `placement` and check the flags that depend on the learner ranks it gives."""
+        self.placement = placement
+        self.check_learner_ranks()
+
+    def check_learner_ranks(self) -> None:
+        per_step = self.train_batch_size_per_device * self.learner_ranks
+        need(
+            self.train_batch_size % per_step == 0,
+            f"--train_batch_size ({self.train_batch_size}) must be divisible by --train_batch_size_per_device "
+            f"({self.train_batch_size_per_device}) x learner ranks ({self.learner_ranks}, from --gpus).",
+        )
+        responses = self.rollout_batch_size * self.num_samples
+        need(
+            self.rollout_batch_size % self.learner_ranks == 0,
+            f"--rollout_batch_size ({self.rollout_batch_size}) must be divisible by the learner ranks "
+            f"({self.learner_ranks}, from --gpus) so each rank gets whole groups of --num_samples responses.",
+        )
+        need(
+            self.pi_buffer_maxlen_per_device < 0 or self.pi_buffer_maxlen_per_device >= responses // self.learner_ranks,
+            f"--pi_buffer_maxlen_per_device ({self.pi_buffer_maxlen_per_device}) is smaller than the "
+            f"{responses // self.learner_ranks} responses each learner rank receives per step "
+            f"(--rollout_batch_size x --num_samples / learner ranks).",
+        )
+
     @property
     def on_cuda(self) -> bool:
-        return cuda_device_count() > 0
+        return self.placed().on_cuda
 
     @property
     def learner_ranks(self) -> int:
-        """Learner processes: every device when collocated; otherwise the devices left to learners."""
-        if not self.on_cuda or self.collocate:
-            return self.gpus
-        return self.gpus - self.actor_count
+        """Learner processes: every GPU when collocated, the GPUs left after the actors, or --gpus on CPU."""
+        return self.placed().learner_ranks
 
     @property
     def actor_count(self) -> int:
-        if self.num_actors > 0:
-            return self.num_actors
-        if not self.on_cuda:
-            return 1
-        return self.gpus if self.collocate else max(1, self.gpus // 2)
+        return self.placed().actor_count
 
     def resolve(self) -> None:
         """Fill derived defaults in place and check the flags agree; raise ConfigError naming them."""
@@ -291,6 +354,10 @@ class Args:
         if self.wb_run_name is None:
             self.wb_run_name = f"{self.run_kind()}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.oracle = resolve_oracle_name(self.oracle)
+        if not self.ray_address:  # run() starts a private cluster on this machine: its placement is known now
+            from oat_cpgd.placement import local_nodes, plan_placement
+
+            self.placement = plan_placement(local_nodes(), self)
         self.check()
 
     def run_kind(self) -> str:
@@ -303,37 +370,13 @@ class Args:
             "asynchronous training overlaps generation and learning, which collocated roles cannot.",
         )
         need(self.gpus >= 1, f"--gpus must be >= 1, got {self.gpus}.")
-        if self.on_cuda:
-            need(
-                self.gpus <= cuda_device_count(), f"--gpus {self.gpus} but only {cuda_device_count()} GPUs are visible."
-            )
-            need(
-                self.learner_ranks >= 1,
-                f"--gpus {self.gpus} leaves no GPU for the learners after "
-                f"{self.actor_count} actors (--num_actors); use --collocate or more --gpus.",
-            )
-        per_step = self.train_batch_size_per_device * self.learner_ranks
-        need(
-            self.train_batch_size % per_step == 0,
-            f"--train_batch_size ({self.train_batch_size}) must be divisible by --train_batch_size_per_device "
-            f"({self.train_batch_size_per_device}) x learner ranks ({self.learner_ranks}, from --gpus).",
-        )
+        if self.placement is not None:  # else checked once attached to --ray_address (`place`)
+            self.check_learner_ranks()
         responses = self.rollout_batch_size * self.num_samples
         need(
             responses % self.train_batch_size == 0,
             f"--rollout_batch_size ({self.rollout_batch_size}) x --num_samples ({self.num_samples}) = {responses} "
             f"responses per step must be divisible by --train_batch_size ({self.train_batch_size}).",
-        )
-        need(
-            self.rollout_batch_size % self.learner_ranks == 0,
-            f"--rollout_batch_size ({self.rollout_batch_size}) must be divisible by the learner ranks "
-            f"({self.learner_ranks}, from --gpus) so each rank gets whole groups of --num_samples responses.",
-        )
-        need(
-            self.pi_buffer_maxlen_per_device < 0 or self.pi_buffer_maxlen_per_device >= responses // self.learner_ranks,
-            f"--pi_buffer_maxlen_per_device ({self.pi_buffer_maxlen_per_device}) is smaller than the "
-            f"{responses // self.learner_ranks} responses each learner rank receives per step "
-            f"(--rollout_batch_size x --num_samples / learner ranks).",
         )
         for name in (
             "num_samples",
@@ -398,6 +441,13 @@ class Args:
             "--temperature must be > 0 for training rollouts (use --eval_temperature 0 for greedy eval).",
         )
         need(self.param_offload is False or self.zero_stage == 3, "--param_offload needs --zero-stage 3.")
+        need(self.lora_rank >= 0, f"--lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}.")
+        need(self.lora_alpha > 0, f"--lora_alpha must be > 0, got {self.lora_alpha}.")
+        need(0 <= self.lora_dropout < 1, f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        need(
+            len(self.target_modules) == 1 or (self.target_modules and "all-linear" not in self.target_modules),
+            f"--target_modules takes all-linear alone or module names, got {' '.join(self.target_modules) or 'none'}.",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -451,14 +501,21 @@ class PPOArgs(Args):
     """Most extra draws of --rollout_batch_size prompts per step; when reached, the step is filled
     up with uninformative groups (advantage 0), and train/informative_groups says how many were not."""
     reward_scale: float = 1.0
+    """Multiplies each response's reward (oracle score plus the penalties above) before the advantage."""
     whiten_adv: bool = False
     """Whiten the advantages over all response tokens of the whole batch (all learner ranks), any algorithm."""
     gamma: float = 1.0
+    """Discount factor of GAE (PPO), in [0, 1]."""
     lam: float = 1.0
+    """GAE's lambda (PPO), in [0, 1]: 1 uses the full returns, 0 one-step temporal differences."""
     vf_coef: float = 1.0
+    """Weight of the critic's value loss (PPO)."""
     cliprange_value: float = 0.2
+    """The critic's new values are clipped to within this of the old ones in its loss (PPO)."""
     critic_learning_rate: float = 9e-6
+    """Peak learning rate of the critic (PPO), under the same schedule as the policy's."""
     critic_max_step_adjustment: float = 1.0
+    """The critic's --max_step_adjustment: its LR schedule spans the policy's count of optimizer steps times this."""
 
     def run_kind(self) -> str:
         return self.critic_type
@@ -578,13 +635,77 @@ class CPGDArgs(PPOArgs):
 
 ArgsT = TypeVar("ArgsT", bound=Args)
 
+HELP_SECTIONS = {
+    "resources": "gpus",
+    "model": "pretrain",
+    "data": "prompt_data",
+    "generation": "num_samples",
+    "oracle": "oracle_type",
+    "evaluation": "eval_data",
+    "training": "learning_rate",
+    "saving_and_logging": "save_path",
+    "algorithm": "critic_type",
+    "rewards_and_advantages": "kl_penalty_coef",
+    "critic": "gamma",
+    "cpgd": "policy_drift_coeff",
+}
+"""The `--help` sections (tyro heads each `<name> options`) and the first field of each: a section runs to
+the next one's first field, in the dataclasses' field order (a subclass's new fields follow its parent's)."""
+
+
+def help_sections(args_cls: type[Args]) -> dict[str, list[str]]:
+    """The field names of each `--help` section of `args_cls`, in field order."""
+    section_from_first_field = {first: section for section, first in HELP_SECTIONS.items()}
+    sections: dict[str, list[str]] = {}
+    for field in dataclasses.fields(args_cls):
+        if field.name in section_from_first_field:
+            names = sections[section_from_first_field[field.name]] = []
+        names.append(field.name)
+    return sections
+
+
+def field_help(args_cls: type[Args]) -> dict[str, str]:
+    """Each field's attribute docstring, a subclass's replacing its parent's (as tyro reads them)."""
+    docs: dict[str, str] = {}
+    for cls in reversed(args_cls.__mro__[:-1]):  # base classes first; `object` has no fields
+        docs.update(
+            {p.arg_name: p.description for p in docstring_parser.parse_from_object(cls).params if p.description}
+        )
+    return docs
+
+
+def sectioned_cli(args_cls: type[ArgsT], default: ArgsT) -> type:
+    """`args_cls` as tyro should show it: a dataclass per help section, which tyro boxes separately in
+    `--help`, each marked OmitArgPrefixes so its flags keep their flat names (`--learning_rate`, not
+    `--training.learning_rate`). Defaults come from `default`; help from `args_cls`'s docstrings."""
+    hints = typing.get_type_hints(args_cls, include_extras=True)
+    docs = field_help(args_cls)
+    sections = []
+    for section, names in help_sections(args_cls).items():
+        fields = [
+            (
+                name,
+                Annotated[hints[name], Doc(docs.get(name, ""))],
+                # A factory: a default such as a dict must not be shared between parses.
+                dataclasses.field(default_factory=functools.partial(copy.deepcopy, getattr(default, name))),
+            )
+            for name in names
+        ]
+        section_cls = dataclasses.make_dataclass(section, fields)
+        sections.append(
+            (section, Annotated[section_cls, tyro.conf.OmitArgPrefixes], dataclasses.field(default_factory=section_cls))
+        )
+    return dataclasses.make_dataclass(args_cls.__name__, sections)
+
 
 def parse_args(args_cls: type[ArgsT], default: ArgsT | None = None, argv: list[str] | None = None) -> ArgsT:
     """Parse flags into `args_cls`, resolve derived values, and honour --dry_run.
 
     A ConfigError is reported as a one-line usage error (exit 2), naming the flags.
     """
-    args = tyro.cli(args_cls, default=default, args=argv, description=args_cls.__doc__)
+    cli_cls = sectioned_cli(args_cls, args_cls() if default is None else default)
+    parsed = tyro.cli(cli_cls, args=argv, description=args_cls.__doc__)
+    args = args_cls(**{name: value for section in vars(parsed).values() for name, value in vars(section).items()})
     try:
         args.resolve()
     except ConfigError as err:
@@ -592,5 +713,12 @@ def parse_args(args_cls: type[ArgsT], default: ArgsT | None = None, argv: list[s
         raise SystemExit(2) from None
     if args.dry_run:
         print(args.to_json())
+        # Not in the JSON (stdout): the cluster decides it, and --dry_run connects to none.
+        where = (
+            f"decided from the cluster's resources once attached to --ray_address {args.ray_address}"
+            if args.ray_address
+            else f"{args.placement} (this machine, as the local Ray cluster a run starts)"
+        )
+        print(f"placement: {where}", file=sys.stderr)
         raise SystemExit(0)
     return args

@@ -2,6 +2,7 @@
 
 <run_dir>/checkpoints/step_<N>/
     policy/            the policy in Hugging Face format (transformers and vLLM load it)
+    policy_adapter/    (--lora_rank) the LoRA adapter in peft's format; policy/ is then the merged model
     deepspeed/         optimizer, scheduler and ZeRO partitions of the policy (and critic)
     state.json         step counters and the data position, written last
 """
@@ -58,8 +59,8 @@ RESUMABLE_CHANGES = frozenset(
     {
         # Where and how the run is watched, and how long it goes on: not what it learns.
         "resume_dir", "ray_address", "save_path", "wb_run_name", "use_wb", "wb_org", "wb_group", "wb_project",
-        "plot", "dry_run", "log_samples", "max_steps", "save_steps", "max_save_num", "eval_steps",
-        # Actor resources (actors are reseeded on resume anyway).
+        "use_tb", "plot", "dry_run", "log_samples", "max_steps", "save_steps", "max_save_num", "eval_steps",
+        # Where and how the roles run: seeded samples do not depend on which actor draws them.
         "num_actors", "vllm_gpu_ratio", "vllm_cpu_kvcache_gb", "enable_prefix_caching", "oracle_workers",
     }
 )  # fmt: skip
@@ -74,6 +75,7 @@ def prompts_fingerprint(indices: list[int], prompts: list[str]) -> str:
 def resume_differences(
     saved_config: dict, config: dict, saved_state: dict, num_prompts: int, fingerprint: str
 ) -> list[str]:
+        "actor_resources", "learner_resources",
     """What keeps a run from continuing the one saved: flags that differ (beyond RESUMABLE_CHANGES), or other data."""
     differences = [
         f"--{name}: {saved_config.get(name)!r} in the saved run, {config.get(name)!r} now"

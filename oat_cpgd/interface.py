@@ -16,7 +16,7 @@ from pathlib import Path
 import ray
 from transformers import AutoTokenizer
 
-from oat_cpgd.args import PPOArgs
+from oat_cpgd.args import ConfigError, PPOArgs
 from oat_cpgd.checkpoint import (
     checkpoints_dir,
     latest_checkpoint,
@@ -27,7 +27,7 @@ from oat_cpgd.checkpoint import (
 )
 from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, local_oracle, run_evaluation, write_eval_results
-from oat_cpgd.placement import ray_session, spawn_actors, spawn_learners
+from oat_cpgd.placement import place_on_cluster, ray_session, spawn_actors, spawn_learners
 from oat_cpgd.plot import plot_run
 from oat_cpgd.roles import ActorRecovery, check_sync, connect, gather_learners, sync_weights
 from oat_cpgd.rollout import (
@@ -40,7 +40,7 @@ from oat_cpgd.rollout import (
     prompt_order,
     start_rollout,
 )
-from oat_cpgd.run_log import RunLog
+from oat_cpgd.run_log import RunLog, refuse_a_used_run_dir
 from oat_cpgd.types import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -109,12 +109,16 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
     fingerprint = prompts_fingerprint(prompts.indices, prompts.prompts)  # saved with every checkpoint
     resume_from = checkpoint_to_resume(args, run_dir, prompts, fingerprint)
     done_steps = load_state(resume_from)["step"] if resume_from else 0
-    run_log = RunLog(
-        run_dir, args, dropped_prompts=prompts.total_dropped, resume_step=done_steps if resume_from else None
-    )
+    if not resume_from:
+        refuse_a_used_run_dir(run_dir)  # before Ray starts
 
     with ray_session(args):
-        actors = spawn_actors(args, actor_cls)
+        place_on_cluster(args)  # from the cluster's resources, not the driver's devices
+        # Only now the run folder is written: a cluster that refuses the flags leaves nothing to clear.
+        run_log = RunLog(
+            run_dir, args, dropped_prompts=prompts.total_dropped, resume_step=done_steps if resume_from else None
+        )
+        # Learners first: learner rank 0 keeps the room found for its rendezvous before any actor can take it.
         learners = spawn_learners(args, learner_cls, lr_steps)
         try:
             _train(args, actors, learners, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps,
@@ -267,7 +271,11 @@ def _train(
 
 def main(args: PPOArgs, learner_cls=None, actor_cls=None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_dir = run(args, learner_cls, actor_cls)
+    try:
+        run_dir = run(args, learner_cls, actor_cls)
+    except ConfigError as err:  # found once attached to the cluster (--ray_address): a usage error, as at parse time
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(
         f"run finished: metrics in {run_dir / 'metrics.jsonl'}, curves in {run_dir / 'curves.png'}, "
         f"model in {run_dir / 'final_model'}"

@@ -10,13 +10,17 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from oat_cpgd.args import PPOArgs
+from oat_cpgd.args import Args, PPOArgs, need
+
+logger = logging.getLogger(__name__)
 
 # Environment the Ray workers need: caches inside the work tree, offline mode, allocator tuning.
 FORWARDED_ENV_PREFIXES = (
@@ -84,37 +88,132 @@ def ray_session(args: PPOArgs) -> Iterator[None]:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's roles go and what each asks Ray for, decided by `plan_placement` from the cluster's resources."""
+
+    on_cuda: bool
+    """The cluster has GPUs: the actors and learners run on them; otherwise everything runs on CPU."""
+    actor_count: int
+    learner_ranks: int
+    gpus_per_actor: float
+    gpus_per_learner: float
+
+
+def plan_placement(nodes: Sequence[Mapping[str, float]], args: Args) -> Placement:
+    """The placement of `args`'s roles on a cluster whose nodes have these resources (as `ray.nodes()`
+    reports them: "CPU", "GPU", custom ones). Raises ConfigError, naming the flags and the numbers, when
+    the cluster lacks what they ask for."""
+    total = total_resources(nodes)
+    if total["GPU"] == 0:
+        # --gpus counts learner processes; the actors share the CPU cores.
+        placement = Placement(False, args.num_actors if args.num_actors > 0 else 1, args.gpus, 0, 0)
+    else:
+        default_actors = args.gpus if args.collocate else max(1, args.gpus // 2)
+        actor_count = args.num_actors if args.num_actors > 0 else default_actors
+        placement = Placement(
+            on_cuda=True,
+            actor_count=actor_count,
+            learner_ranks=args.gpus if args.collocate else args.gpus - actor_count,
+            # Collocated, an actor and a learner share each GPU (vLLM sleeps while the learner trains).
+            gpus_per_actor=0.5 if args.collocate else args.vllm_tensor_parallel_size,
+            gpus_per_learner=0.5 if args.collocate else 1,
+        )
+        check_gpus(placement, nodes, total["GPU"], args)
+    check_custom_resources(placement, total, args)
+    return placement
+
+
+def total_resources(nodes: Sequence[Mapping[str, float]]) -> Counter:
+    total: Counter = Counter()
+    for node in nodes:
+        total.update(node)
+    return total
+
+
+def check_gpus(placement: Placement, nodes: Sequence[Mapping[str, float]], cluster_gpus: float, args: Args) -> None:
+    need(
+        placement.learner_ranks >= 1,
+        f"--gpus {args.gpus} leaves no GPU for the learners after {placement.actor_count} actors "
+        "(--num_actors); use --collocate or more --gpus.",
+    )
+    wanted = placement.actor_count * placement.gpus_per_actor + placement.learner_ranks * placement.gpus_per_learner
+    need(
+        wanted <= cluster_gpus,
+        f"--gpus {args.gpus} asks for {wanted:g} GPUs ({placement.actor_count} actors x {placement.gpus_per_actor:g} "
+        f"+ {placement.learner_ranks} learner ranks x {placement.gpus_per_learner:g}) but the Ray cluster has "
+        f"{cluster_gpus:g}.",
+    )
+    largest = max(node.get("GPU", 0) for node in nodes)
+    need(
+        placement.gpus_per_actor <= largest,
+        f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size} needs that many GPUs on one node; "
+        f"the Ray cluster's largest node has {largest:g}.",
+    )
+
+
+def check_custom_resources(placement: Placement, total: Mapping[str, float], args: Args) -> None:
+    for name in sorted({*args.actor_resources, *args.learner_resources}):
+        per_actor, per_learner = args.actor_resources.get(name, 0), args.learner_resources.get(name, 0)
+        wanted = placement.actor_count * per_actor + placement.learner_ranks * per_learner
+        need(
+            wanted <= total[name],
+            f"--actor_resources/--learner_resources ask for {wanted:g} {name!r} ({placement.actor_count} actors x "
+            f"{per_actor:g} + {placement.learner_ranks} learner ranks x {per_learner:g}) but the Ray cluster has "
+            f"{total[name]:g}.",
+        )
+
+
+def local_nodes() -> list[dict[str, float]]:
+    """This machine as the one node of the private cluster `start_local_ray` would start."""
+    import torch
+
+    return [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}]
+
+
+def place_on_cluster(args: Args) -> None:
+    """Decide the placement from the connected cluster's nodes (not the driver's devices) and hand it to
+    `args`, which the roles receive; a ConfigError here comes before any engine starts."""
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    args.place(plan_placement(nodes, args))
+    logger.info("placement on the Ray cluster's %d nodes: %s", len(nodes), args.placement)
+
+
+@ray.remote(num_cpus=0)
+def rendezvous_endpoint() -> tuple[str, str, int]:
+    """The node this runs on, its address and a port free there."""
+    return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), free_port()
+
+
 def spawn_learners(args: PPOArgs, learner_cls, schedule_steps: float) -> list:
-    """One Ray actor per learner rank; rank 0 on the driver's node hosts the rendezvous."""
-    driver_node = ray.get_runtime_context().get_node_id()
-    driver_ip = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == driver_node)
-    master = {"MASTER_ADDR": driver_ip, "MASTER_PORT": str(free_port())}
-    gpus_each = 0.5 if args.collocate else 1
+    """One Ray actor per learner rank. Rank 0 hosts the rendezvous on a node with room for a learner,
+    found by a task asking for the same resources; spawned before the actors, it keeps that room."""
+    placement = args.placed()
+    resources = {"num_cpus": 0, "num_gpus": placement.gpus_per_learner, "resources": args.learner_resources}
+    node, address, port = ray.get(rendezvous_endpoint.options(**resources).remote())
+    master = {"MASTER_ADDR": address, "MASTER_PORT": str(port)}
     learners = []
-    for rank in range(args.learner_ranks):
-        options = {
-            "num_cpus": 0,
-            "num_gpus": gpus_each if args.on_cuda else 0,
-            "runtime_env": {"env_vars": {**worker_env(), **master}},
-        }
+    for rank in range(placement.learner_ranks):
+        options = {**resources, "runtime_env": {"env_vars": {**worker_env(), **master}}}
         if rank == 0:
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(driver_node, soft=False)
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         learners.append(
-            ray.remote(learner_cls).options(**options).remote(args, rank, args.learner_ranks, schedule_steps)
+            ray.remote(learner_cls).options(**options).remote(args, rank, placement.learner_ranks, schedule_steps)
         )
     return learners
 
 
 def spawn_actors(args: PPOArgs, actor_cls) -> list:
-    gpus_each = 0.5 if args.collocate else args.vllm_tensor_parallel_size
+    placement = args.placed()
     # A dead actor (OOM, segfault, killed) is restarted by Ray; the loop resends its chunk (oat_cpgd.roles).
     remote_cls = ray.remote(actor_cls).options(
         num_cpus=0,
-        num_gpus=gpus_each if args.on_cuda else 0,
+        num_gpus=placement.gpus_per_actor,
+        resources=args.actor_resources,
         max_restarts=args.max_actor_restarts,
         max_task_retries=0,
     )
-    return [remote_cls.remote(args, index) for index in range(args.actor_count)]
+    return [remote_cls.remote(args, index) for index in range(placement.actor_count)]
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""What a run leaves behind: config.json, metrics.jsonl, samples.jsonl, wandb, a progress bar."""
+"""What a run leaves behind: config.json, metrics.jsonl, samples.jsonl, wandb, TensorBoard, a progress bar."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from oat_cpgd.args import Args
+from oat_cpgd.evaluation import AVERAGE
 from oat_cpgd.types import Trajectory
+
+EVAL_ACCURACY = f"eval/{AVERAGE}/accuracy"
+"""The eval accuracy averaged over the benchmarks, which the progress bar shows."""
 
 
 def keep_steps_up_to(path: Path, step: int) -> None:
@@ -26,17 +30,30 @@ def keep_steps_up_to(path: Path, step: int) -> None:
     path.write_text("".join(f"{line}\n" for line in kept))
 
 
+def refuse_a_used_run_dir(run_dir: Path) -> None:
+    """A fresh run does not write into another run's folder."""
+    if (Path(run_dir) / "metrics.jsonl").exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run: continue it with --resume_dir {run_dir}, or pick another --wb-run-name"
+        )
+
+
 class RunLog:
-    """Appends one JSON line per learning step to `<save_path>/<run name>/metrics.jsonl`."""
+    """Appends one JSON line per learning step to `<save_path>/<run name>/metrics.jsonl`.
+
+    The same rows go to wandb (--use_wb) and, as scalars at their step, to TensorBoard event files in
+    `<run dir>/tb/` (--use_tb).
+    """
 
     def __init__(self, run_dir: Path, args: Args, dropped_prompts: int = 0, resume_step: int | None = None) -> None:
-        """`resume_step`: continuing a run from that step's checkpoint; later rows (of the crashed run) go."""
+        """`resume_step`: continuing a run from that step's checkpoint; later rows (of the crashed run) go.
+
+        A resumed run appends a new TensorBoard event file to `tb/`, which hides the crashed run's events
+        after `resume_step` (TensorBoard's purge_step), so each step shows once, as resumed.
+        """
         self.run_dir = Path(run_dir)
-        if resume_step is None and (self.run_dir / "metrics.jsonl").exists():
-            raise FileExistsError(
-                f"{self.run_dir} already holds a run: continue it with --resume_dir {self.run_dir}, "
-                "or pick another --wb-run-name"
-            )
+        if resume_step is None:
+            refuse_a_used_run_dir(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.args = args
         if resume_step is None:  # a resumed run keeps the original's configuration
@@ -48,6 +65,14 @@ class RunLog:
         self.samples_file = open(self.run_dir / "samples.jsonl", "a")
         self.dropped_prompts = dropped_prompts
         self.bar = None
+        self.eval_accuracy: float | None = None  # the latest, shown on the bar until the next evaluation
+        self.tensorboard = None
+        if args.use_tb:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(
+                str(self.run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1
+            )
         self.wandb = None
         if args.use_wb:
             import wandb
@@ -89,7 +114,10 @@ class RunLog:
         self.samples_file.flush()
         if self.bar is not None:
             reward = metrics.get("train/reward_mean", metrics.get("actor/reward_mean", float("nan")))
-            self.bar.set_postfix(reward=f"{reward:.3f}", step_time=f"{metrics.get('misc/step_time', 0):.1f}s")
+            postfix = {"reward": f"{reward:.3f}", "step_time": f"{metrics.get('misc/step_time', 0):.1f}s"}
+            if self.eval_accuracy is not None:
+                postfix["eval_acc"] = f"{self.eval_accuracy:.3f}"
+            self.bar.set_postfix(postfix)
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
         """A row of eval metrics alone (the evaluation before the first step)."""
@@ -99,6 +127,12 @@ class RunLog:
     def _write_metrics(self, row: dict) -> None:
         self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
+        self.eval_accuracy = row.get(EVAL_ACCURACY, self.eval_accuracy)
+        if self.tensorboard is not None:
+            for name, value in row.items():
+                if name != "step":
+                    self.tensorboard.add_scalar(name, value, global_step=row["step"])
+            self.tensorboard.flush()  # as metrics.jsonl: a crash loses no logged step
         if self.wandb is not None:
             self.wandb.log(row, step=row["step"])
 
@@ -107,5 +141,7 @@ class RunLog:
             self.bar.close()
         self.metrics_file.close()
         self.samples_file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()

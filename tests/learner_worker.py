@@ -9,7 +9,9 @@ responses of random tokens) and writes, from rank 0:
   (summed over its tokens, from the learner's own forward), and, where the scenario asks,
   the reference gradient norm of the first mini-batch computed by plain torch;
 - DIR/NAME.safetensors: the weights a sync sends after the update (`Learner.weights()`);
-- DIR/NAME_saved/: `save_pretrained` output, where the scenario asks.
+- DIR/NAME_saved/: `save_pretrained` output, where the scenario asks; with LoRA also
+  DIR/NAME_checkpoint/ (`save_checkpoint`), and in NAME.json the trained parameters' names and
+  the responses' log-probs under plain torch with the synced (merged) weights.
 `--dump-state` also writes the last scenario's synced state to FILE.
 """
 
@@ -121,6 +123,12 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     # Same learn as "grpo" under ZeRO-3; its saved checkpoint is checked too.
     "grpo_zero3": Scenario({"critic_type": "grpo", "zero_stage": 3, **ONE_STEP}, save=True),
+    # LoRA (rank 4, all linear layers) under ZeRO-3, which gathers base weights and adapters to
+    # merge them. B starts at 0 and only it moves in the first step: a higher LR than full training's.
+    "grpo_lora_zero3": Scenario(
+        {"critic_type": "grpo", "zero_stage": 3, "lora_rank": 4, "lora_alpha": 8, "learning_rate": 5e-3, **ONE_STEP},
+        save=True,
+    ),
     # Two shuffled mini-batches (token-mean, critic), micro-batches of 4 vs 1.
     "ppo_two_steps": Scenario({"critic_type": "ppo", **TWO_STEPS}),
     "ppo_two_steps_micro1": Scenario({"critic_type": "ppo", **TWO_STEPS, "train_batch_size_per_device": 1}),
@@ -321,6 +329,14 @@ def run_scenario(
     state = {name: tensor.to("cpu", copy=True) for name, tensor in learner.weights()}
     if scenario.save:
         learner.save_pretrained(out / f"{name}_saved")
+    if args.lora_rank > 0:
+        learner.save_checkpoint(out / f"{name}_checkpoint")
+        result["trained"] = [name for name, param in learner.policy.module.named_parameters() if param.requires_grad]
+        if rank == 0:
+            merged = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+            merged.load_state_dict(state)
+            with torch.no_grad():
+                result["merged_logp_after"] = [float(token_logprobs(merged, t).sum()) for t in trajectories]
     if rank == 0:
         safetensors.torch.save_file(state, out / f"{name}.safetensors")
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))  # NaN metrics as NaN

@@ -1,14 +1,19 @@
 """The CLI: oat's documented commands parse verbatim; bad combinations name their flags."""
 
+import contextlib
+import dataclasses
+import functools
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from oat_cpgd.args import ConfigError, CPGDArgs, PPOArgs, parse_args
+from oat_cpgd.args import HELP_SECTIONS, ConfigError, CPGDArgs, PPOArgs, parse_args
 from oat_cpgd.oracles import ORACLES, RewardOracle, register_oracle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +113,7 @@ def test_grpo_entry_point_defaults_to_grpo():
             ["--num_samples"],
         ),
         (["--param_offload", "--zero-stage", "2"], ["--param_offload"]),
+        (["--lora_rank", "8", "--target_modules", "all-linear", "q_proj"], ["--target_modules", "all-linear"]),
     ],
 )
 def test_bad_combinations_name_their_flags(argv, flags, capsys):
@@ -153,6 +159,9 @@ def assert_usage_error(argv: list[str], flags: list[str], capsys) -> None:
         (["--sync_check_every", "-1"], ["--sync_check_every"]),
         (["--sync_check_tolerance", "0"], ["--sync_check_tolerance"]),
         (["--tis_c", "0"], ["--tis_c"]),
+        (["--lora_rank", "-1"], ["--lora_rank"]),
+        (["--lora_alpha", "0"], ["--lora_alpha"]),
+        (["--lora_dropout", "1"], ["--lora_dropout"]),
         (["--overlong_buffer_len", "2000"], ["--overlong_buffer_len", "--generate_max_length"]),
         (["--critic_type", "ppo", "--dynamic_sampling"], ["--dynamic_sampling", "--critic_type"]),
         (["--oracle", "gsm9k"], ["--oracle", "gsm9k", "countdown", "deepscaler", "gsm8k", "math"]),
@@ -188,6 +197,12 @@ def test_limits_themselves_are_accepted():
     )
     assert args.max_model_len == 2048 and args.eval_batch_size == 1
     assert parse_args(PPOArgs, argv=[]).max_model_len == 2048  # the default: 1024 + max(1024, 1024)
+
+
+def test_lora_flags_parse():
+    assert parse_args(PPOArgs, argv=[]).lora_rank == 0  # off by default
+    args = parse_args(PPOArgs, argv="--lora_rank 8 --lora_alpha 32 --target_modules q_proj v_proj".split())
+    assert (args.lora_rank, args.lora_alpha, args.target_modules) == (8, 32, ("q_proj", "v_proj"))
 
 
 def test_a_positive_non_stop_penalty_is_warned_about(caplog):
@@ -260,3 +275,101 @@ def test_help_explains_every_flag():
     for flag in ("--policy-drift-coeff", "--cpgd-weight", "--collocate", "--prompt-data", "--gpus"):
         assert flag in done.stdout
     assert "learner ranks" in done.stdout  # what --gpus means without GPUs
+
+
+ENTRY_POINTS = {
+    "oat_cpgd.experiment.run_ppo": PPOArgs(),
+    "oat_cpgd.experiment.run_grpo": PPOArgs(critic_type="grpo"),
+    "oat_cpgd.experiment.run_cpgd": CPGDArgs(),
+}
+"""Each entry point's arguments, as its `parse_args(type(default), default=default)` call builds them."""
+
+
+@functools.cache
+def help_entries(module: str) -> dict[str, tuple[str, str]]:
+    """An entry point's `--help` as {flag: (its section's heading, its help text)}, read from tyro's boxes.
+
+    At 80 columns tyro stacks the boxes in one column: a box opens with `╭─ <heading> ─`, a flag's line
+    starts `│ --flag`, and its help follows the invocation after two spaces or on indented lines below.
+    """
+    default = ENTRY_POINTS[module]
+    shown = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # tyro draws its boxes on a UTF-8 stream only
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(shown), pytest.raises(SystemExit) as done:
+        patch.setenv("COLUMNS", "80")
+        parse_args(type(default), default=default, argv=["--help"])
+    assert done.value.code == 0
+    entries: dict[str, tuple[str, str]] = {}
+    heading = flag = None
+    shown.seek(0)
+    for line in shown.read().splitlines():
+        if opened := re.match(r"╭─ (.+?) ─", line):
+            heading, flag = opened[1], None
+        elif started := re.match(r"│ (--[a-z0-9-]+)", line):
+            flag = started[1]
+            assert flag not in entries, f"{flag} shown twice"
+            entries[flag] = (heading, line.strip("│ ").partition("  ")[2].strip())
+        elif flag is not None and line.startswith("│  "):  # an indented line: help (not a wrapped invocation)
+            entries[flag] = (heading, f"{entries[flag][1]} {line.strip('│ ')}")
+    return entries
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_flag_has_help_text(module):
+    entries = help_entries(module)
+    for field in dataclasses.fields(ENTRY_POINTS[module]):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in entries, f"{flag} missing from --help"
+        explanation = entries[flag][1].split("(default:")[0].strip()
+        assert explanation, f"{flag} has no help text in --help"
+
+
+# Each section's first and last flags (when these tests were written), and the algorithms' sections.
+SECTION_OF_FLAG = {
+    "--gpus": "resources",
+    "--enable-prefix-caching": "resources",
+    "--pretrain": "model",
+    "--gradient-checkpointing": "model",
+    "--prompt-data": "data",
+    "--num-prompt-epoch": "data",
+    "--num-samples": "generation",
+    "--stop": "generation",
+    "--oracle-type": "oracle",
+    "--format-reward": "oracle",
+    "--eval-data": "evaluation",
+    "--eval-n": "evaluation",
+    "--learning-rate": "training",
+    "--max-steps": "training",
+    "--save-path": "saving-and-logging",
+    "--use-tb": "saving-and-logging",
+    "--dry-run": "saving-and-logging",
+    "--critic-type": "algorithm",
+    "--tis-c": "algorithm",
+    "--kl-penalty-coef": "rewards-and-advantages",
+    "--whiten-adv": "rewards-and-advantages",
+    "--gamma": "critic",
+    "--critic-max-step-adjustment": "critic",
+}
+CPGD_SECTION_OF_FLAG = {"--policy-drift-coeff": "cpgd", "--clip-filter-max-weight": "cpgd"}
+
+
+@pytest.mark.parametrize("module", ["oat_cpgd.experiment.run_ppo", "oat_cpgd.experiment.run_cpgd"])
+def test_help_groups_the_flags_by_section(module):
+    entries = help_entries(module)
+    expected = {**SECTION_OF_FLAG, **(CPGD_SECTION_OF_FLAG if module.endswith("cpgd") else {})}
+    for flag, section in expected.items():
+        assert entries[flag][0] == f"{section} options", (flag, entries[flag][0])
+    headings = list(dict.fromkeys(heading for heading, _ in entries.values()))
+    sections = [name.replace("_", "-") for name in HELP_SECTIONS if module.endswith("cpgd") or name != "cpgd"]
+    assert headings == [f"{name} options" for name in sections]
+
+
+def test_sectioned_help_keeps_flat_flags_and_the_given_defaults():
+    args = parse_args(
+        CPGDArgs,
+        default=CPGDArgs(prompt_template="r1_zero", stop=("</answer>",)),
+        argv=["--learning_rate", "2e-6", "--gamma", "0.9", "--policy-drift-coeff", "0.05", "--no-bf16"],
+    )
+    assert type(args) is CPGDArgs
+    assert args.learning_rate == 2e-6 and args.gamma == 0.9 and args.policy_drift_coeff == 0.05
+    assert args.prompt_template == "r1_zero" and args.stop == ("</answer>",)  # from `default`, not the class's
+    assert args.critic_type == "cpgd" and args.temperature == 1.0 and not args.bf16

@@ -77,7 +77,9 @@ def state(results: Path, name: str) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(results / f"{name}.safetensors")
 
 
-@pytest.mark.parametrize("name", ["ppo", "grpo", "drgrpo", "cpgd", "rloo", "gspo", "registered_at_run_time"])
+@pytest.mark.parametrize(
+    "name", ["ppo", "grpo", "drgrpo", "cpgd", "rloo", "gspo", "registered_at_run_time", "grpo_lora_zero3"]
+)
 def test_learn_moves_logprobs_with_the_advantage(results: Path, name: str) -> None:
     """One on-policy step: responses with a positive advantage gain log-prob, the others lose it."""
     run = result(results, name)
@@ -261,9 +263,11 @@ def test_bf16_features_run(results: Path, name: str) -> None:
         assert metrics["train/adv_std"] == pytest.approx(1, abs=1e-3)
 
 
-def test_save_pretrained_loads_with_the_synced_weights(results: Path) -> None:
-    saved = results / "grpo_zero3_saved"
-    synced = state(results, "grpo_zero3")
+@pytest.mark.parametrize("name", ["grpo_zero3", "grpo_lora_zero3"])
+def test_save_pretrained_loads_with_the_synced_weights(results: Path, name: str) -> None:
+    """Plain transformers loads what was synced; with LoRA that is the merged model, no peft needed."""
+    saved = results / f"{name}_saved"
+    synced = state(results, name)
     # The sync also sends the tied lm_head, which the checkpoint stores once, as the embedding.
     assert safetensors.torch.load_file(saved / "model.safetensors").keys() | {"lm_head.weight"} == synced.keys()
     model = AutoModelForCausalLM.from_pretrained(saved)
@@ -273,6 +277,38 @@ def test_save_pretrained_loads_with_the_synced_weights(results: Path) -> None:
     assert torch.equal(model.lm_head.weight, synced["model.embed_tokens.weight"])  # tied, saved once
     tokenizer = AutoTokenizer.from_pretrained(saved)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_lora_trains_the_adapter_alone_and_syncs_the_merged_model(results: Path, tiny_model_path: Path) -> None:
+    """ZeRO-3 + LoRA: the optimizer holds only the adapter of every attention and MLP projection, so
+    the base model's other weights (embeddings, norms, biases) are untouched; the sync sends the merged
+    weights under the base model's names, whose log-probs are the learner's own (adapter on top)."""
+    run = result(results, "grpo_lora_zero3")
+    config = AutoModelForCausalLM.from_pretrained(tiny_model_path).config
+    projections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert all(".lora_A." in name or ".lora_B." in name for name in run["trained"]), run["trained"]
+    assert len(run["trained"]) == 2 * len(projections) * config.num_hidden_layers
+    initial = safetensors.torch.load_file(tiny_model_path / "model.safetensors")
+    synced = state(results, "grpo_lora_zero3")
+    assert synced.keys() == initial.keys() | {"lm_head.weight"}
+    for name, tensor in initial.items():
+        projection_weight = name.split(".")[-2] in projections and name.endswith(".weight")
+        assert torch.equal(synced[name], tensor) != projection_weight, name  # only the merged projections moved
+    assert run["merged_logp_after"] == pytest.approx(run["logp_after"], abs=1e-4)
+
+
+def test_lora_checkpoint_holds_the_adapter_and_the_merged_policy(results: Path, tiny_model_path: Path) -> None:
+    """The checkpoint's policy/ is the merged model; its policy_adapter/ is the adapter in peft's format,
+    which peft's own merge onto the base model turns into the same weights."""
+    from peft import PeftModel
+
+    checkpoint, synced = results / "grpo_lora_zero3_checkpoint", state(results, "grpo_lora_zero3")
+    policy = safetensors.torch.load_file(checkpoint / "policy" / "model.safetensors")
+    assert all(torch.equal(policy[name], synced[name]) for name in policy)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, checkpoint / "policy_adapter").merge_and_unload().state_dict()
+    for name, tensor in policy.items():
+        torch.testing.assert_close(merged[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
 def test_dump_state_writes_the_last_synced_state(results: Path) -> None:

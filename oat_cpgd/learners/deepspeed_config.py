@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from deepspeed.accelerator import get_accelerator
 
 from oat_cpgd.args import PPOArgs
 
@@ -13,13 +12,9 @@ NEVER = 2**31 - 1
 """`steps_per_print`: DeepSpeed's own throughput log would interleave with ours."""
 
 
-def _on_cuda() -> bool:
-    return get_accelerator().device_name() == "cuda"
-
-
-def _offload(enabled: bool) -> dict[str, Any]:
+def _offload(enabled: bool, on_cuda: bool) -> dict[str, Any]:
     # Pinned host memory speeds up device transfers; there is nothing to pin for on CPU.
-    return {"device": "cpu" if enabled else "none", "pin_memory": _on_cuda()}
+    return {"device": "cpu" if enabled else "none", "pin_memory": on_cuda}
 
 
 def train_config(args: PPOArgs, world_size: int, learning_rate: float) -> dict[str, Any]:
@@ -47,13 +42,13 @@ def train_config(args: PPOArgs, world_size: int, learning_rate: float) -> dict[s
                 "weight_decay": args.l2,
                 # torch's AdamW needs no compiled op (DeepSpeed's take ~80 s to build); only
                 # optimizer states offloaded from a GPU are worth DeepSpeed's fast CPU Adam.
-                "torch_adam": not (args.adam_offload and _on_cuda()),
+                "torch_adam": not (args.adam_offload and args.on_cuda),
             },
         },
         "zero_optimization": {
             "stage": args.zero_stage,
-            "offload_optimizer": _offload(args.adam_offload),
-            "offload_param": _offload(args.param_offload),
+            "offload_optimizer": _offload(args.adam_offload, args.on_cuda),
+            "offload_param": _offload(args.param_offload, args.on_cuda),
         },
         "bf16": {"enabled": args.bf16},
         # Accumulate bf16 gradients over micro-batches in fp32.
@@ -67,7 +62,7 @@ def reference_config(args: PPOArgs) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": args.mini_train_batch_size_per_device,
         "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": 3, "offload_param": _offload(args.ref_offload)},
+        "zero_optimization": {"stage": 3, "offload_param": _offload(args.ref_offload, args.on_cuda)},
         "bf16": {"enabled": args.bf16},
         "steps_per_print": NEVER,
     }

@@ -149,6 +149,10 @@ class Learner:
         # transformers can only build ZeRO-3 models partitioned through accelerate, which we do not
         # depend on: each rank loads the full weights to host memory and deepspeed.initialize partitions them.
         policy_model = AutoModelForCausalLM.from_pretrained(args.pretrain, **model_kwargs)
+        if args.lora_rank > 0:
+            from oat_cpgd.learners.lora import add_lora  # imports peft
+
+            policy_model = add_lora(policy_model, args)
         self.policy = self._train_engine(policy_model, args.learning_rate, schedule_steps * args.max_step_adjustment)
         self.critic: DeepSpeedEngine | None = None
         if self.algorithm.needs_critic:
@@ -503,22 +507,31 @@ class Learner:
         return ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3)
 
     def gathered_state(self) -> dict[str, Tensor] | None:
-        """Collective: the policy's weights by Hugging Face name, as contiguous CPU tensors in the
-        training dtype, on rank 0 (None elsewhere). Tied weights appear once, as in the checkpoint."""
-        named = dict(self.policy.module.named_parameters())
-        with deepspeed.zero.GatheredParameters(list(named.values()), enabled=self.args.zero_stage == 3):
-            if self.rank != 0:
-                return None
-            # copy=True: on CPU, .to("cpu") would alias the live parameter.
-            return {name: param.detach().to("cpu", copy=True).contiguous() for name, param in named.items()}
+        """Collective: the policy's weights (with LoRA the merged model's) by Hugging Face name, as
+        contiguous CPU tensors in the training dtype, on rank 0 (None elsewhere). Tied weights appear
+        once, as in the checkpoint."""
+        from oat_cpgd.weight_sync import ModelWeights
+
+        weights = ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3, tied_head=False)
+        state = {}
+        for name, tensor in weights:  # every rank iterates: under ZeRO-3 each layer's gather is a collective
+            if self.rank == 0:
+                # copy=True: on CPU, .to("cpu") would alias the live (or gathered, soon freed) parameter.
+                state[name] = tensor.to("cpu", copy=True).contiguous()
+        return state if self.rank == 0 else None
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Collective: the DeepSpeed states (weights, optimizer, scheduler) of the policy and critic,
-        the learner's shuffling RNG, and the policy in Hugging Face format under `path/policy`."""
+        the learner's shuffling RNG, and the policy in Hugging Face format under `path/policy`
+        (with LoRA the merged model, and the adapter in peft's format under `path/policy_adapter`)."""
         client_state = {"shuffle_rng": self.shuffle_generator.get_state()}
         for name, engine in self._engines().items():
             engine.save_checkpoint(os.path.join(path, "deepspeed", name), tag="state", client_state=client_state)
         self.save_pretrained(os.path.join(path, "policy"))
+        if self.args.lora_rank > 0:
+            from oat_cpgd.learners.lora import save_adapter
+
+            save_adapter(self.policy.module, os.path.join(path, "policy_adapter"), self.rank, self.args.zero_stage == 3)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Collective: restore what `save_checkpoint` wrote."""
@@ -535,9 +548,12 @@ class Learner:
         return {"policy": self.policy, **({"critic": self.critic} if self.critic is not None else {})}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Collective: rank 0 writes config, safetensors weights and tokenizer (Hugging Face format)."""
+        """Collective: rank 0 writes config, safetensors weights and tokenizer (Hugging Face format; with
+        LoRA the merged model, which loads without peft)."""
         state = self.gathered_state()
         if self.rank == 0:
-            self.policy.module.save_pretrained(path, state_dict=state)
+            model = self.policy.module
+            # A PeftModel would save only the adapter: the base model's class writes the merged weights.
+            (model.get_base_model() if self.args.lora_rank > 0 else model).save_pretrained(path, state_dict=state)
             self.tokenizer.save_pretrained(path)
         dist.barrier()
