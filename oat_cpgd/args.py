@@ -164,6 +164,11 @@ class Args:
     """Max new tokens per response."""
     stop: tuple[str, ...] = ()
     """Stop strings besides the eos token (kept in the response), e.g. '</answer>'."""
+    seeded_sampling: bool = True
+    """Seed each prompt's samples from (--seed, step, its position and dataset index): a resumed run, or an
+    actor restarted mid-rollout, samples exactly what the original run would have (given the same weights).
+    On CUDA this makes vLLM sample with its PyTorch kernel instead of FlashInfer's; --no-seeded_sampling
+    uses the engine's own random stream instead (reseeded, not restored, on resume)."""
 
     # --- Oracle ---
     oracle_type: Literal["reward"] = "reward"
@@ -266,6 +271,8 @@ class Args:
     resume_dir: str = ""
     """Continue the run saved in this folder."""
     seed: int = 42
+    """Seeds the prompt order, each prompt's sampling seeds (--seeded_sampling; otherwise actor i's engine
+    gets seed + i) and the learner (torch, mini-batch shuffling): a run with the same flags draws the same prompts."""
     rnd_seed: bool = False
     """Draw the seed from the clock instead of --seed."""
     log_samples: int = 2

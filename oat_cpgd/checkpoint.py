@@ -4,6 +4,7 @@
     policy/            the policy in Hugging Face format (transformers and vLLM load it)
     policy_adapter/    (--lora_rank) the LoRA adapter in peft's format; policy/ is then the merged model
     deepspeed/         optimizer, scheduler and ZeRO partitions of the policy (and critic)
+    pending_rollout.pkl  (--asynchronous) the next step's rollout, sampled before this step's update
     state.json         step counters and the data position, written last
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 STATE_FILE = "state.json"
+PENDING_ROLLOUT_FILE = "pending_rollout.pkl"
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -55,6 +58,16 @@ def load_state(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / STATE_FILE).read_text())
 
 
+def save_pending_rollout(folder: Path, rollout: dict) -> None:
+    (Path(folder) / PENDING_ROLLOUT_FILE).write_bytes(pickle.dumps(rollout))
+
+
+def load_pending_rollout(checkpoint: Path) -> dict | None:
+    """The rollout saved with `checkpoint` for the step after it, if any (a file this run wrote itself)."""
+    path = Path(checkpoint) / PENDING_ROLLOUT_FILE
+    return pickle.loads(path.read_bytes()) if path.exists() else None
+
+
 RESUMABLE_CHANGES = frozenset(
     {
         # Where and how the run is watched, and how long it goes on: not what it learns.
@@ -62,6 +75,7 @@ RESUMABLE_CHANGES = frozenset(
         "use_tb", "plot", "dry_run", "log_samples", "max_steps", "save_steps", "max_save_num", "eval_steps",
         # Where and how the roles run: seeded samples do not depend on which actor draws them.
         "num_actors", "vllm_gpu_ratio", "vllm_cpu_kvcache_gb", "enable_prefix_caching", "oracle_workers",
+        "actor_resources", "learner_resources",
     }
 )  # fmt: skip
 """Flags a resumed run may change; every other flag (model, data, algorithm, learning) must match."""
@@ -73,10 +87,14 @@ def prompts_fingerprint(indices: list[int], prompts: list[str]) -> str:
 
 
 def resume_differences(
-    saved_config: dict, config: dict, saved_state: dict, num_prompts: int, fingerprint: str
+    saved_config: dict, config: dict, saved_state: dict, num_prompts: int, fingerprint: str, defaults: dict
 ) -> list[str]:
-        "actor_resources", "learner_resources",
-    """What keeps a run from continuing the one saved: flags that differ (beyond RESUMABLE_CHANGES), or other data."""
+    """What keeps a run from continuing the one saved: flags that differ (beyond RESUMABLE_CHANGES), or other data.
+
+    A flag the saved run did not have (it was saved by an older version) counts as its default there,
+    so upgrading oat_cpgd does not strand a run that the new flags, left at their defaults, continue.
+    """
+    saved_config = {**{name: value for name, value in defaults.items() if name not in saved_config}, **saved_config}
     differences = [
         f"--{name}: {saved_config.get(name)!r} in the saved run, {config.get(name)!r} now"
         for name in sorted(set(saved_config) | set(config))

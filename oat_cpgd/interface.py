@@ -20,10 +20,12 @@ from oat_cpgd.args import ConfigError, PPOArgs
 from oat_cpgd.checkpoint import (
     checkpoints_dir,
     latest_checkpoint,
+    load_pending_rollout,
     load_state,
     prompts_fingerprint,
     resume_differences,
     save_checkpoint,
+    save_pending_rollout,
 )
 from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, local_oracle, run_evaluation, write_eval_results
@@ -31,6 +33,7 @@ from oat_cpgd.placement import place_on_cluster, ray_session, spawn_actors, spaw
 from oat_cpgd.plot import plot_run
 from oat_cpgd.roles import ActorRecovery, check_sync, connect, gather_learners, sync_weights
 from oat_cpgd.rollout import (
+    Rollout,
     extra_prompt_order,
     fill_with_informative_groups,
     finish_rollout,
@@ -78,7 +81,12 @@ def checkpoint_to_resume(args: PPOArgs, run_dir: Path, prompts: PromptSet, finge
         raise FileNotFoundError(f"--resume_dir {args.resume_dir}: no complete checkpoint in {checkpoints_dir(run_dir)}")
     saved_config = json.loads((run_dir / "config.json").read_text())
     differences = resume_differences(
-        saved_config, json.loads(args.to_json()), load_state(resume_from), len(prompts), fingerprint
+        saved_config,
+        json.loads(args.to_json()),
+        load_state(resume_from),
+        len(prompts),
+        fingerprint,
+        defaults=json.loads(type(args)().to_json()),
     )
     if differences:
         raise ValueError(
@@ -120,6 +128,7 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
         )
         # Learners first: learner rank 0 keeps the room found for its rendezvous before any actor can take it.
         learners = spawn_learners(args, learner_cls, lr_steps)
+        actors = spawn_actors(args, actor_cls)
         try:
             _train(args, actors, learners, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps,
                    resume_from, done_steps)  # fmt: skip
@@ -144,13 +153,14 @@ def _train(
     recover = ActorRecovery(learners, actors, prompts, done_steps, run_dir)
     syncs = 0
 
-    def draw(step: int) -> tuple[list[int], list]:
+    def draw(step: int) -> Rollout:
         indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
-        return indices, start_rollout(args, actors, prompts, indices, recover.restarts)
+        return Rollout(step, indices, start_rollout(args, actors, prompts, indices, step, 0, recover.restarts))
 
-    def collect(step: int, chunks: list) -> tuple[list[Trajectory], dict[str, float], list[int]]:
+    def collect(step: int, rollout: Rollout) -> tuple[list[Trajectory], dict[str, float], list[int]]:
         """The step's trajectories, actor metrics and, with --dynamic_sampling, the extra prompts drawn."""
-        trajectories, chunk_metrics = finish_rollout(chunks, recover)
+        trajectories, chunk_metrics = rollout.finish(recover)
+        chunk_metrics = list(chunk_metrics)
         if not args.dynamic_sampling:
             return trajectories, mean_metrics(chunk_metrics), []
         extra: list[int] = []
@@ -159,7 +169,7 @@ def _train(
             indices = extra_prompt_order(len(prompts), args.seed, step, draw, args.rollout_batch_size)
             extra.extend(indices)
             more, more_metrics = finish_rollout(
-                start_rollout(args, actors, prompts, indices, recover.restarts), recover
+                start_rollout(args, actors, prompts, indices, step, draw, recover.restarts), recover
             )
             chunk_metrics.extend(more_metrics)
             return groups_of(more, args.num_samples)
@@ -211,17 +221,26 @@ def _train(
             "num_prompts": len(prompts),
             "prompts_fingerprint": fingerprint,
         }
-        write = lambda folder: gather_learners([lr.save_checkpoint.remote(str(folder)) for lr in learners], run_dir)  # noqa: E731
+
+        def write(folder: Path) -> None:
+            gather_learners([lr.save_checkpoint.remote(str(folder)) for lr in learners], run_dir)
+            if args.asynchronous and pending is not None:
+                # The next step's rollout was sampled from the weights before this step's update,
+                # which no checkpoint holds: keep the rollout itself, so a resumed run learns from it.
+                pending.finish(recover)
+                save_pending_rollout(folder, pending.saved())
+
         save_checkpoint(run_dir, step, state, write, args.max_save_num)
 
     if not resume_from:
         run_log.log_eval(0, evaluate(0))
-    pending: tuple[list[int], list] | None = draw(done_steps + 1)
+    saved_rollout = load_pending_rollout(resume_from) if resume_from else None
+    pending: Rollout | None = Rollout.restored(saved_rollout) if saved_rollout else draw(done_steps + 1)
     for step in run_log.progress(range(done_steps + 1, steps + 1), total=steps, initial=done_steps):
         step_start = time.perf_counter()
         restarts_before = recover.restarts
-        indices, chunks = pending
-        trajectories, actor_metrics, extra_indices = collect(step, chunks)
+        rollout = pending
+        trajectories, actor_metrics, extra_indices = collect(step, rollout)
         # Asynchronous: the next rollout runs on the current weights while the learners learn.
         pending = draw(step + 1) if args.asynchronous and step < steps else None
         rollout_time = time.perf_counter() - step_start
@@ -245,7 +264,7 @@ def _train(
         run_log.log_step(
             step,
             trajectories,
-            indices,
+            rollout.indices,
             {
                 **train_metrics,
                 **actor_metrics,

@@ -1,5 +1,5 @@
-"""What each step samples: the prompts it draws (a pure function of seed and step), their chunks on
-the actors, and DAPO's dynamic sampling of informative groups."""
+"""What each step samples: the prompts it draws and the seeds they are sampled with (pure functions of
+seed and step), their chunks on the actors, and DAPO's dynamic sampling of informative groups."""
 
 from __future__ import annotations
 
@@ -39,6 +39,20 @@ def extra_prompt_order(num_prompts: int, seed: int, step: int, draw: int, batch_
     return np.resize(permutation, batch_size).tolist()
 
 
+def request_seeds(seed: int, step: int, draw: int, indices: list[int]) -> list[int]:
+    """One sampling seed per prompt of a draw (`draw` 0: the step's own, n: dynamic sampling's n-th extra).
+
+    Seeded by (seed, step, draw, position in the draw, prompt index): a resumed run, or an actor
+    restarted mid-rollout, samples exactly the responses the original would have (given the same
+    weights), and a prompt drawn twice in a step still gets two different groups. vLLM gives the
+    k-th of a prompt's samples the seed + k, so seeds stay below 2**31 - 2**20.
+    """
+    return [
+        int(np.random.SeedSequence([seed, step, draw, position, index]).generate_state(1)[0]) % (2**31 - 2**20)
+        for position, index in enumerate(indices)
+    ]
+
+
 def is_informative(group: list[Trajectory]) -> bool:
     """A group whose oracle rewards are not all equal: its advantages are not all 0."""
     return len({t.oracle_reward for t in group}) > 1
@@ -74,6 +88,8 @@ class Chunk:
 
     actor: int
     indices: list[int]
+    seeds: list[int | None]
+    """Per-prompt sampling seeds (None: the engine's own random stream, --no-seeded_sampling)."""
     future: Any = None
     restarts_seen: int = 0
     """How many actor restarts the loop had recovered from when this chunk was sent."""
@@ -85,17 +101,25 @@ def send(actors: list, prompts: PromptSet, chunk: Chunk) -> Chunk:
         [prompts.prompts[i] for i in chunk.indices],
         [prompts.references[i] for i in chunk.indices],
         [prompts.indices[i] for i in chunk.indices],
+        chunk.seeds,
     )
     return chunk
 
 
 def start_rollout(
-    args: PPOArgs, actors: list, prompts: PromptSet, indices: list[int], restarts_seen: int = 0
+    args: PPOArgs,
+    actors: list,
+    prompts: PromptSet,
+    indices: list[int],
+    step: int,
+    draw: int = 0,
+    restarts_seen: int = 0,
 ) -> list[Chunk]:
     """Chunks of --rollout_batch_size_per_device prompts, dealt round-robin to the actors."""
     size = args.rollout_batch_size_per_device
+    seeds = request_seeds(args.seed, step, draw, indices) if args.seeded_sampling else [None] * len(indices)
     return [
-        send(actors, prompts, Chunk(n % len(actors), indices[i : i + size], restarts_seen=restarts_seen))
+        send(actors, prompts, Chunk(n % len(actors), indices[i : i + size], seeds[i : i + size], restarts_seen))
         for n, i in enumerate(range(0, len(indices), size))
     ]
 
@@ -117,6 +141,32 @@ def finish_rollout(
             except ray.exceptions.RayActorError:
                 chunk = recover(chunk)
     return [t for chunk, _ in results for t in chunk], [metrics for _, metrics in results]
+
+
+@dataclass
+class Rollout:
+    """A step's draw: its prompts, their chunks on the actors and, once collected, the result."""
+
+    step: int
+    indices: list[int]
+    chunks: list[Chunk]
+    result: tuple[list[Trajectory], list[dict[str, float]]] | None = None
+    """The trajectories and each chunk's actor metrics (see finish_rollout)."""
+
+    def finish(self, recover: Callable[[Chunk], Chunk]) -> tuple[list[Trajectory], list[dict[str, float]]]:
+        if self.result is None:
+            self.result = finish_rollout(self.chunks, recover)
+        return self.result
+
+    def saved(self) -> dict:
+        """What a checkpoint keeps of a collected rollout (under --asynchronous the next step's was
+        sampled from weights that no checkpoint holds, so it is saved itself)."""
+        assert self.result is not None, "collect the rollout before saving it"
+        return {"step": self.step, "indices": self.indices, "result": self.result}
+
+    @classmethod
+    def restored(cls, saved: dict) -> Rollout:
+        return cls(saved["step"], saved["indices"], [], saved["result"])
 
 
 def mean_metrics(chunks: list[dict[str, float]]) -> dict[str, float]:

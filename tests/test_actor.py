@@ -88,7 +88,7 @@ def test_truncated_sampling_logprobs_are_what_the_learner_computes(actor, prompt
 
 
 def test_step_scores_with_the_oracle(actor, prompt_ids):
-    trajectories, metrics = actor.step(prompt_ids, ["a", "b", "c"], ["42", "72", "1"], [10, 11, 12])
+    trajectories, metrics = actor.step(prompt_ids, ["a", "b", "c"], ["42", "72", "1"], [10, 11, 12], [None] * 3)
     assert len(trajectories) == 9
     assert [t.prompt_index for t in trajectories] == [10] * 3 + [11] * 3 + [12] * 3  # groups contiguous
     for t in trajectories:
@@ -110,7 +110,7 @@ def test_step_labels_trajectories_with_the_weight_version_and_overlong_penalty(a
     actor.set_weight_version(3)
     actor.args.overlong_buffer_len, actor.args.overlong_penalty_factor = 4, 1.0
     try:
-        trajectories, _ = actor.step(prompt_ids, ["a", "b", "c"], ["42", "72", "1"], [10, 11, 12])
+        trajectories, _ = actor.step(prompt_ids, ["a", "b", "c"], ["42", "72", "1"], [10, 11, 12], [None] * 3)
     finally:
         actor.set_weight_version(0)
         actor.args.overlong_buffer_len = 0
@@ -120,6 +120,27 @@ def test_step_labels_trajectories_with_the_weight_version_and_overlong_penalty(a
         overlong = min(0.0, -(len(t.response_ids) - (MAX_NEW - 4)) / 4)
         assert t.reward == pytest.approx(t.oracle_reward + overlong + (-0.5 if t.truncated else 0.0))
     assert any(len(t.response_ids) > MAX_NEW - 4 for t in trajectories)
+
+
+def test_seeded_samples_depend_on_the_seed_alone(actor, prompt_ids):
+    """A prompt's K samples are a function of its seed (and the weights): the same in another batch and
+    another order, different under another seed; unseeded, two calls differ."""
+
+    def responses(order, seeds):
+        trajectories, _ = actor.step(
+            [prompt_ids[i] for i in order], ["q"] * len(order), ["1"] * len(order), order, seeds
+        )
+        by_prompt = {}
+        for t in trajectories:
+            by_prompt.setdefault(t.prompt_index, []).append((t.response_ids, t.actor_logprobs))
+        return by_prompt
+
+    both = responses([0, 1, 2], [7, 8, 9])
+    alone = responses([2, 1], [9, 8])
+    assert alone[2] == both[2] and alone[1] == both[1]
+    assert len({tuple(ids) for ids, _ in both[0]}) > 1  # the K samples of one seed differ from each other
+    assert responses([0], [10])[0] != both[0]
+    assert responses([0], [None])[0] != responses([0], [None])[0]
 
 
 def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):

@@ -16,6 +16,7 @@ from ray_support import kill_cluster  # tests/ is on sys.path
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.checkpoint import complete_checkpoints, latest_checkpoint, load_state, save_checkpoint
+from oat_cpgd.rollout import prompt_order
 from oat_cpgd.run_log import keep_steps_up_to
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,19 +56,57 @@ def test_resume_drops_log_rows_after_the_checkpoint(tmp_path):
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1, 2]
 
 
-FLAGS = """--gpus 2 --train_split train[:64] --input_key nums --output_key target,nums --prompt_template countdown
+# PPO with a critic, ZeRO-3, --asynchronous, and 5 prompts: step 2 and step 3 each cross an epoch
+# boundary (prompts 4-7 and 8-11 of the stream), one before the kill and one after it.
+FLAGS = """--gpus 2 --critic_type ppo --zero_stage 3 --asynchronous --train_split train[:5] --num_prompt_epoch 4
+    --input_key nums --output_key target,nums --prompt_template countdown
     --oracle loop_support:LengthOracle --oracle_workers 1 --num_samples 4 --rollout_batch_size 4 --rollout_batch_size_per_device 4
     --train_batch_size 8 --train_batch_size_per_device 2 --generate_max_length 16 --prompt_max_length 256
-    --learning_rate 1e-3 --max_steps 4 --save_steps 2 --max_save_num 3 --eval_steps -1""".split()
+    --learning_rate 1e-3 --max_step_adjustment 8 --max_steps 4 --save_steps 2 --max_save_num 3 --eval_steps -1""".split()
 
 
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def master_weights(checkpoint: Path, role: str) -> dict[str, torch.Tensor]:
+    """The fp32 master weights of `role` (policy or critic), gathered from every rank's ZeRO-3 partitions by
+    DeepSpeed's own converter, without the partitions' padding."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "deepspeed" / role), tag="state")
+
+
+def deepspeed_states(checkpoint: Path) -> dict[str, dict]:
+    """Every file of the DeepSpeed states (both ranks' ZeRO-3 partitions of weights and optimizer,
+    the LR scheduler, the shuffling RNG), policy and critic, loaded."""
+    return {
+        str(path.relative_to(checkpoint)): torch.load(path, map_location="cpu", weights_only=False)
+        for path in sorted((checkpoint / "deepspeed").rglob("*.pt"))
+    }
+
+
+def tensors_of(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors nested in a DeepSpeed state, by path, but the raw fp32 master partitions: ZeRO-3 pads
+    them with uninitialised memory (see master_weights)."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    if isinstance(state, dict):
+        state = {key: value for key, value in state.items() if key != "fp32_flat_groups"}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, list | tuple) else ()
+    return {path: t for key, value in items for path, t in tensors_of(value, f"{prefix}/{key}").items()}
+
+
 @pytest.mark.slow
-def test_a_killed_run_resumes_where_it_stopped(tiny_model_path, shared_data, tmp_path):
-    """A 4-step run, and a run SIGKILLed after its step-2 checkpoint then resumed, draw the same prompts."""
+def test_a_run_killed_mid_step_resumes_exactly(tiny_model_path, shared_data, tmp_path):
+    """A straight 4-step run, and the same run SIGKILLed in the middle of step 3 (after the step-2
+    checkpoint, with step 4's rollout in flight) then resumed, end the same: the same steps, prompts,
+    sampled responses and rewards, LR at every step, optimizer states and weights.
+
+    PPO with a critic, ZeRO-3 and --asynchronous, across epoch boundaries: the checkpoint keeps the
+    in-flight rollout (sampled from weights no checkpoint holds), and every prompt's samples are
+    seeded by (seed, step, position, prompt), so the resumed run samples what the straight one did.
+    """
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short, and ours: what the crash leaves is found
     # LengthOracle (tests/loop_support.py): rewards that differ within every group, so every step trains.
     python_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
@@ -75,24 +114,27 @@ def test_a_killed_run_resumes_where_it_stopped(tiny_model_path, shared_data, tmp
     data = str(shared_data / "countdown" / "train_head.jsonl")
 
     def command(name: str, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "oat_cpgd.experiment.run_cpgd", "--pretrain", str(tiny_model_path),
+        return [sys.executable, str(REPO / "tests" / "resume_support.py"), "--pretrain", str(tiny_model_path),
                 "--prompt_data", data, "--save_path", str(tmp_path), "--wb-run-name", name, *FLAGS, *extra]  # fmt: skip
 
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     try:
-        whole = subprocess.run(command("whole"), env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
-        assert whole.returncode == 0, whole.stderr[-4000:]
+        done = subprocess.run(command("whole"), env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-4000:]
 
-        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        (crashed / "pause_at_step").write_text("3")  # tests/resume_support.py: rank 0 waits inside step 3's update
         process = subprocess.Popen(command("crashed"), env=env, cwd=REPO, start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         deadline = time.monotonic() + 300
-        while not (crashed / "checkpoints" / "step_2" / "state.json").exists():
-            assert process.poll() is None and time.monotonic() < deadline, "no step-2 checkpoint"
+        while not (crashed / "paused_mid_step").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the run never reached step 3's update"
             time.sleep(0.1)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         kill_cluster(str(ray_tmp))  # the killed run's Ray processes, its workers included
-        assert max(r["step"] for r in rows(crashed / "metrics.jsonl")) < 4
+        assert [r["step"] for r in rows(crashed / "metrics.jsonl")] == [1, 2]  # killed inside step 3
+        assert [p.name for p in complete_checkpoints(crashed)] == ["step_2"]
 
         resumed = subprocess.run(command("crashed", "--resume_dir", str(crashed)), env=env, cwd=REPO,
                                  capture_output=True, text=True, timeout=400)  # fmt: skip
@@ -101,23 +143,62 @@ def test_a_killed_run_resumes_where_it_stopped(tiny_model_path, shared_data, tmp
         kill_cluster(str(ray_tmp))
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
+    # The same steps, prompts (epoch boundaries included) and sampled responses.
     for name in ("metrics.jsonl", "samples.jsonl"):
-        assert [r["step"] for r in rows(tmp_path / "whole" / name)] == [1, 2, 3, 4]
-        assert [r["step"] for r in rows(crashed / name)] == [1, 2, 3, 4]
-    whole_prompts = [r["prompt_indices"] for r in rows(tmp_path / "whole" / "samples.jsonl")]
-    assert whole_prompts == [r["prompt_indices"] for r in rows(crashed / "samples.jsonl")]
-    assert [set(r) for r in rows(tmp_path / "whole" / "metrics.jsonl")] == [
-        set(r) for r in rows(crashed / "metrics.jsonl")
-    ]
-    for run in (tmp_path / "whole", crashed):
+        assert [r["step"] for r in rows(whole / name)] == [r["step"] for r in rows(crashed / name)] == [1, 2, 3, 4]
+    whole_samples, crashed_samples = rows(whole / "samples.jsonl"), rows(crashed / "samples.jsonl")
+    assert [r["prompt_indices"] for r in whole_samples] == [r["prompt_indices"] for r in crashed_samples]
+    drawn = [prompt_order(5, 42, step, 4) for step in (1, 2, 3, 4)]
+    assert [r["prompt_indices"] for r in whole_samples] == drawn
+    assert sorted(drawn[0] + drawn[1][:1]) == sorted(drawn[1][1:] + drawn[2][:2]) == [0, 1, 2, 3, 4]  # two epochs
+    assert [r["examples"] for r in whole_samples] == [r["examples"] for r in crashed_samples]
+    whole_metrics, crashed_metrics = rows(whole / "metrics.jsonl"), rows(crashed / "metrics.jsonl")
+    assert [set(r) for r in whole_metrics] == [set(r) for r in crashed_metrics]
+    for key in ("train/lr", "actor/reward_mean", "actor/generated_tokens", "misc/rollout_weight_version"):
+        assert [r[key] for r in whole_metrics] == [r[key] for r in crashed_metrics], key
+    assert len({r["train/lr"] for r in whole_metrics}) == 4  # the schedule moves at every step
+    assert [r["misc/policy_lag"] for r in crashed_metrics] == [0, 1, 1, 1]  # asynchronous throughout
+    for key in ("train/grad_norm", "train/value_loss"):
+        torch.testing.assert_close(
+            torch.tensor([r[key] for r in crashed_metrics]), torch.tensor([r[key] for r in whole_metrics])
+        )
+
+    # The same optimizer, scheduler and ZeRO-3 partitions (policy and critic) in the last checkpoint.
+    for run in (whole, crashed):
         assert [p.name for p in complete_checkpoints(run)] == ["step_2", "step_4"]
         assert load_state(latest_checkpoint(run))["step"] == 4
-    # The newest checkpoint's policy loads, and holds the weights the run ended with: those of
-    # final_model (saved after the same last step), trained away from the initial model.
+    whole_states, crashed_states = (
+        deepspeed_states(latest_checkpoint(whole)),
+        deepspeed_states(latest_checkpoint(crashed)),
+    )
+    assert whole_states.keys() == crashed_states.keys()
+    assert any("optim_states" in name for name in whole_states) and any("critic" in name for name in whole_states)
+    for name, state in whole_states.items():
+        expected, found = tensors_of(state), tensors_of(crashed_states[name])
+        assert expected.keys() == found.keys(), name
+        for path, tensor in expected.items():
+            torch.testing.assert_close(found[path], tensor, msg=f"{name}{path}")
+        for key in ("lr_scheduler", "shuffle_rng"):
+            if isinstance(state, dict) and key in state:
+                assert str(crashed_states[name][key]) == str(state[key]), (name, key)
+    for role in ("policy", "critic"):
+        expected, found = (
+            master_weights(latest_checkpoint(whole), role),
+            master_weights(latest_checkpoint(crashed), role),
+        )
+        assert expected.keys() == found.keys() and len(expected) > 0, role
+        for name, tensor in expected.items():
+            torch.testing.assert_close(found[name], tensor, msg=f"{role} {name}")
+
+    # The final weights: equal across the two runs, trained away from the initial model, and the
+    # newest checkpoint's policy is final_model.
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
-    for run in (tmp_path / "whole", crashed):
+    finals = {
+        run.name: AutoModelForCausalLM.from_pretrained(run / "final_model").state_dict() for run in (whole, crashed)
+    }
+    for name in initial:
+        torch.testing.assert_close(finals["crashed"][name], finals["whole"][name], msg=name)
+    assert not all(torch.equal(finals["whole"][name], initial[name]) for name in initial)
+    for run in (whole, crashed):
         checkpointed = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run) / "policy").state_dict()
-        final = AutoModelForCausalLM.from_pretrained(run / "final_model").state_dict()
-        assert checkpointed.keys() == final.keys() == initial.keys()
-        assert all(torch.equal(checkpointed[name], final[name]) for name in final), run.name
-        assert not all(torch.equal(checkpointed[name], initial[name]) for name in initial), run.name
+        assert all(torch.equal(checkpointed[name], finals[run.name][name]) for name in initial), run.name

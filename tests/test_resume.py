@@ -15,14 +15,15 @@ def config(**flags) -> dict:
     return json.loads(args.to_json())
 
 
+DEFAULTS = json.loads(CPGDArgs().to_json())
 STATE = {"step": 2, "num_prompts": 10, "prompts_fingerprint": prompts_fingerprint([0, 1], ["a", "b"])}
 
 
 def test_the_same_flags_and_data_resume():
-    assert resume_differences(config(), config(), STATE, 10, STATE["prompts_fingerprint"]) == []
+    assert resume_differences(config(), config(), STATE, 10, STATE["prompts_fingerprint"], DEFAULTS) == []
     # Watching and run length may change: more steps, another wandb project, another Ray cluster.
     changed = config(max_steps=50, use_wb=True, ray_address="auto", save_steps=5, resume_dir="runs/run")
-    assert resume_differences(config(), changed, STATE, 10, STATE["prompts_fingerprint"]) == []
+    assert resume_differences(config(), changed, STATE, 10, STATE["prompts_fingerprint"], DEFAULTS) == []
 
 
 @pytest.mark.parametrize(
@@ -36,13 +37,25 @@ def test_the_same_flags_and_data_resume():
     ],
 )
 def test_other_model_data_or_learning_flags_are_named(flags, named):
-    differences = resume_differences(config(), config(**flags), STATE, 10, STATE["prompts_fingerprint"])
+    differences = resume_differences(config(), config(**flags), STATE, 10, STATE["prompts_fingerprint"], DEFAULTS)
     assert any(named in line for line in differences), differences
 
 
+def test_a_run_saved_before_a_flag_existed_resumes_when_the_flag_keeps_its_default():
+    """An older version's config.json lacks the flags added since: they count as their defaults."""
+    older = {name: value for name, value in config().items() if name != "seeded_sampling"}
+    assert resume_differences(older, config(), STATE, 10, STATE["prompts_fingerprint"], DEFAULTS) == []
+    (line,) = resume_differences(
+        older, config(seeded_sampling=False), STATE, 10, STATE["prompts_fingerprint"], DEFAULTS
+    )
+    assert line == "--seeded_sampling: True in the saved run, False now"
+
+
 def test_other_prompts_are_refused():
-    assert resume_differences(config(), config(), STATE, 11, "x") == ["training prompts: 10 in the saved run, 11 now"]
-    (line,) = resume_differences(config(), config(), STATE, 10, prompts_fingerprint([0, 1], ["a", "c"]))
+    assert resume_differences(config(), config(), STATE, 11, "x", DEFAULTS) == [
+        "training prompts: 10 in the saved run, 11 now"
+    ]
+    (line,) = resume_differences(config(), config(), STATE, 10, prompts_fingerprint([0, 1], ["a", "c"]), DEFAULTS)
     assert "other rows or text" in line
 
 

@@ -101,9 +101,18 @@ class Actor:
             include_stop_str_in_output=True,
         )
 
+    @staticmethod
+    def seeded(sampling, seed: int | None):
+        if seed is None:
+            return sampling
+        params = sampling.clone()
+        params.seed = seed
+        return params
+
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling) -> list[list[Sample]]:
-        """Sample `sampling.n` responses for each prompt (given as token ids)."""
+        """Sample `sampling.n` responses for each prompt (given as token ids); `sampling` is one
+        SamplingParams for all prompts or one per prompt."""
         outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], sampling, use_tqdm=False)
         return [
             [
@@ -140,10 +149,16 @@ class Actor:
         prompts: Sequence[str],
         references: Sequence[Any],
         prompt_indices: Sequence[int],
+        seeds: Sequence[int | None],
     ) -> tuple[list[Trajectory], dict[str, float]]:
-        """Generate, score, and return trajectories (each prompt's K responses contiguous) and timings."""
+        """Generate, score, and return trajectories (each prompt's K responses contiguous) and timings.
+
+        `seeds`: one per prompt; a prompt's K samples are then a function of its seed and the weights
+        alone, whatever else is in the batch (None: the engine's random stream).
+        """
         start = time.perf_counter()
-        samples = self.generate(prompt_ids, self.train_sampling)
+        sampling = [self.seeded(self.train_sampling, seed) for seed in seeds]
+        samples = self.generate(prompt_ids, sampling)
         generate_time = time.perf_counter() - start
 
         start = time.perf_counter()
