@@ -30,17 +30,30 @@ def gather_learners(futures: list, run_dir: Path) -> list:
         try:
             ray.get(ready[0])
         except ray.exceptions.RayActorError as error:
-            rank = futures.index(ready[0])
-            checkpoint = latest_checkpoint(run_dir)
-            resume = (
-                f"its last checkpoint is {checkpoint}: continue it with --resume_dir {run_dir} and the same flags"
-                if checkpoint
-                else "it has no checkpoint yet (--save_steps N writes them)"
-            )
-            raise LearnerDiedError(
-                f"learner rank {rank} died ({type(error).__name__}), so the run stops; {resume}."
-            ) from error
+            raise learner_died(futures.index(ready[0]), error, run_dir) from error
+        except ray.exceptions.RayTaskError as error:
+            # A surviving rank's collective can fail (gloo: "connection reset by peer") before Ray
+            # reports its peer's death: give the others time to end, and name a rank that died.
+            ray.wait(pending, num_returns=len(pending), timeout=30)
+            for future in pending:
+                try:
+                    ray.get(future, timeout=0)
+                except ray.exceptions.RayActorError as died:
+                    raise learner_died(futures.index(future), died, run_dir) from died
+                except Exception:  # still running, or failed in its own right
+                    continue
+            raise error
     return ray.get(futures)
+
+
+def learner_died(rank: int, error: Exception, run_dir: Path) -> LearnerDiedError:
+    checkpoint = latest_checkpoint(run_dir)
+    resume = (
+        f"its last checkpoint is {checkpoint}: continue it with --resume_dir {run_dir} and the same flags"
+        if checkpoint
+        else "it has no checkpoint yet (--save_steps N writes them)"
+    )
+    return LearnerDiedError(f"learner rank {rank} died ({type(error).__name__}), so the run stops; {resume}.")
 
 
 def connect(learners: list, actors: list) -> None:
@@ -65,11 +78,11 @@ class WeightSyncError(RuntimeError):
 def check_sync(learners: list, actors: list, probe: list[int], tolerance: float) -> float:
     """Semantic check of a sync: every actor's log-probs on `probe` against the learner's; returns the
     largest mean absolute difference, or raises WeightSyncError above `tolerance`."""
-    expected = torch.tensor(ray.get([learner.probe_logprobs.remote(probe) for learner in learners])[0])
-    gaps = [
-        float((torch.tensor(seen) - expected).abs().mean())
-        for seen in ray.get([actor.probe_logprobs.remote(probe) for actor in actors])
-    ]
+    # Both sides score the probe at once: the check costs the slower of the two, not their sum.
+    learner_futures = [learner.probe_logprobs.remote(probe) for learner in learners]
+    actor_futures = [actor.probe_logprobs.remote(probe) for actor in actors]
+    expected = torch.tensor(ray.get(learner_futures)[0])
+    gaps = [float((torch.tensor(seen) - expected).abs().mean()) for seen in ray.get(actor_futures)]
     worst = max(gaps)
     if not worst <= tolerance:  # NaN fails too
         raise WeightSyncError(

@@ -39,6 +39,9 @@ def test_explained_variance():
     assert explained_variance(returns, returns, mask).item() == 1.0
     assert explained_variance(torch.zeros(1, 4), returns, mask).item() == pytest.approx(0.0)  # a constant
     assert explained_variance(torch.zeros(1, 4), torch.ones(1, 4), mask).item() == 0.0  # Var[G] = 0
+    # Returns constant up to float noise: nothing to explain, not 1 - 1e-2 / 1e-14.
+    noisy = torch.tensor([[1e-7, -1e-7, 0.0, JUNK]])
+    assert explained_variance(torch.full((1, 4), 0.1), noisy, mask).item() == 0.0
 
 
 def test_logprobs_from_logits():

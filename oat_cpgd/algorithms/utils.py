@@ -55,15 +55,20 @@ def masked_whiten(x: Tensor, mask: Tensor, *, reduce_sum: Callable[[Tensor], Ten
     return torch.where(mask.bool(), (x - mean) * torch.rsqrt(var + 1e-8), 0)
 
 
+RETURNS_VAR_FLOOR = 1e-8
+"""Returns varying less than this (a std of 1e-4 reward units) count as constant: float noise in a
+variance that small would turn the ratio into -1e14 (an all-0-reward batch with a KL term, say)."""
+
+
 @torch.no_grad()
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """1 - Var[G - V] / Var[G] over valid tokens (1: perfect critic, 0: a constant does as well).
 
-    A 0-dim tensor; 0 when the returns do not vary (nothing to explain).
+    A 0-dim tensor; 0 when the returns do not vary (nothing to explain), below RETURNS_VAR_FLOOR.
     """
     returns_var = masked_var(returns, mask)
     residual_var = masked_var(returns - values, mask)
-    return torch.where(returns_var > 0, 1 - residual_var / returns_var, 0)
+    return torch.where(returns_var > RETURNS_VAR_FLOOR, 1 - residual_var / returns_var, 0)
 
 
 def _at_least_float32(logits: Tensor) -> Tensor:
