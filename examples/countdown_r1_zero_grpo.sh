@@ -11,11 +11,7 @@
 # the rendered prompt; here `--prompt_template countdown` renders TinyZero's prompt from `nums` and `target`.
 source "$(dirname "$0")/recipe_lib.sh"
 
-if [ "$SMOKE" = 1 ]; then
-  prepare_data countdown --input "$SHARED_DATA/countdown/train_head.jsonl" --train_size 10240 --test_size 1024
-else
-  prepare_data countdown
-fi
+prepare_data countdown --input "$SHARED_DATA/countdown/train_head.jsonl" --train_size 10240 --test_size 1024
 
 # oat's command, flag for flag, but for the data flags (its lkevinzc/CountDownZero columns).
 RECIPE=(

@@ -9,11 +9,7 @@
 # split of agentica-org/DeepScaleR-Preview-Dataset, or with SMOKE=1 of ../shared/data/deepscaler's partial copy.
 source "$(dirname "$0")/recipe_lib.sh"
 
-if [ "$SMOKE" = 1 ]; then
-  prepare_data deepscaler --input "$SHARED_DATA/deepscaler/train_partial.jsonl.gz"
-else
-  prepare_data deepscaler
-fi
+prepare_data deepscaler --input "$SHARED_DATA/deepscaler/train_partial.jsonl.gz"
 
 # siiRL's keys, translated; its defaults that differ from ours are spelled out (second block).
 RECIPE=(

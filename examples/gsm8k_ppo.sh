@@ -9,11 +9,7 @@
 # GSM8K test questions too; this one trains on train.jsonl and evaluates on the held-out test.jsonl.
 source "$(dirname "$0")/recipe_lib.sh"
 
-if [ "$SMOKE" = 1 ]; then
-  prepare_data gsm8k --input "$SHARED_DATA/gsm8k"
-else
-  prepare_data gsm8k
-fi
+prepare_data gsm8k --input "$SHARED_DATA/gsm8k"
 
 # oat's command, flag for flag, but for --prompt_data.
 RECIPE=(

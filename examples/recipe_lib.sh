@@ -16,11 +16,15 @@ else
 fi
 SHARED_DATA=${SHARED_DATA:-../shared/data}
 
-# prepare_data NAME [ARGS...]: examples/data_preprocess/NAME.py into $DATA_ROOT/NAME unless its
+# prepare_data NAME [SMOKE_ARGS...]: examples/data_preprocess/NAME.py into $DATA_ROOT/NAME unless its
 # train and test files are there (each file is written aside and renamed, so one that exists is complete).
+# A real run reads the hub dataset; SMOKE=1 passes SMOKE_ARGS, which name the local copy in $SHARED_DATA.
 prepare_data() {
   local name=$1
   shift
+  if [ "$SMOKE" != 1 ]; then
+    set --
+  fi
   if [ ! -f "$DATA_ROOT/$name/train.jsonl" ] || [ ! -f "$DATA_ROOT/$name/test.jsonl" ]; then
     "$PYTHON" "examples/data_preprocess/$name.py" --local_dir "$DATA_ROOT/$name" "$@"
   fi
