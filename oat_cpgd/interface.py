@@ -155,12 +155,12 @@ def _train(
 
     def draw(step: int) -> Rollout:
         indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
-        return Rollout(step, indices, start_rollout(args, actors, prompts, indices, step, 0, recover.restarts))
+        return Rollout(indices, start_rollout(args, actors, prompts, indices, step, 0, recover.restarts))
 
     def collect(step: int, rollout: Rollout) -> tuple[list[Trajectory], dict[str, float], list[int]]:
         """The step's trajectories, actor metrics and, with --dynamic_sampling, the extra prompts drawn."""
         trajectories, chunk_metrics = rollout.finish(recover)
-        chunk_metrics = list(chunk_metrics)
+        chunk_metrics = list(chunk_metrics)  # a copy: the extra draws' metrics join it, not the saved rollout
         if not args.dynamic_sampling:
             return trajectories, mean_metrics(chunk_metrics), []
         extra: list[int] = []

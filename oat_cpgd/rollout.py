@@ -147,7 +147,6 @@ def finish_rollout(
 class Rollout:
     """A step's draw: its prompts, their chunks on the actors and, once collected, the result."""
 
-    step: int
     indices: list[int]
     chunks: list[Chunk]
     result: tuple[list[Trajectory], list[dict[str, float]]] | None = None
@@ -162,11 +161,11 @@ class Rollout:
         """What a checkpoint keeps of a collected rollout (under --asynchronous the next step's was
         sampled from weights that no checkpoint holds, so it is saved itself)."""
         assert self.result is not None, "collect the rollout before saving it"
-        return {"step": self.step, "indices": self.indices, "result": self.result}
+        return {"indices": self.indices, "result": self.result}
 
     @classmethod
     def restored(cls, saved: dict) -> Rollout:
-        return cls(saved["step"], saved["indices"], [], saved["result"])
+        return cls(saved["indices"], [], saved["result"])
 
 
 def mean_metrics(chunks: list[dict[str, float]]) -> dict[str, float]:
