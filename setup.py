@@ -1,4 +1,5 @@
 """oat_cpgd: online RL of language models with rule-based rewards (PPO, GRPO, Dr. GRPO, CPGD)."""
+
 from setuptools import find_packages, setup
 
 # vLLM pins its own torch build; transformers must fall in vLLM's supported window.
@@ -19,6 +20,8 @@ setup(
         "transformers==5.19.0",
         "tokenizers>=0.22",
         "safetensors>=0.4",
+        "gguf>=0.10",  # oat_cpgd.models.smollm2: transformers reads the GGUF weights with it
+        "accelerate>=1.0",  # transformers needs it to load a gguf_file
         "deepspeed>=0.19.8",
         "ray>=2.60",
         "datasets>=4.0",
