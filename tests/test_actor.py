@@ -143,6 +143,20 @@ def test_seeded_samples_depend_on_the_seed_alone(actor, prompt_ids):
     assert responses([0], [None])[0] != responses([0], [None])[0]
 
 
+def test_seeded_samples_of_prompts_beyond_one_engine_step(actor, tiny_model_path):
+    """14 prompts x 3 samples x 120 tokens exceed the 4096 prompt tokens vLLM computes in one step:
+    seeded requests (every rollout's) still sample, and a prompt's samples are those it gets alone.
+    With chunked prefill on CPU this crashed ("CPU Generator does not use offset")."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = AutoTokenizer.from_pretrained(tiny_model_path).vocab_size
+    prompts = [torch.randint(3, vocab, (120,), generator=generator).tolist() for _ in range(14)]
+    assert 3 * sum(map(len, prompts)) > 4096
+    seeds = list(range(100, 114))
+    trajectories, _ = actor.step(prompts, ["q"] * 14, ["1"] * 14, list(range(14)), seeds)
+    alone, _ = actor.step(prompts[-1:], ["q"], ["1"], [13], seeds[-1:])
+    assert [t.response_ids for t in trajectories[-3:]] == [t.response_ids for t in alone]
+
+
 def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
     before = greedy(actor, prompt_ids)

@@ -36,6 +36,17 @@ def configure_vllm_env(args: Args) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
+def whole_prefills(max_model_len: int) -> dict[str, Any]:
+    """vLLM engine options for CPU: no chunked prefill, room for the longest prompt in one step.
+
+    When a prompt's prefill is split over engine steps, vLLM rewinds the seeded request's random
+    generator, which torch's CPU generators cannot do: a rollout whose prompt tokens exceed the
+    step budget (8 GSM8K prompts x 8 samples already do) crashed with "CPU Generator does not use
+    offset".
+    """
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(4096, max_model_len)}
+
+
 class Actor:
     """Generates K responses per prompt with vLLM and scores them with the oracle."""
 
@@ -62,6 +73,7 @@ class Actor:
             gpu_memory_utilization=args.vllm_gpu_ratio,
             tensor_parallel_size=args.vllm_tensor_parallel_size,
             enable_prefix_caching=args.enable_prefix_caching,
+            **({} if self.on_cuda else whole_prefills(args.max_model_len)),
             enable_sleep_mode=collocated_on_gpu,
             # Log-probs after temperature: those of the distribution the learner optimises.
             logprobs_mode="processed_logprobs",
