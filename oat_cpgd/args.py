@@ -90,6 +90,10 @@ class Args:
     with `ray start --resources '{"actor_node": 8}'` on the nodes meant for generation)."""
     learner_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     """Custom Ray resources each learner rank asks for, as NAME AMOUNT pairs (see --actor_resources)."""
+    learner_threads: int = 0
+    """Torch (OpenMP) threads of each learner process. 0: the cores of its node shared among the
+    learner ranks there, halved under --asynchronous (the actors generate meanwhile). Ray would
+    otherwise give each learner one thread, leaving the other cores idle while it trains."""
     vllm_gpu_ratio: float = 0.25
     """Share of GPU memory vLLM pre-allocates (CUDA)."""
     vllm_cpu_kvcache_gb: int = 1
@@ -377,6 +381,7 @@ class Args:
             "asynchronous training overlaps generation and learning, which collocated roles cannot.",
         )
         need(self.gpus >= 1, f"--gpus must be >= 1, got {self.gpus}.")
+        need(self.learner_threads >= 0, f"--learner_threads must be >= 0 (0: automatic), got {self.learner_threads}.")
         if self.placement is not None:  # else checked once attached to --ray_address (`place`)
             self.check_learner_ranks()
         responses = self.rollout_batch_size * self.num_samples

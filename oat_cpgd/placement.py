@@ -180,9 +180,25 @@ def place_on_cluster(args: Args) -> None:
 
 
 @ray.remote(num_cpus=0)
-def rendezvous_endpoint() -> tuple[str, str, int]:
-    """The node this runs on, its address and a port free there."""
-    return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), free_port()
+def rendezvous_endpoint() -> tuple[str, str, int, int]:
+    """The node this runs on, its address, a port free there and the cores this process may use."""
+    node = ray.get_runtime_context().get_node_id()
+    return node, ray.util.get_node_ip_address(), free_port(), len(os.sched_getaffinity(0))
+
+
+def learner_threads(args: Args, placement: Placement, node_cores: int, node_gpus: float) -> int:
+    """Torch threads per learner process (--learner_threads, or automatic: see its help).
+
+    Ray sets OMP_NUM_THREADS=1 in actors that ask for no CPU, as learners do: one core of many
+    would train. Ranks on one node: all of them on CPU; on GPUs, as many as the node's GPUs hold.
+    """
+    if args.learner_threads > 0:
+        return args.learner_threads
+    ranks_on_node = placement.learner_ranks
+    if placement.on_cuda:
+        ranks_on_node = min(ranks_on_node, max(1, int(node_gpus / placement.gpus_per_learner)))
+    share = node_cores // ranks_on_node
+    return max(1, share // 2 if args.asynchronous else share)
 
 
 def spawn_learners(args: PPOArgs, learner_cls, schedule_steps: float) -> list:
@@ -190,8 +206,10 @@ def spawn_learners(args: PPOArgs, learner_cls, schedule_steps: float) -> list:
     found by a task asking for the same resources; spawned before the actors, it keeps that room."""
     placement = args.placed()
     resources = {"num_cpus": 0, "num_gpus": placement.gpus_per_learner, "resources": args.learner_resources}
-    node, address, port = ray.get(rendezvous_endpoint.options(**resources).remote())
-    master = {"MASTER_ADDR": address, "MASTER_PORT": str(port)}
+    node, address, port, cores = ray.get(rendezvous_endpoint.options(**resources).remote())
+    node_gpus = next(n["Resources"].get("GPU", 0) for n in ray.nodes() if n["NodeID"] == node)
+    threads = learner_threads(args, placement, cores, node_gpus)
+    master = {"MASTER_ADDR": address, "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(threads)}
     learners = []
     for rank in range(placement.learner_ranks):
         options = {**resources, "runtime_env": {"env_vars": {**worker_env(), **master}}}

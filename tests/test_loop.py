@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -81,6 +82,9 @@ def run_and_check(args: CPGDArgs, tmp_path: Path, actor_cls=None) -> list[dict]:
             "misc/actor_restarts",
         ):
             assert key in row, key
+        # Ray's default would be 1: the learner uses its node's cores (half of them while the actors generate).
+        share = len(os.sched_getaffinity(0)) // args.learner_ranks
+        assert row["misc/learner_threads"] == max(1, share // 2 if args.asynchronous else share)
         # Synced after every step and checked on the probe: vLLM and the learner agree to float error.
         assert row["misc/sync_check_gap"] < 1e-3, row
     if not args.asynchronous:  # synced after every step: each rollout comes from the learner's weights

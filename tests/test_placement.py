@@ -7,7 +7,7 @@ import pytest
 
 from oat_cpgd.args import ConfigError, PPOArgs, parse_args
 from oat_cpgd.learners.deepspeed_config import train_config
-from oat_cpgd.placement import Placement, plan_placement
+from oat_cpgd.placement import Placement, learner_threads, plan_placement
 
 CPU_NODE = {"CPU": 16.0, "memory": 64e9}
 GPU_NODE = {"CPU": 64.0, "GPU": 8.0, "memory": 512e9}
@@ -40,6 +40,27 @@ def test_a_cpu_only_head_with_gpu_workers_places_on_the_workers_gpus():
 def test_collocated_roles_share_each_gpu():
     assert plan_placement([GPU_NODE], flags(gpus=8, collocate=True)) == Placement(True, 8, 8, 0.5, 0.5)
     assert plan_placement([CPU_NODE], flags(gpus=2, collocate=True)) == Placement(False, 1, 2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "values, placement, cores, gpus, threads",
+    [
+        # CPU, synchronous: the learner ranks split the node's cores (Ray's default would be 1 each).
+        (dict(gpus=1), Placement(False, 1, 1, 0, 0), 2, 0, 2),
+        (dict(gpus=2), Placement(False, 1, 2, 0, 0), 16, 0, 8),
+        # Asynchronous: the actors generate while the learners train, so the learners take half.
+        (dict(gpus=1, asynchronous=True), Placement(False, 1, 1, 0, 0), 16, 0, 8),
+        (dict(gpus=1, asynchronous=True), Placement(False, 1, 1, 0, 0), 1, 0, 1),
+        # GPUs: only the ranks this node's GPUs hold share its cores.
+        (dict(gpus=16), Placement(True, 8, 8, 1, 1), 64, 8, 8),
+        (dict(gpus=8, collocate=True), Placement(True, 8, 8, 0.5, 0.5), 64, 8, 8),
+        (dict(gpus=8), Placement(True, 4, 4, 1, 1), 64, 8, 16),
+        # Set by hand: taken as given.
+        (dict(gpus=2, learner_threads=3), Placement(False, 1, 2, 0, 0), 2, 0, 3),
+    ],
+)
+def test_learner_threads_share_the_node_cores(values, placement, cores, gpus, threads):
+    assert learner_threads(flags(**values), placement, cores, gpus) == threads
 
 
 @pytest.mark.parametrize(

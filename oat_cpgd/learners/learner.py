@@ -327,6 +327,7 @@ class Learner:
             metrics[f"train/{name}"] = sum(step[name] for step in steps) / len(steps)
         metrics["train/skipped_steps"] = sum(step["skipped_steps"] for step in steps)  # a count, not a mean
         metrics["misc/learn_time"] = time.time() - start
+        metrics["misc/learner_threads"] = torch.get_num_threads()
         return self._mean_over_ranks(metrics)
 
     def _train_mode(self, mode: bool) -> None:
