@@ -479,6 +479,14 @@ class PPOArgs(Args):
     """Passes over each rollout's responses."""
     mini_train_batch_size_per_device: int = 1
     """Micro-batch for forward passes without gradient (old and reference log-probs, values)."""
+    packing: bool = False
+    """Cut each rank's responses into micro-batches by token count (--train_max_tokens_per_device,
+    padding included) instead of --train_batch_size_per_device / --mini_train_batch_size_per_device
+    responses: longest first, each into the first micro-batch it fits. Short responses then share a
+    pass; the loss and its gradient do not depend on the cut (exact accumulation)."""
+    train_max_tokens_per_device: int = 16384
+    """With --packing: the most tokens (prompt + response, padded to the micro-batch's longest) per
+    forward/backward pass on one rank. At least --prompt_max_length + --generate_max_length."""
     loss_agg_mode: AggMode | None = None
     """How token losses are averaged; default: the algorithm's (token-mean for ppo and
     reinforce_pp_baseline, seq-mean-token-sum-norm for drgrpo, seq-mean-token-mean otherwise)."""
@@ -570,6 +578,12 @@ class PPOArgs(Args):
             f"--critic_type {self.critic_type} learns from them through its critic.",
         )
         need(self.mini_train_batch_size_per_device >= 1, "--mini_train_batch_size_per_device must be >= 1.")
+        longest = self.prompt_max_length + self.generate_max_length
+        need(
+            not self.packing or self.train_max_tokens_per_device >= longest,
+            f"--train_max_tokens_per_device ({self.train_max_tokens_per_device}) must hold the longest response, "
+            f"--prompt_max_length + --generate_max_length = {longest} tokens, with --packing.",
+        )
         need(
             0 <= self.clip_low < 1 and self.clip_high >= 0,
             f"--clip_low must be in [0, 1) and --clip_high >= 0, got {self.clip_low}, {self.clip_high}.",

@@ -58,6 +58,7 @@ class Scenario:
 
 ONE_STEP = {"train_batch_size": 16, "train_batch_size_per_device": 4}
 TWO_STEPS = {"train_batch_size": 8, "train_batch_size_per_device": 4}
+PACKED = {"packing": True, "train_max_tokens_per_device": 40}
 CPGD_THREE_EPOCHS = {"critic_type": "cpgd", "cpgd_weight": "clip_filter", "num_ppo_epochs": 3, **ONE_STEP}
 
 SCENARIOS: dict[str, Scenario] = {
@@ -121,6 +122,10 @@ SCENARIOS: dict[str, Scenario] = {
     "grpo_micro1": Scenario(
         {"critic_type": "grpo", **ONE_STEP, "train_batch_size_per_device": 1}, reference_grad_norm=True
     ),
+    # Same learn as "grpo", in micro-batches of at most 40 tokens (2-4 responses; the ranks make
+    # different counts, so one gets stand-ins).
+    "grpo_packed": Scenario({"critic_type": "grpo", **ONE_STEP, **PACKED}),
+    "grpo_zero3_packed": Scenario({"critic_type": "grpo", "zero_stage": 3, **ONE_STEP, **PACKED}),
     # Same learn as "grpo" under ZeRO-3; its saved checkpoint is checked too.
     "grpo_zero3": Scenario({"critic_type": "grpo", "zero_stage": 3, **ONE_STEP}, save=True),
     # LoRA (rank 4, all linear layers) under ZeRO-3, which gathers base weights and adapters to
@@ -132,6 +137,7 @@ SCENARIOS: dict[str, Scenario] = {
     # Two shuffled mini-batches (token-mean, critic), micro-batches of 4 vs 1.
     "ppo_two_steps": Scenario({"critic_type": "ppo", **TWO_STEPS}),
     "ppo_two_steps_micro1": Scenario({"critic_type": "ppo", **TWO_STEPS, "train_batch_size_per_device": 1}),
+    "ppo_two_steps_packed": Scenario({"critic_type": "ppo", **TWO_STEPS, **PACKED}),
     # The other features, in bf16: they run and report finite metrics. Rank 0's groups are all
     # correct and all wrong, so clip_filter's weight differs between rank 0, rank 1 and the whole batch.
     "cpgd_zero3_bf16": Scenario(
@@ -304,6 +310,7 @@ def run_scenario(
     result: dict[str, Any] = {
         "rewards": [t.reward for t in trajectories],
         "response_lengths": [len(t.response_ids) for t in trajectories],
+        "sequence_lengths": [len(t.prompt_ids) + len(t.response_ids) for t in trajectories],
     }
     if scenario.reference_grad_norm:
         result["reference_grad_norm"] = reference_grad_norm(plain_model, trajectories, scenario)

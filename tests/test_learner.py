@@ -21,6 +21,7 @@ from sync_support import StateWeights, broadcast_to
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oat_cpgd.algorithms import group_advantages
+from oat_cpgd.learners.batch import by_token_budget
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,7 @@ METRICS = {
     "train/is_capped_frac",
     "train/lr",
     "misc/learn_time",
+    "misc/learner_threads",
 }
 PPO_METRICS = {"train/value_loss", "train/value_clip_frac", "train/explained_variance"}
 LAST_SCENARIO = list(SCENARIOS)[-1]
@@ -197,8 +199,22 @@ def test_reference_kl_loss_changes_the_gradient(results: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "other"),
-    [("grpo", "grpo_micro1"), ("ppo_two_steps", "ppo_two_steps_micro1"), ("grpo", "grpo_zero3")],
-    ids=["grpo-micro-batch-4-vs-1", "ppo-two-steps-micro-batch-4-vs-1", "grpo-zero2-vs-zero3"],
+    [
+        ("grpo", "grpo_micro1"),
+        ("ppo_two_steps", "ppo_two_steps_micro1"),
+        ("grpo", "grpo_zero3"),
+        ("grpo", "grpo_packed"),
+        ("grpo_zero3", "grpo_zero3_packed"),
+        ("ppo_two_steps", "ppo_two_steps_packed"),
+    ],
+    ids=[
+        "grpo-micro-batch-4-vs-1",
+        "ppo-two-steps-micro-batch-4-vs-1",
+        "grpo-zero2-vs-zero3",
+        "grpo-micro-batch-4-vs-packed",
+        "grpo-zero3-micro-batch-4-vs-packed",
+        "ppo-two-steps-micro-batch-4-vs-packed",
+    ],
 )
 def test_same_learn_gives_the_same_weights(results: Path, tiny_model_path: Path, name: str, other: str) -> None:
     """Micro-batching and the ZeRO stage change only float rounding.
@@ -219,6 +235,15 @@ def test_same_learn_gives_the_same_weights(results: Path, tiny_model_path: Path,
     for metric, value in run["metrics"].items():
         if metric != "misc/learn_time":
             assert other_run["metrics"][metric] == pytest.approx(value, rel=1e-4, abs=1e-5), metric
+
+
+def test_packed_scenarios_cut_the_ranks_into_different_counts(results: Path) -> None:
+    """The packed comparisons above cover stand-in micro-batches: the ranks' token budgets cut their
+    responses into different numbers of micro-batches, and the rank with fewer adds stand-ins."""
+    lengths = torch.tensor(result(results, "grpo_packed")["sequence_lengths"])
+    budget = SCENARIOS["grpo_packed"].flags["train_max_tokens_per_device"]
+    counts = [len(by_token_budget(shard, budget)) for shard in lengths.chunk(WORLD_SIZE)]
+    assert counts[0] != counts[1] and min(counts) > 1, counts
 
 
 def test_cpgd_drift_grows_with_epochs_and_its_term_holds_it_back(results: Path) -> None:

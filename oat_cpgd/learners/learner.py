@@ -11,6 +11,7 @@ belongs to predicting token t + 1 (its log-prob, value, advantage, response mask
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 import deepspeed
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from deepspeed import DeepSpeedEngine
 from deepspeed.accelerator import get_accelerator
 from torch import Tensor
@@ -39,7 +41,6 @@ from oat_cpgd.algorithms import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
     aggregate,
-    aggregation_units,
     batch_mean_var,
     entropy_from_logits,
     explained_variance,
@@ -55,7 +56,7 @@ from oat_cpgd.algorithms import (
     value_loss,
 )
 from oat_cpgd.args import PPOArgs
-from oat_cpgd.learners.batch import Batch, collate
+from oat_cpgd.learners.batch import Batch, accumulation_weights, collate, micro_batches
 from oat_cpgd.learners.deepspeed_config import param_groups, reference_config, train_config
 from oat_cpgd.learners.schedule import lr_scheduler
 from oat_cpgd.types import Trajectory
@@ -75,9 +76,31 @@ Model = torch.nn.Module
 
 
 def label_outputs(model: Model, batch: Batch) -> Tensor:
-    """The model's outputs at the label positions, [N, T - 1, ...]: logits (policy, reference) or values (critic)."""
+    """The model's outputs at the label positions, [N, T - 1, ...]: the critic's values."""
     output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     return output.logits[:, :-1]
+
+
+def response_logits(model: Model, batch: Batch, keeps_logits: bool) -> Tensor:
+    """The language model's logits at `batch.response_span()`'s label positions, [N, S, V].
+
+    With `keeps_logits` (the model takes transformers' `logits_to_keep`), the output layer runs
+    only there: no [N, T, V] tensor for the prompts, whose logits no loss reads.
+    """
+    span = batch.response_span()
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    if keeps_logits:  # label position t is logit position t
+        return model(**inputs, logits_to_keep=torch.arange(span.start, span.stop, device=batch.input_ids.device)).logits
+    return model(**inputs).logits[:, span]
+
+
+def takes_logits_to_keep(model: PreTrainedModel) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def to_label_positions(values: Tensor, span: slice, num_labels: int) -> Tensor:
+    """[N, S, ...] values at a span's positions, zero-padded to all [N, T - 1, ...] label positions."""
+    return F.pad(values, (0, 0) * (values.dim() - 2) + (span.start, num_labels - span.stop))
 
 
 def attention_implementation(flash_attn: bool) -> str:
@@ -93,6 +116,12 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     """Sum over ranks (a new tensor; gloo has no AVG)."""
     tensor = tensor.clone()
     dist.all_reduce(tensor)
+    return tensor
+
+
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    tensor = tensor.clone()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 
@@ -149,6 +178,7 @@ class Learner:
         # transformers can only build ZeRO-3 models partitioned through accelerate, which we do not
         # depend on: each rank loads the full weights to host memory and deepspeed.initialize partitions them.
         policy_model = AutoModelForCausalLM.from_pretrained(args.pretrain, **model_kwargs)
+        self.keeps_logits = takes_logits_to_keep(policy_model)  # the reference has the same architecture
         if args.lora_rank > 0:
             from oat_cpgd.learners.lora import add_lora  # imports peft
 
@@ -222,36 +252,51 @@ class Learner:
     # ------------------------------------------------------------------ forward passes
 
     def _logits(self, model: Model, batch: Batch) -> Tensor:
-        """Logits of the sampling distribution: divided by --temperature, as the actor samples."""
-        return label_outputs(model, batch).float() / self.args.temperature
+        """Logits of the sampling distribution at the response span ([N, S, V]): divided by
+        --temperature, as the actor samples, in fp32. In place: no second [N, S, V] copy (the output
+        layer's backward needs its input, not its output)."""
+        logits = response_logits(model, batch, self.keeps_logits).float()
+        return logits.div_(self.args.temperature) if self.args.temperature != 1 else logits
 
     def _logprobs(self, model: Model, batch: Batch) -> Tensor:
-        return logprobs_from_logits(self._logits(model, batch), batch.labels)
+        span = batch.response_span()
+        logp = logprobs_from_logits(self._logits(model, batch), batch.labels[:, span])
+        return to_label_positions(logp, span, batch.response_mask.shape[1])
 
     def _full_and_sampling_logprobs(self, batch: Batch) -> Tensor:
         """From one forward: [..., 0] the policy's log-probs (full vocabulary), [..., 1] those under the
         distribution vLLM samples from and reports: restricted to --top_k / --top_p and renormalised
-        (computed at response positions only; 0 elsewhere)."""
-        logits, mask = self._logits(self.policy, batch), batch.response_mask.bool()
-        sampling = torch.zeros(mask.shape, device=self.device)
-        sampling[mask] = top_k_top_p_logprobs(
-            logits[mask], batch.labels[mask], top_k=self.args.top_k, top_p=self.args.top_p
+        (both computed at response positions only; 0 elsewhere)."""
+        span, num_labels = batch.response_span(), batch.response_mask.shape[1]
+        logits, labels, mask = (
+            self._logits(self.policy, batch),
+            batch.labels[:, span],
+            batch.response_mask[:, span].bool(),
         )
-        return torch.stack([logprobs_from_logits(logits, batch.labels), sampling], dim=-1)
+        sampling = torch.zeros(mask.shape, device=self.device)
+        sampling[mask] = top_k_top_p_logprobs(logits[mask], labels[mask], top_k=self.args.top_k, top_p=self.args.top_p)
+        full = logprobs_from_logits(logits, labels)
+        return to_label_positions(torch.stack([full, sampling], dim=-1), span, num_labels)
 
     def _values(self, batch: Batch) -> Tensor:
         return label_outputs(self.critic, batch)[..., 0].float()
 
+    def _micro_batches(self, batch: Batch, indices: Tensor, rows: int) -> list[tuple[Tensor, Batch]]:
+        """`rows` responses at a time, or with --packing by --train_max_tokens_per_device; every rank as many."""
+        max_tokens = self.args.train_max_tokens_per_device if self.args.packing else None
+        return micro_batches(batch, indices, rows=rows, max_tokens=max_tokens, reduce_max=all_reduce_max)
+
     @torch.no_grad()
     def _per_token(self, batch: Batch, compute: Callable[[Batch], Tensor]) -> Tensor:
-        """`compute` over micro-batches of --mini_train_batch_size_per_device, gathered into [N, T - 1, ...]."""
+        """`compute` over micro-batches of --mini_train_batch_size_per_device (or --packing's), gathered
+        into [N, T - 1, ...]."""
         out = None
-        for indices in torch.arange(len(batch), device=self.device).split(self.args.mini_train_batch_size_per_device):
-            micro_batch = batch.select(indices)
+        everyone = torch.arange(len(batch), device=self.device)
+        for indices, micro_batch in self._micro_batches(batch, everyone, self.args.mini_train_batch_size_per_device):
             values = compute(micro_batch)
             if out is None:  # [N, T - 1] plus whatever per-token shape `compute` gives
                 out = values.new_zeros((*batch.response_mask.shape, *values.shape[2:]))
-            out[indices, : micro_batch.response_mask.shape[1]] = values
+            out[indices, : micro_batch.response_mask.shape[1]] = values[: len(indices)]
         return out
 
     @torch.no_grad()
@@ -367,29 +412,24 @@ class Learner:
         over ranks and engine.backward divides by the accumulation steps; the weights undo both.
         """
         args = self.args
-        micro_batches = [batch.select(part) for part in indices.split(args.train_batch_size_per_device)]
-        # [micro-batches, 2]: loss units, valid tokens
-        counts = torch.stack(
-            [
-                torch.stack([aggregation_units(mb.response_mask, args.agg_mode).float(), mb.response_mask.sum()])
-                for mb in micro_batches
-            ]
+        parts = [part for _, part in self._micro_batches(batch, indices, args.train_batch_size_per_device)]
+        loss_weights, token_weights = accumulation_weights(
+            [part.response_mask for part in parts], args.agg_mode, world_size=self.world_size, reduce_sum=all_reduce_sum
         )
-        global_counts = all_reduce_sum(counts.sum(0)).clamp(min=1)
-        # Shares of the global mini-batch, x world_size: the mean over ranks of the sums is then the whole.
-        loss_weights, token_weights = (counts * self.world_size / global_counts).T.tolist()
         accumulation_steps = self.policy.gradient_accumulation_steps()
         lr = self.policy.get_lr()[0]
 
         stats: dict[str, float] = defaultdict(float)
-        for micro_batch, loss_weight, token_weight in zip(micro_batches, loss_weights, token_weights, strict=True):
+        for index, (micro_batch, loss_weight, token_weight) in enumerate(
+            zip(parts, loss_weights, token_weights, strict=True)
+        ):
+            # The optimizer steps after the last micro-batch, however many --packing made.
+            last = index == len(parts) - 1
             loss, micro_stats = self._policy_loss(micro_batch)
-            self.policy.backward(loss * loss_weight * accumulation_steps)
-            self.policy.step()  # updates only at the accumulation boundary
+            self._backward(self.policy, loss * loss_weight * accumulation_steps, last)
             if self.critic is not None:
                 loss, critic_stats = self._critic_loss(micro_batch)
-                self.critic.backward(loss * loss_weight * accumulation_steps)
-                self.critic.step()
+                self._backward(self.critic, loss * loss_weight * accumulation_steps, last)
                 micro_stats.update(critic_stats)
             # The losses are aggregated per --loss_agg_mode; the other stats are means over valid tokens.
             for name, value in micro_stats.items():
@@ -398,6 +438,18 @@ class Learner:
         stats["lr"] = lr
         stats["skipped_steps"] = float(self._update_was_skipped())
         return stats
+
+    @staticmethod
+    def _backward(engine: DeepSpeedEngine, loss: Tensor, last: bool) -> None:
+        """Accumulate `loss`'s gradient; after the last micro-batch, reduce over ranks and step.
+
+        DeepSpeed's own boundary counts --train_batch_size_per_device micro-batches; --packing makes
+        as many as the token budget needs, so the boundary is set here. engine.backward divides by
+        its configured accumulation steps, which the caller's weights undo.
+        """
+        engine.set_gradient_accumulation_boundary(last)
+        engine.backward(loss)
+        engine.step()  # updates only at the boundary
 
     def _update_was_skipped(self) -> bool:
         """After an optimizer step: whether it was skipped for a non-finite (NaN/inf) gradient.
@@ -425,8 +477,9 @@ class Learner:
 
     def _policy_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         args, mask = self.args, batch.response_mask
+        span = batch.response_span()
         logits = self._logits(self.policy, batch)
-        logp = logprobs_from_logits(logits, batch.labels)
+        logp = to_label_positions(logprobs_from_logits(logits, batch.labels[:, span]), span, mask.shape[1])
         data = batch.token_data
         loss, stats = self.policy_loss(
             logp, data["old_logp"], data["advantages"], mask, is_weights=data.get("is_weights")
@@ -434,8 +487,9 @@ class Learner:
         if args.beta > 0:
             kl = kl_penalty(logp, batch.token_data["ref_logp"])
             loss = loss + args.beta * aggregate(kl, mask, args.agg_mode, max_len=self.max_len)
-        with torch.no_grad():
-            stats["entropy"] = masked_mean(entropy_from_logits(logits), mask)
+        with torch.no_grad():  # at response tokens only: no [N, S, V] softmax for padding
+            at_responses = logits[mask[:, span].bool()]
+            stats["entropy"] = entropy_from_logits(at_responses).mean() if len(at_responses) else logits.new_zeros(())
         return loss, stats
 
     def _critic_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
