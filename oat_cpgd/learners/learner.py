@@ -336,15 +336,15 @@ class Learner:
         # Everything the loss compares against is computed before the first update.
         self._train_mode(False)
         data = batch.token_data
-        if args.top_p < 1 or args.top_k > 0:  # vLLM reports truncated log-probs: compare like with like
+        is_stats = {}
+        if self._one_step_from_current_weights(len(batch)):
+            pass  # the loss takes old_logp = logp.detach() and the importance weights from its own forward
+        elif args.top_p < 1 or args.top_k > 0:  # vLLM reports truncated log-probs: compare like with like
             data["old_logp"], sampling_logp = self._per_token(batch, self._full_and_sampling_logprobs).unbind(-1)
+            is_stats = self._importance_weights(data, sampling_logp, batch.response_mask)
         else:
-            data["old_logp"] = sampling_logp = self._per_token(batch, partial(self._logprobs, self.policy))
-        is_weights, is_stats = importance_weights(
-            sampling_logp, data["actor_logp"], batch.response_mask, mode=args.is_correction, cap=args.tis_c
-        )
-        if args.is_correction != "none":
-            data["is_weights"] = is_weights
+            data["old_logp"] = self._per_token(batch, partial(self._logprobs, self.policy))
+            is_stats = self._importance_weights(data, data["old_logp"], batch.response_mask)
         if self.reference is not None:
             with self._reference_on_device():
                 data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference))
@@ -374,6 +374,34 @@ class Learner:
         metrics["misc/learn_time"] = time.time() - start
         metrics["misc/learner_threads"] = torch.get_num_threads()
         return self._mean_over_ranks(metrics)
+
+    def _one_step_from_current_weights(self, responses: int) -> bool:
+        """Whether this learn is one optimizer step that needs the old log-probs only in its loss.
+
+        Then the proximal policy is the one being trained, before its update: the loss's own
+        forward gives old_logp = logp.detach() exactly (as verl and TRL do), and the no-gradient pass
+        over the whole batch, a quarter of the learner's work, is skipped. Not with several epochs
+        or mini-batches (later updates start from moved weights), nor where something needs the
+        old log-probs first: the reference KL (shaping or metric) and top-k/top-p renormalisation.
+        """
+        args = self.args
+        return (
+            args.num_ppo_epochs == 1
+            and responses == args.train_batch_size // self.world_size
+            and self.reference is None
+            and args.top_p >= 1
+            and args.top_k <= 0
+        )
+
+    def _importance_weights(self, data: dict[str, Tensor], sampling_logp: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Store the importance weights of --is_correction in `data`; return their stats."""
+        args = self.args
+        weights, stats = importance_weights(
+            sampling_logp, data["actor_logp"], mask, mode=args.is_correction, cap=args.tis_c
+        )
+        if args.is_correction != "none":
+            data["is_weights"] = weights
+        return stats
 
     def _train_mode(self, mode: bool) -> None:
         for engine in self._engines().values():
@@ -431,9 +459,12 @@ class Learner:
                 loss, critic_stats = self._critic_loss(micro_batch)
                 self._backward(self.critic, loss * loss_weight * accumulation_steps, last)
                 micro_stats.update(critic_stats)
-            # The losses are aggregated per --loss_agg_mode; the other stats are means over valid tokens.
+            # The losses are aggregated per --loss_agg_mode, *_max stats by max, the others are means over valid tokens.
             for name, value in micro_stats.items():
-                stats[name] += float(value) * (loss_weight if name in LOSS_STATS else token_weight)
+                if name.endswith("_max"):
+                    stats[name] = max(stats[name], float(value))
+                else:
+                    stats[name] += float(value) * (loss_weight if name in LOSS_STATS else token_weight)
         stats["grad_norm"] = float(self.policy.get_global_grad_norm())
         stats["lr"] = lr
         stats["skipped_steps"] = float(self._update_was_skipped())
@@ -481,9 +512,14 @@ class Learner:
         logits = self._logits(self.policy, batch)
         logp = to_label_positions(logprobs_from_logits(logits, batch.labels[:, span]), span, mask.shape[1])
         data = batch.token_data
-        loss, stats = self.policy_loss(
-            logp, data["old_logp"], data["advantages"], mask, is_weights=data.get("is_weights")
-        )
+        if "old_logp" in data:
+            old_logp, is_stats = data["old_logp"], {}
+        else:  # see _one_step_from_current_weights
+            old_logp = logp.detach()
+            data = {**data, "old_logp": old_logp}
+            is_stats = self._importance_weights(data, old_logp, mask)
+        loss, stats = self.policy_loss(logp, old_logp, data["advantages"], mask, is_weights=data.get("is_weights"))
+        stats.update(is_stats)
         if args.beta > 0:
             kl = kl_penalty(logp, batch.token_data["ref_logp"])
             loss = loss + args.beta * aggregate(kl, mask, args.agg_mode, max_len=self.max_len)
