@@ -1,0 +1,186 @@
+"""The learner against a bare DeepSpeed loop on the same batch, and its memory against response length.
+
+    python benchmark/jobs/learner_overhead.py --model DIR --data GSM8K.jsonl --out RESULT.json
+        [--memory-model DIR] [--repeats 5]
+
+One process, one rank, torch threads = every core this process may use.
+- Speed, on benchmark/step_time.py's job: 8 chat-formatted GSM8K prompts x 8 responses of 32
+  random tokens. `Learner.learn` (GRPO: the no-gradient pass for the old log-probs, advantages,
+  8 micro-batches of 8 with exact accumulation, one optimizer step) and the same with --packing
+  (micro-batches of at most 4096 tokens), against the floor: the same DeepSpeed engine config
+  running forward, a policy-gradient loss at the response tokens, backward and one step, over the
+  same micro-batches. Medians of --repeats after one warm-up.
+- Memory, with --memory-model (SmolLM2-135M: a 49k vocabulary makes a [tokens, vocab] copy
+  visible): `Learner.learn` (gradient checkpointing on, so the layers keep only their inputs) on
+  one micro-batch of 2 responses of growing length; the growth of the process's peak resident
+  memory over its size before, against one fp32 [2, length, vocab] tensor.
+"""
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+from functools import partial
+
+os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+os.environ.setdefault("MASTER_PORT", str(29500 + random.Random().randrange(2000)))
+
+import deepspeed  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from oat_cpgd.algorithms import logprobs_from_logits  # noqa: E402
+from oat_cpgd.args import PPOArgs  # noqa: E402
+from oat_cpgd.learners import Learner  # noqa: E402
+from oat_cpgd.learners.batch import collate  # noqa: E402
+from oat_cpgd.learners.deepspeed_config import param_groups, train_config  # noqa: E402
+from oat_cpgd.types import Trajectory  # noqa: E402
+
+PROMPTS, SAMPLES, NEW_TOKENS = 8, 8, 32
+
+
+def job_args(model: str, **flags) -> PPOArgs:
+    values = dict(
+        pretrain=model,
+        critic_type="grpo",
+        gpus=1,
+        num_samples=SAMPLES,
+        rollout_batch_size=PROMPTS,
+        rollout_batch_size_per_device=PROMPTS,
+        train_batch_size=PROMPTS * SAMPLES,
+        train_batch_size_per_device=8,
+        mini_train_batch_size_per_device=8,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        lr_warmup_ratio=0.0,
+        generate_max_length=NEW_TOKENS,
+        seed=0,
+    )
+    args = PPOArgs(**(values | flags))
+    args.resolve()
+    return args
+
+
+def job_trajectories(tokenizer, data: str, response_len: int, prompts: int, samples: int) -> list[Trajectory]:
+    rng = random.Random(0)
+    with open(data) as f:
+        questions = [json.loads(line)["question"] for _, line in zip(range(prompts), f, strict=False)]
+    out = []
+    for index, question in enumerate(questions):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for sample in range(samples):
+            response = [rng.randrange(3, tokenizer.vocab_size) for _ in range(response_len)]
+            reward = float(sample % 2)
+            out.append(Trajectory(index, prompt, response, [-5.0] * response_len, reward, False, oracle_reward=reward))
+    return out
+
+
+def bare_loop(args: PPOArgs, trajectories: list[Trajectory], tokenizer):
+    """The floor: DeepSpeed forward, -A * ratio at the response tokens (token mean), backward, step."""
+    model = AutoModelForCausalLM.from_pretrained(args.pretrain, dtype=torch.float32)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, 0.0), config=train_config(args, 1, args.learning_rate)
+    )
+    batch = collate(trajectories, tokenizer.pad_token_id, torch.device("cpu"))
+    advantages = torch.tensor([t.reward - 0.5 for t in trajectories])
+    parts = torch.arange(len(batch)).split(args.train_batch_size_per_device)
+
+    def step():
+        for part in parts:
+            micro = batch.select(part)
+            logits = engine(input_ids=micro.input_ids, attention_mask=micro.attention_mask).logits[:, :-1]
+            logp = logprobs_from_logits(logits, micro.labels)
+            mask = micro.response_mask.bool()
+            loss = -(advantages[part, None] * torch.exp(logp - logp.detach()))[mask].sum() / mask.sum()
+            engine.backward(loss)
+            engine.step()
+
+    return step
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--memory-model")
+    parser.add_argument("--repeats", type=int, default=5)
+    options = parser.parse_args()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    result = {"threads": torch.get_num_threads()}
+
+    tokenizer = AutoTokenizer.from_pretrained(options.model)
+    trajectories = job_trajectories(tokenizer, options.data, NEW_TOKENS, PROMPTS, SAMPLES)
+    result["tokens"] = sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
+    learner = Learner(job_args(options.model), 0, 1, schedule_steps=100)
+    packed = Learner(job_args(options.model, packing=True, train_max_tokens_per_device=4096), 0, 1, schedule_steps=100)
+    bare = bare_loop(job_args(options.model), trajectories, tokenizer)
+    runs = {
+        "learner": partial(learner.learn, trajectories),
+        "packed": partial(packed.learn, trajectories),
+        "bare": bare,
+    }
+    times = {name: [] for name in runs}
+    for run in runs.values():
+        run()  # warm-up
+    for _ in range(options.repeats):  # interleaved: load from elsewhere hits all three alike
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    result["learn_time"] = times
+    result["median"] = {name: statistics.median(values) for name, values in times.items()}
+    del runs, learner, packed, bare  # memory_rows measures from what is left
+
+    if options.memory_model:
+        result["memory"] = memory_rows(options.memory_model, options.data)
+    with open(options.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def memory_rows(model: str, data: str) -> list[dict]:
+    """Peak resident memory of a `learn` over the process's size just before it (freed memory returned
+    to the system first). Lengths grow, so each one's peak is a new peak of the process."""
+    import ctypes
+
+    import psutil
+
+    rows, lengths = [], (128, 256, 512, 1024)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    vocab = AutoConfig.from_pretrained(model).vocab_size
+    flags = dict(num_samples=2, rollout_batch_size=1, rollout_batch_size_per_device=1, train_batch_size=2)
+    flags |= dict(train_batch_size_per_device=2, mini_train_batch_size_per_device=2, generate_max_length=max(lengths))
+    # Checkpointed layers keep only their inputs, so what the loss keeps of the vocabulary shows.
+    flags |= dict(gradient_checkpointing=True)
+    learner = Learner(job_args(model, **flags), 0, 1, schedule_steps=100)
+    learner.learn(job_trajectories(tokenizer, data, 16, 1, 2))  # optimizer states allocated
+    libc = ctypes.CDLL("libc.so.6")
+    for length in lengths:
+        trajectories = job_trajectories(tokenizer, data, length, 1, 2)
+        libc.malloc_trim(0)
+        before = psutil.Process().memory_info().rss / 2**20
+        learner.learn(trajectories)
+        row = {
+            "response_len": length,
+            "tokens": sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories),
+            "peak_growth_mb": peak_rss_mb() - before,
+            "vocab_copy_mb": 2 * length * vocab * 4 / 2**20,  # one fp32 [2, length, vocab] tensor
+        }
+        rows.append(row)
+        print(row, file=sys.stderr, flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
