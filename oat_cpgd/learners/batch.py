@@ -97,10 +97,11 @@ def by_token_budget(lengths: Tensor, max_tokens: int) -> list[Tensor]:
     """Row positions (into `lengths`) grouped so that each group, padded to its longest row, holds at
     most `max_tokens` tokens: rows longest first, each into the first group it fits (few, full groups).
     A row longer than the budget alone gets a group of its own."""
+    sizes = lengths.tolist()  # one device sync, not one per row
     groups: list[list[int]] = []
     longest: list[int] = []  # of each group; rows come longest first, so it is the first row's
-    for row in sorted(range(len(lengths)), key=lambda i: -int(lengths[i])):
-        length = int(lengths[row])
+    for row in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        length = sizes[row]
         for group, group_longest in zip(groups, longest, strict=True):
             if (len(group) + 1) * group_longest <= max_tokens:
                 group.append(row)
@@ -124,15 +125,20 @@ def micro_batches(
 
     Every rank must run as many forward/backward passes as the others (ZeRO-3 gathers weights in
     each, and the optimizer steps after the last): a rank with fewer micro-batches gets stand-ins,
-    a row with its response mask all 0 (so no loss, no weight) and no indices.
+    the first two tokens of a row with no response label (so no loss, no weight) and no indices.
     """
     if max_tokens is None:
         parts = list(indices.split(rows))
     else:
         parts = [indices[group.to(indices.device)] for group in by_token_budget(batch.lengths[indices], max_tokens)]
     count = int(reduce_max(torch.tensor(len(parts), device=indices.device)))
-    stand_in = batch.select(indices[:1])
-    stand_in.response_mask = torch.zeros_like(stand_in.response_mask)
+    row = indices[:1]
+    stand_in = Batch(
+        batch.input_ids[row, :2],
+        batch.attention_mask[row, :2],
+        torch.zeros_like(batch.response_mask[row, :1]),
+        {name: value[row, :1] for name, value in batch.token_data.items()},
+    )
     return [(part, batch.select(part)) for part in parts] + [(indices[:0], stand_in)] * (count - len(parts))
 
 

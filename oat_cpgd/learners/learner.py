@@ -98,6 +98,12 @@ def takes_logits_to_keep(model: PreTrainedModel) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+def has_dropout(model: PreTrainedModel) -> bool:
+    """Dropout layers with p > 0, or attention dropout in the config (applied functionally)."""
+    layers = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    return layers or bool(getattr(model.config, "attention_dropout", 0.0))
+
+
 def to_label_positions(values: Tensor, span: slice, num_labels: int) -> Tensor:
     """[N, S, ...] values at a span's positions, zero-padded to all [N, T - 1, ...] label positions."""
     return F.pad(values, (0, 0) * (values.dim() - 2) + (span.start, num_labels - span.stop))
@@ -120,6 +126,7 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
 
 
 def all_reduce_max(tensor: Tensor) -> Tensor:
+    """Maximum over ranks (a new tensor)."""
     tensor = tensor.clone()
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
@@ -178,7 +185,9 @@ class Learner:
         # transformers can only build ZeRO-3 models partitioned through accelerate, which we do not
         # depend on: each rank loads the full weights to host memory and deepspeed.initialize partitions them.
         policy_model = AutoModelForCausalLM.from_pretrained(args.pretrain, **model_kwargs)
-        self.keeps_logits = takes_logits_to_keep(policy_model)  # the reference has the same architecture
+        keeps_logits = {"policy": takes_logits_to_keep(policy_model)}
+        # Dropout makes a training forward differ from the no-gradient one the old log-probs come from.
+        self.dropout_free = not has_dropout(policy_model) and args.lora_dropout == 0
         if args.lora_rank > 0:
             from oat_cpgd.learners.lora import add_lora  # imports peft
 
@@ -200,7 +209,12 @@ class Learner:
         self.reference: Model | None = None
         if args.needs_reference:
             reference_model = AutoModelForCausalLM.from_pretrained(args.ref_pretrain or args.pretrain, **model_kwargs)
+            keeps_logits["reference"] = takes_logits_to_keep(reference_model)
             self.reference = self._reference_engine(reference_model.eval().requires_grad_(False))
+        # Whether each language model (by engine) takes transformers' logits_to_keep.
+        self.keeps_logits = {id(self.policy): keeps_logits["policy"]}
+        if self.reference is not None:
+            self.keeps_logits[id(self.reference)] = keeps_logits["reference"]
 
         self.weight_transfer: TrainerWeightTransferEngine | None = None  # set by connect_actors
         self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite gradient, consecutively
@@ -255,7 +269,7 @@ class Learner:
         """Logits of the sampling distribution at the response span ([N, S, V]): divided by
         --temperature, as the actor samples, in fp32. In place: no second [N, S, V] copy (the output
         layer's backward needs its input, not its output)."""
-        logits = response_logits(model, batch, self.keeps_logits).float()
+        logits = response_logits(model, batch, self.keeps_logits[id(model)]).float()
         return logits.div_(self.args.temperature) if self.args.temperature != 1 else logits
 
     def _logprobs(self, model: Model, batch: Batch) -> Tensor:
@@ -337,14 +351,14 @@ class Learner:
         self._train_mode(False)
         data = batch.token_data
         is_stats = {}
-        if self._one_step_from_current_weights(len(batch)):
-            pass  # the loss takes old_logp = logp.detach() and the importance weights from its own forward
-        elif args.top_p < 1 or args.top_k > 0:  # vLLM reports truncated log-probs: compare like with like
-            data["old_logp"], sampling_logp = self._per_token(batch, self._full_and_sampling_logprobs).unbind(-1)
+        # If so, the loss takes old_logp = logp.detach() and the importance weights from its own forward.
+        old_logp_in_loss = self._one_step_from_current_weights(len(batch))
+        if not old_logp_in_loss:
+            if args.top_p < 1 or args.top_k > 0:  # vLLM reports truncated log-probs: compare like with like
+                data["old_logp"], sampling_logp = self._per_token(batch, self._full_and_sampling_logprobs).unbind(-1)
+            else:
+                data["old_logp"] = sampling_logp = self._per_token(batch, partial(self._logprobs, self.policy))
             is_stats = self._importance_weights(data, sampling_logp, batch.response_mask)
-        else:
-            data["old_logp"] = self._per_token(batch, partial(self._logprobs, self.policy))
-            is_stats = self._importance_weights(data, data["old_logp"], batch.response_mask)
         if self.reference is not None:
             with self._reference_on_device():
                 data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference))
@@ -367,7 +381,7 @@ class Learner:
                 else torch.arange(len(batch))
             )
             for indices in order.to(self.device).split(per_rank_step):
-                steps.append(self._train_step(batch, indices))
+                steps.append(self._train_step(batch, indices, old_logp_in_loss))
         for name in steps[0]:
             metrics[f"train/{name}"] = sum(step[name] for step in steps) / len(steps)
         metrics["train/skipped_steps"] = sum(step["skipped_steps"] for step in steps)  # a count, not a mean
@@ -382,11 +396,13 @@ class Learner:
         forward gives old_logp = logp.detach() exactly (as verl and TRL do), and the no-gradient pass
         over the whole batch, a quarter of the learner's work, is skipped. Not with several epochs
         or mini-batches (later updates start from moved weights), nor where something needs the
-        old log-probs first: the reference KL (shaping or metric) and top-k/top-p renormalisation.
+        old log-probs first (the reference KL, shaping or metric; top-k/top-p renormalisation), nor
+        with dropout (a training forward would then differ from the no-gradient one).
         """
         args = self.args
         return (
-            args.num_ppo_epochs == 1
+            self.dropout_free
+            and args.num_ppo_epochs == 1
             and responses == args.train_batch_size // self.world_size
             and self.reference is None
             and args.top_p >= 1
@@ -431,7 +447,7 @@ class Learner:
         out["advantages"] = advantages
         return out
 
-    def _train_step(self, batch: Batch, indices: Tensor) -> dict[str, float]:
+    def _train_step(self, batch: Batch, indices: Tensor, old_logp_in_loss: bool) -> dict[str, float]:
         """One optimizer step on this rank's part of a mini-batch, in micro-batches.
 
         Exact accumulation: each micro-batch's loss is weighted by its share of the units
@@ -453,7 +469,7 @@ class Learner:
         ):
             # The optimizer steps after the last micro-batch, however many --packing made.
             last = index == len(parts) - 1
-            loss, micro_stats = self._policy_loss(micro_batch)
+            loss, micro_stats = self._policy_loss(micro_batch, old_logp_in_loss)
             self._backward(self.policy, loss * loss_weight * accumulation_steps, last)
             if self.critic is not None:
                 loss, critic_stats = self._critic_loss(micro_batch)
@@ -506,18 +522,18 @@ class Learner:
             )
         return skipped
 
-    def _policy_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def _policy_loss(self, batch: Batch, old_logp_in_loss: bool) -> tuple[Tensor, dict[str, Tensor]]:
         args, mask = self.args, batch.response_mask
         span = batch.response_span()
         logits = self._logits(self.policy, batch)
         logp = to_label_positions(logprobs_from_logits(logits, batch.labels[:, span]), span, mask.shape[1])
         data = batch.token_data
-        if "old_logp" in data:
-            old_logp, is_stats = data["old_logp"], {}
-        else:  # see _one_step_from_current_weights
+        if old_logp_in_loss:  # see _one_step_from_current_weights
             old_logp = logp.detach()
             data = {**data, "old_logp": old_logp}
             is_stats = self._importance_weights(data, old_logp, mask)
+        else:
+            old_logp, is_stats = data["old_logp"], {}
         loss, stats = self.policy_loss(logp, old_logp, data["advantages"], mask, is_weights=data.get("is_weights"))
         stats.update(is_stats)
         if args.beta > 0:
@@ -571,8 +587,7 @@ class Learner:
         summed = all_reduce_sum(torch.tensor([metrics[n] for n in means], device=self.device, dtype=torch.float64))
         reduced = {name: value / self.world_size for name, value in zip(means, summed.tolist(), strict=True)}
         if maxima:
-            peak = torch.tensor([metrics[n] for n in maxima], device=self.device, dtype=torch.float64)
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            peak = all_reduce_max(torch.tensor([metrics[n] for n in maxima], device=self.device, dtype=torch.float64))
             reduced.update(zip(maxima, peak.tolist(), strict=True))
         return reduced
 
