@@ -5,22 +5,23 @@
 
 One process, one rank, torch threads = every core this process may use.
 - Speed, on benchmark/step_time.py's job: 8 chat-formatted GSM8K prompts x 8 responses of 32
-  random tokens. `Learner.learn` (GRPO: the no-gradient pass for the old log-probs, advantages,
-  8 micro-batches of 8 with exact accumulation, one optimizer step) and the same with --packing
-  (micro-batches of at most 4096 tokens), against the floor: the same DeepSpeed engine config
-  running forward, a policy-gradient loss at the response tokens, backward and one step, over the
-  same micro-batches. Medians of --repeats after one warm-up.
+  random tokens. `Learner.learn` (GRPO: advantages, 8 micro-batches of 8 with exact accumulation,
+  one optimizer step, the old log-probs taken from the loss's forward as for any single on-policy
+  step) and the same with --packing (micro-batches of at most 4096 tokens), against the floor: the
+  same DeepSpeed engine config running forward (logits at the response span only, as the learner
+  does), a policy-gradient loss at the response tokens, backward and one step, over the same
+  micro-batches. Medians of --repeats, interleaved, after one warm-up.
 - Memory, with --memory-model (SmolLM2-135M: a 49k vocabulary makes a [tokens, vocab] copy
   visible): `Learner.learn` (gradient checkpointing on, so the layers keep only their inputs) on
-  one micro-batch of 2 responses of growing length; the growth of the process's peak resident
-  memory over its size before, against one fp32 [2, length, vocab] tensor.
+  one micro-batch of 2 responses of each length; the process's peak resident memory during that
+  call (the kernel's high-water mark, reset before it) over its size before, against one fp32
+  [2, length, vocab] tensor.
 """
 
 import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import sys
 import time
@@ -95,9 +96,11 @@ def bare_loop(args: PPOArgs, trajectories: list[Trajectory], tokenizer):
     def step():
         for part in parts:
             micro = batch.select(part)
-            logits = engine(input_ids=micro.input_ids, attention_mask=micro.attention_mask).logits[:, :-1]
-            logp = logprobs_from_logits(logits, micro.labels)
-            mask = micro.response_mask.bool()
+            span = micro.response_span()
+            keep = torch.arange(span.start, span.stop)
+            logits = engine(input_ids=micro.input_ids, attention_mask=micro.attention_mask, logits_to_keep=keep).logits
+            logp = logprobs_from_logits(logits, micro.labels[:, span])
+            mask = micro.response_mask[:, span].bool()
             loss = -(advantages[part, None] * torch.exp(logp - logp.detach()))[mask].sum() / mask.sum()
             engine.backward(loss)
             engine.step()
@@ -105,8 +108,17 @@ def bare_loop(args: PPOArgs, trajectories: list[Trajectory], tokenizer):
     return step
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark of this process's resident memory (VmHWM) to its size now."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def memory_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
 
 def main() -> None:
@@ -150,11 +162,9 @@ def main() -> None:
 
 
 def memory_rows(model: str, data: str) -> list[dict]:
-    """Peak resident memory of a `learn` over the process's size just before it (freed memory returned
-    to the system first). Lengths grow, so each one's peak is a new peak of the process."""
+    """Peak resident memory of a `learn` over the process's size just before it (freed memory
+    returned to the system first, and the high-water mark reset)."""
     import ctypes
-
-    import psutil
 
     rows, lengths = [], (128, 256, 512, 1024)
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -169,12 +179,13 @@ def memory_rows(model: str, data: str) -> list[dict]:
     for length in lengths:
         trajectories = job_trajectories(tokenizer, data, length, 1, 2)
         libc.malloc_trim(0)
-        before = psutil.Process().memory_info().rss / 2**20
+        reset_peak_rss()
+        before = memory_mb("VmRSS")
         learner.learn(trajectories)
         row = {
             "response_len": length,
             "tokens": sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories),
-            "peak_growth_mb": peak_rss_mb() - before,
+            "peak_growth_mb": memory_mb("VmHWM") - before,
             "vocab_copy_mb": 2 * length * vocab * 4 / 2**20,  # one fp32 [2, length, vocab] tensor
         }
         rows.append(row)

@@ -28,7 +28,9 @@ def sevens(completions, **kwargs):
 class TimedGRPOTrainer(GRPOTrainer):
     """Times generation + scoring (TRL computes both in `_generate_and_score_completions`)."""
 
-    generate_times: list[float] = []
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generate_times: list[float] = []
 
     def _generate_and_score_completions(self, inputs):
         start = time.perf_counter()
@@ -87,7 +89,7 @@ def main() -> None:
     result = {
         "threads": torch.get_num_threads(),
         "step_time": step_times,
-        "generate_time": TimedGRPOTrainer.generate_times,
+        "generate_time": trainer.generate_times,
         "reward": clock.rewards,
         "gradient_checkpointing": config.gradient_checkpointing,
         "loss_type": config.loss_type,
