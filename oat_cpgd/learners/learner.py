@@ -42,13 +42,14 @@ from oat_cpgd.algorithms import (
     POLICY_LOSSES,
     aggregate,
     batch_mean_var,
-    entropy_from_logits,
     explained_variance,
     get_algorithm,
     importance_weights,
     kl_penalty,
     kl_shaped_rewards,
     logprobs_from_logits,
+    logprobs_in_chunks,
+    masked_entropy_mean,
     masked_mean,
     masked_whiten,
     token_rewards,
@@ -272,9 +273,11 @@ class Learner:
         logits = response_logits(model, batch, self.keeps_logits[id(model)]).float()
         return logits.div_(self.args.temperature) if self.args.temperature != 1 else logits
 
+    @torch.no_grad()
     def _logprobs(self, model: Model, batch: Batch) -> Tensor:
+        """No-gradient log-probs (old, reference, probes) at every label position (0 outside the span)."""
         span = batch.response_span()
-        logp = logprobs_from_logits(self._logits(model, batch), batch.labels[:, span])
+        logp = logprobs_in_chunks(self._logits(model, batch), batch.labels[:, span])
         return to_label_positions(logp, span, batch.response_mask.shape[1])
 
     def _full_and_sampling_logprobs(self, batch: Batch) -> Tensor:
@@ -539,9 +542,7 @@ class Learner:
         if args.beta > 0:
             kl = kl_penalty(logp, batch.token_data["ref_logp"])
             loss = loss + args.beta * aggregate(kl, mask, args.agg_mode, max_len=self.max_len)
-        with torch.no_grad():  # at response tokens only: no [N, S, V] softmax for padding
-            at_responses = logits[mask[:, span].bool()]
-            stats["entropy"] = entropy_from_logits(at_responses).mean() if len(at_responses) else logits.new_zeros(())
+        stats["entropy"] = masked_entropy_mean(logits, mask[:, span])
         return loss, stats
 
     def _critic_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
