@@ -82,13 +82,12 @@ def label_outputs(model: Model, batch: Batch) -> Tensor:
     return output.logits[:, :-1]
 
 
-def response_logits(model: Model, batch: Batch, keeps_logits: bool) -> Tensor:
-    """The language model's logits at `batch.response_span()`'s label positions, [N, S, V].
+def response_logits(model: Model, batch: Batch, span: slice, keeps_logits: bool) -> Tensor:
+    """The language model's logits at the label positions `span` (`batch.response_span()`), [N, S, V].
 
     With `keeps_logits` (the model takes transformers' `logits_to_keep`), the output layer runs
     only there: no [N, T, V] tensor for the prompts, whose logits no loss reads.
     """
-    span = batch.response_span()
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     if keeps_logits:  # label position t is logit position t
         return model(**inputs, logits_to_keep=torch.arange(span.start, span.stop, device=batch.input_ids.device)).logits
@@ -266,18 +265,18 @@ class Learner:
 
     # ------------------------------------------------------------------ forward passes
 
-    def _logits(self, model: Model, batch: Batch) -> Tensor:
+    def _logits(self, model: Model, batch: Batch, span: slice) -> Tensor:
         """Logits of the sampling distribution at the response span ([N, S, V]): divided by
         --temperature, as the actor samples, in fp32. In place: no second [N, S, V] copy (the output
         layer's backward needs its input, not its output)."""
-        logits = response_logits(model, batch, self.keeps_logits[id(model)]).float()
+        logits = response_logits(model, batch, span, self.keeps_logits[id(model)]).float()
         return logits.div_(self.args.temperature) if self.args.temperature != 1 else logits
 
     @torch.no_grad()
     def _logprobs(self, model: Model, batch: Batch) -> Tensor:
-        """No-gradient log-probs (old, reference, probes) at every label position (0 outside the span)."""
+        """No-gradient log-probs (old, reference, `response_logprobs`) at every label position (0 outside the span)."""
         span = batch.response_span()
-        logp = logprobs_in_chunks(self._logits(model, batch), batch.labels[:, span])
+        logp = logprobs_in_chunks(self._logits(model, batch, span), batch.labels[:, span])
         return to_label_positions(logp, span, batch.response_mask.shape[1])
 
     def _full_and_sampling_logprobs(self, batch: Batch) -> Tensor:
@@ -286,13 +285,13 @@ class Learner:
         (both computed at response positions only; 0 elsewhere)."""
         span, num_labels = batch.response_span(), batch.response_mask.shape[1]
         logits, labels, mask = (
-            self._logits(self.policy, batch),
+            self._logits(self.policy, batch, span),
             batch.labels[:, span],
             batch.response_mask[:, span].bool(),
         )
         sampling = torch.zeros(mask.shape, device=self.device)
         sampling[mask] = top_k_top_p_logprobs(logits[mask], labels[mask], top_k=self.args.top_k, top_p=self.args.top_p)
-        full = logprobs_from_logits(logits, labels)
+        full = logprobs_in_chunks(logits, labels)
         return to_label_positions(torch.stack([full, sampling], dim=-1), span, num_labels)
 
     def _values(self, batch: Batch) -> Tensor:
@@ -528,7 +527,7 @@ class Learner:
     def _policy_loss(self, batch: Batch, old_logp_in_loss: bool) -> tuple[Tensor, dict[str, Tensor]]:
         args, mask = self.args, batch.response_mask
         span = batch.response_span()
-        logits = self._logits(self.policy, batch)
+        logits = self._logits(self.policy, batch, span)
         logp = to_label_positions(logprobs_from_logits(logits, batch.labels[:, span]), span, mask.shape[1])
         data = batch.token_data
         if old_logp_in_loss:  # see _one_step_from_current_weights
