@@ -13,24 +13,20 @@ end; the run folder's curves.png shows it. Flags after `--` override these.
 """
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
 from oat_cpgd.args import CPGDArgs, parse_args
-from oat_cpgd.experiment.demo import write_jsonl
+from oat_cpgd.experiment.demo import NUM_HELD_OUT, held_out_split, write_jsonl
 from oat_cpgd.interface import run
 from oat_cpgd.models.smollm2 import build_smollm2
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "smollm2_arithmetic"
-NUM_HELD_OUT = 200
 
 
-def split_questions(seed: int = 0) -> tuple[list[dict], list[dict]]:
-    rows = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(10, 100) for b in range(10, 100)]
-    random.Random(seed).shuffle(rows)
-    return rows[NUM_HELD_OUT:], rows[:NUM_HELD_OUT]
+def questions() -> list[dict]:
+    return [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(10, 100) for b in range(10, 100)]
 
 
 def flags(model: Path, data: Path, seed: int, steps: int, out: Path) -> list[str]:
@@ -90,7 +86,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "smollm2")
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     model = build_smollm2(REPO / ".cache" / "test_models" / "smollm2")
-    train, held_out = split_questions()
+    train, held_out = held_out_split(questions())  # 200 held out, as the demo
     write_jsonl(CACHE / "data" / "train.jsonl", train)
     write_jsonl(CACHE / "data" / "test.jsonl", held_out)
     args = parse_args(CPGDArgs, argv=flags(model, CACHE / "data", options.seed, options.steps, options.out) + extra)

@@ -51,11 +51,16 @@ def questions() -> list[dict]:
     return [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(10, 100) for b in range(1, 10)]
 
 
-def split_questions(seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """(training, held-out) questions: a fixed random split, the same for every run seed."""
-    rows = questions()
+def held_out_split(rows: list[dict], seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) rows: NUM_HELD_OUT of them held out at random, the same split for a given seed."""
+    rows = list(rows)
     random.Random(seed).shuffle(rows)
     return rows[NUM_HELD_OUT:], rows[:NUM_HELD_OUT]
+
+
+def split_questions(seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) questions: a fixed random split, the same for every run seed."""
+    return held_out_split(questions(), seed)
 
 
 BOXED_SHARE = (3, 10)
