@@ -220,7 +220,8 @@ def main() -> None:
         print(f"  {name:8} {medians[name]:.3f}  ({medians[name] / medians['bare']:.2f}x the bare DeepSpeed loop)")
     for row in overhead.get("memory", []):
         print(
-            f"  memory, response {row['response_len']:5}: peak +{row['peak_growth_mb']:.0f} MB "
+            f"  memory, logits {row['logprob_chunk_tokens'] or 'all':>4} tokens at a time, response "
+            f"{row['response_len']:5}: peak +{row['peak_growth_mb']:.0f} MB "
             f"(one fp32 [2 x {row['response_len']} x vocab] copy: {row['vocab_copy_mb']:.0f} MB)"
         )
     result = {"date": time.strftime("%Y-%m-%d"), "cores": len(os.sched_getaffinity(0)), "table": table}

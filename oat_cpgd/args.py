@@ -487,6 +487,11 @@ class PPOArgs(Args):
     train_max_tokens_per_device: int = 16384
     """With --packing: the most tokens (prompt + response, padded to the micro-batch's longest) per
     forward/backward pass on one rank. At least --prompt_max_length + --generate_max_length."""
+    logprob_chunk_tokens: int = 1024
+    """Response tokens whose vocabulary logits exist at once in the learner's log-prob passes (0: a
+    micro-batch's all at once). The output layer runs on this many tokens at a time, and backward
+    recomputes each chunk's logits rather than keeping them: memory for the logits stays at this
+    many tokens x vocabulary, whatever the response length, for one more output-layer pass."""
     loss_agg_mode: AggMode | None = None
     """How token losses are averaged; default: the algorithm's (token-mean for ppo and
     reinforce_pp_baseline, seq-mean-token-sum-norm for drgrpo, seq-mean-token-mean otherwise)."""
@@ -583,6 +588,10 @@ class PPOArgs(Args):
             not self.packing or self.train_max_tokens_per_device >= longest,
             f"--train_max_tokens_per_device ({self.train_max_tokens_per_device}) must hold the longest response, "
             f"--prompt_max_length + --generate_max_length = {longest} tokens, with --packing.",
+        )
+        need(
+            self.logprob_chunk_tokens >= 0,
+            f"--logprob_chunk_tokens must be >= 0 (0: no chunks), got {self.logprob_chunk_tokens}.",
         )
         need(
             0 <= self.clip_low < 1 and self.clip_high >= 0,

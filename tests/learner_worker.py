@@ -59,6 +59,7 @@ class Scenario:
 ONE_STEP = {"train_batch_size": 16, "train_batch_size_per_device": 4}
 TWO_STEPS = {"train_batch_size": 8, "train_batch_size_per_device": 4}
 PACKED = {"packing": True, "train_max_tokens_per_device": 40}
+CHUNKED = {"logprob_chunk_tokens": 5}
 CPGD_THREE_EPOCHS = {"critic_type": "cpgd", "cpgd_weight": "clip_filter", "num_ppo_epochs": 3, **ONE_STEP}
 
 SCENARIOS: dict[str, Scenario] = {
@@ -126,6 +127,9 @@ SCENARIOS: dict[str, Scenario] = {
     # different counts, so one gets stand-ins).
     "grpo_packed": Scenario({"critic_type": "grpo", **ONE_STEP, **PACKED}),
     "grpo_zero3_packed": Scenario({"critic_type": "grpo", "zero_stage": 3, **ONE_STEP, **PACKED}),
+    # Same learn as "grpo", the output layer run on 5 response tokens at a time (and recomputed in backward).
+    "grpo_chunked": Scenario({"critic_type": "grpo", **ONE_STEP, **CHUNKED}),
+    "grpo_zero3_chunked": Scenario({"critic_type": "grpo", "zero_stage": 3, **ONE_STEP, **CHUNKED}),
     # Same learn as "grpo" under ZeRO-3; its saved checkpoint is checked too.
     "grpo_zero3": Scenario({"critic_type": "grpo", "zero_stage": 3, **ONE_STEP}, save=True),
     # LoRA (rank 4, all linear layers) under ZeRO-3, which gathers base weights and adapters to
@@ -138,6 +142,7 @@ SCENARIOS: dict[str, Scenario] = {
     "ppo_two_steps": Scenario({"critic_type": "ppo", **TWO_STEPS}),
     "ppo_two_steps_micro1": Scenario({"critic_type": "ppo", **TWO_STEPS, "train_batch_size_per_device": 1}),
     "ppo_two_steps_packed": Scenario({"critic_type": "ppo", **TWO_STEPS, **PACKED}),
+    "ppo_two_steps_chunked": Scenario({"critic_type": "ppo", **TWO_STEPS, **CHUNKED}),
     # The other features, in bf16: they run and report finite metrics. Rank 0's groups are all
     # correct and all wrong, so clip_filter's weight differs between rank 0, rank 1 and the whole batch.
     "cpgd_zero3_bf16": Scenario(

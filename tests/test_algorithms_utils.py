@@ -9,8 +9,6 @@ from oat_cpgd.algorithms import (
     entropy_from_logits,
     explained_variance,
     logprobs_from_logits,
-    logprobs_in_chunks,
-    masked_entropy_mean,
     masked_mean,
     masked_whiten,
 )
@@ -103,15 +101,3 @@ def test_masked_whiten_over_shards_equals_the_whole_batch():
     torch.testing.assert_close(torch.cat(results), expected)
     # Whitening each shard on its own (per rank) gives something else.
     assert not torch.allclose(masked_whiten(whole[shards[1]], mask[shards[1]]), expected[shards[1]])
-
-
-def test_chunked_no_gradient_helpers_match_the_whole_computation():
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 11, 7, generator=generator) * 3
-    labels = torch.randint(0, 7, (3, 11), generator=generator)
-    mask = torch.rand(3, 11, generator=generator) > 0.4
-    whole = logprobs_from_logits(logits, labels)
-    torch.testing.assert_close(logprobs_in_chunks(logits, labels, chunk=4), whole)
-    expected = masked_mean(entropy_from_logits(logits), mask)
-    torch.testing.assert_close(masked_entropy_mean(logits, mask, chunk=4), expected)
-    assert masked_entropy_mean(logits, torch.zeros_like(mask), chunk=4) == 0

@@ -124,23 +124,3 @@ def test_token_weights_are_shares_of_the_valid_tokens():
     loss_weights, token_weights = accumulation_weights(masks, "seq-mean-token-mean")
     assert token_weights == pytest.approx([3 / 6, 3 / 6, 0])
     assert loss_weights == pytest.approx([2 / 3, 1 / 3, 0])  # sequences
-
-
-def test_learner_helpers_for_the_response_span(tiny_model_path):
-    """Which models get logits only at the response span, which skip the old log-probs' pass
-    (none with dropout), and how span values return to every label position."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from oat_cpgd.learners.learner import has_dropout, takes_logits_to_keep, to_label_positions
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    assert takes_logits_to_keep(model) and not has_dropout(model)
-    config = AutoConfig.from_pretrained(tiny_model_path, attention_dropout=0.1)
-    assert has_dropout(AutoModelForCausalLM.from_config(config))
-    assert not takes_logits_to_keep(torch.nn.Linear(2, 2))
-
-    values = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    padded = to_label_positions(values, slice(3, 5), 7)
-    assert padded.shape == (2, 7) and padded[:, 3:5].equal(values) and padded.sum() == values.sum()
-    pairs = to_label_positions(torch.stack([values, -values], -1), slice(3, 5), 7)
-    assert pairs.shape == (2, 7, 2) and pairs[:, 3:5, 1].equal(-values)

@@ -206,6 +206,9 @@ def test_reference_kl_loss_changes_the_gradient(results: Path) -> None:
         ("grpo", "grpo_packed"),
         ("grpo_zero3", "grpo_zero3_packed"),
         ("ppo_two_steps", "ppo_two_steps_packed"),
+        ("grpo", "grpo_chunked"),
+        ("grpo_zero3", "grpo_zero3_chunked"),
+        ("ppo_two_steps", "ppo_two_steps_chunked"),
     ],
     ids=[
         "grpo-micro-batch-4-vs-1",
@@ -214,6 +217,9 @@ def test_reference_kl_loss_changes_the_gradient(results: Path) -> None:
         "grpo-micro-batch-4-vs-packed",
         "grpo-zero3-micro-batch-4-vs-packed",
         "ppo-two-steps-micro-batch-4-vs-packed",
+        "grpo-whole-vs-chunked-output-layer",
+        "grpo-zero3-whole-vs-chunked-output-layer",
+        "ppo-two-steps-whole-vs-chunked-output-layer",
     ],
 )
 def test_same_learn_gives_the_same_weights(results: Path, tiny_model_path: Path, name: str, other: str) -> None:

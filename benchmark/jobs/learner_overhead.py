@@ -15,7 +15,8 @@ One process, one rank, torch threads = every core this process may use.
   visible): `Learner.learn` (gradient checkpointing on, so the layers keep only their inputs) on
   one micro-batch of 2 responses of each length; the process's peak resident memory during that
   call (the kernel's high-water mark, reset before it) over its size before, against one fp32
-  [2, length, vocab] tensor.
+  [2, length, vocab] tensor. Once with the output layer's logits read all at once
+  (--logprob_chunk_tokens 0), once 256 tokens at a time.
 """
 
 import argparse
@@ -163,7 +164,8 @@ def main() -> None:
 
 def memory_rows(model: str, data: str) -> list[dict]:
     """Peak resident memory of a `learn` over the process's size just before it (freed memory
-    returned to the system first, and the high-water mark reset)."""
+    returned to the system first, and the high-water mark reset), with the output layer's logits
+    read all at once and --logprob_chunk_tokens 256 at a time."""
     import ctypes
 
     rows, lengths = [], (128, 256, 512, 1024)
@@ -173,23 +175,26 @@ def memory_rows(model: str, data: str) -> list[dict]:
     flags |= dict(train_batch_size_per_device=2, mini_train_batch_size_per_device=2, generate_max_length=max(lengths))
     # Checkpointed layers keep only their inputs, so what the loss keeps of the vocabulary shows.
     flags |= dict(gradient_checkpointing=True)
-    learner = Learner(job_args(model, **flags), 0, 1, schedule_steps=100)
-    learner.learn(job_trajectories(tokenizer, data, 16, 1, 2))  # optimizer states allocated
     libc = ctypes.CDLL("libc.so.6")
-    for length in lengths:
-        trajectories = job_trajectories(tokenizer, data, length, 1, 2)
-        libc.malloc_trim(0)
-        reset_peak_rss()
-        before = memory_mb("VmRSS")
-        learner.learn(trajectories)
-        row = {
-            "response_len": length,
-            "tokens": sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories),
-            "peak_growth_mb": memory_mb("VmHWM") - before,
-            "vocab_copy_mb": 2 * length * vocab * 4 / 2**20,  # one fp32 [2, length, vocab] tensor
-        }
-        rows.append(row)
-        print(row, file=sys.stderr, flush=True)
+    for chunk_tokens in (0, 256):
+        learner = Learner(job_args(model, logprob_chunk_tokens=chunk_tokens, **flags), 0, 1, schedule_steps=100)
+        learner.learn(job_trajectories(tokenizer, data, 16, 1, 2))  # optimizer states allocated
+        for length in lengths:
+            trajectories = job_trajectories(tokenizer, data, length, 1, 2)
+            libc.malloc_trim(0)
+            reset_peak_rss()
+            before = memory_mb("VmRSS")
+            learner.learn(trajectories)
+            row = {
+                "logprob_chunk_tokens": chunk_tokens,
+                "response_len": length,
+                "tokens": sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories),
+                "peak_growth_mb": memory_mb("VmHWM") - before,
+                "vocab_copy_mb": 2 * length * vocab * 4 / 2**20,  # one fp32 [2, length, vocab] tensor
+            }
+            rows.append(row)
+            print(row, file=sys.stderr, flush=True)
+        del learner
     return rows
 
 

@@ -91,27 +91,3 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     logits = _at_least_float32(logits)
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
-
-
-POSITIONS_PER_CHUNK = 256
-"""Sequence positions per piece in the no-gradient helpers below: their temporaries ([N, chunk, V]
-exponentials, softmax) stay a bounded slice of the logits instead of another full copy."""
-
-
-@torch.no_grad()
-def logprobs_in_chunks(logits: Tensor, labels: Tensor, chunk: int = POSITIONS_PER_CHUNK) -> Tensor:
-    """`logprobs_from_logits` over [N, S, V] logits, S positions at most `chunk` at a time (no gradient)."""
-    pieces = zip(logits.split(chunk, dim=1), labels.split(chunk, dim=1), strict=True)
-    return torch.cat([logprobs_from_logits(part, part_labels) for part, part_labels in pieces], dim=1)
-
-
-@torch.no_grad()
-def masked_entropy_mean(logits: Tensor, mask: Tensor, chunk: int = POSITIONS_PER_CHUNK) -> Tensor:
-    """Mean entropy of softmax(logits) over the valid positions of [N, S, V] logits (0 if none),
-    computed `chunk` positions at a time and at valid positions only."""
-    valid = mask.bool()
-    total = logits.new_zeros((), dtype=torch.promote_types(logits.dtype, torch.float32))
-    for part, part_valid in zip(logits.split(chunk, dim=1), valid.split(chunk, dim=1), strict=True):
-        if part_valid.any():
-            total = total + entropy_from_logits(part[part_valid]).sum()
-    return total / valid.sum().clamp(min=1)

@@ -21,7 +21,7 @@ Reduce = Callable[[Tensor], Tensor]
 """A sum (or max) of a tensor over the learner ranks; the identity for a single process."""
 
 
-def _this_rank(tensor: Tensor) -> Tensor:
+def this_rank(tensor: Tensor) -> Tensor:
     return tensor
 
 
@@ -118,7 +118,7 @@ def micro_batches(
     *,
     rows: int,
     max_tokens: int | None = None,
-    reduce_max: Reduce = _this_rank,
+    reduce_max: Reduce = this_rank,
 ) -> list[tuple[Tensor, Batch]]:
     """The rows `indices` of `batch` as micro-batches, each with its row indices: `rows` at a time,
     or with `max_tokens` by token budget (`by_token_budget`, --packing).
@@ -143,7 +143,7 @@ def micro_batches(
 
 
 def accumulation_weights(
-    masks: list[Tensor], agg_mode: str, *, world_size: int = 1, reduce_sum: Reduce = _this_rank
+    masks: list[Tensor], agg_mode: str, *, world_size: int = 1, reduce_sum: Reduce = this_rank
 ) -> tuple[list[float], list[float]]:
     """Exact gradient accumulation: each micro-batch's weight in its rank's loss sum.
 

@@ -10,46 +10,34 @@ belongs to predicting token t + 1 (its log-prob, value, advantage, response mask
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import logging
 import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
 import deepspeed
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from deepspeed import DeepSpeedEngine
 from deepspeed.accelerator import get_accelerator
 from torch import Tensor
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoTokenizer
 
 from oat_cpgd.algorithms import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
     aggregate,
     batch_mean_var,
+    entropy_from_logits,
     explained_variance,
     get_algorithm,
     importance_weights,
     kl_penalty,
     kl_shaped_rewards,
     logprobs_from_logits,
-    logprobs_in_chunks,
-    masked_entropy_mean,
     masked_mean,
     masked_whiten,
     token_rewards,
@@ -57,9 +45,18 @@ from oat_cpgd.algorithms import (
     value_loss,
 )
 from oat_cpgd.args import PPOArgs
+from oat_cpgd.learners import engines, saving
 from oat_cpgd.learners.batch import Batch, accumulation_weights, collate, micro_batches
-from oat_cpgd.learners.deepspeed_config import param_groups, reference_config, train_config
-from oat_cpgd.learners.schedule import lr_scheduler
+from oat_cpgd.learners.collectives import all_gather_cat, all_reduce_max, all_reduce_sum, mean_over_ranks
+from oat_cpgd.learners.forward import (
+    CausalLM,
+    TokenRead,
+    has_dropout,
+    label_outputs,
+    logits_are_the_output_layer,
+    read_response_tokens,
+    takes_logits_to_keep,
+)
 from oat_cpgd.types import Trajectory
 
 if TYPE_CHECKING:
@@ -72,92 +69,12 @@ logger = logging.getLogger(__name__)
 LOSS_STATS = ("pg_loss", "value_loss")
 """Stats aggregated like the loss; the others (clip_frac, policy_drift, entropy, ...) are token means."""
 
-Model = torch.nn.Module
-"""A DeepSpeed engine or a plain Hugging Face model: both take (input_ids, attention_mask)."""
 
-
-def label_outputs(model: Model, batch: Batch) -> Tensor:
-    """The model's outputs at the label positions, [N, T - 1, ...]: the critic's values."""
-    output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return output.logits[:, :-1]
-
-
-def response_logits(model: Model, batch: Batch, span: slice, keeps_logits: bool) -> Tensor:
-    """The language model's logits at the label positions `span` (`batch.response_span()`), [N, S, V].
-
-    With `keeps_logits` (the model takes transformers' `logits_to_keep`), the output layer runs
-    only there: no [N, T, V] tensor for the prompts, whose logits no loss reads.
-    """
-    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    if keeps_logits:  # label position t is logit position t
-        return model(**inputs, logits_to_keep=torch.arange(span.start, span.stop, device=batch.input_ids.device)).logits
-    return model(**inputs).logits[:, span]
-
-
-def takes_logits_to_keep(model: PreTrainedModel) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def has_dropout(model: PreTrainedModel) -> bool:
-    """Dropout layers with p > 0, or attention dropout in the config (applied functionally)."""
-    layers = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
-    return layers or bool(getattr(model.config, "attention_dropout", 0.0))
-
-
-def to_label_positions(values: Tensor, span: slice, num_labels: int) -> Tensor:
-    """[N, S, ...] values at a span's positions, zero-padded to all [N, T - 1, ...] label positions."""
-    return F.pad(values, (0, 0) * (values.dim() - 2) + (span.start, num_labels - span.stop))
-
-
-def attention_implementation(flash_attn: bool) -> str:
-    if not flash_attn:
-        return "sdpa"
-    if get_accelerator().device_name() == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    logger.warning("--flash_attn needs CUDA and the flash_attn package; using sdpa attention instead.")
-    return "sdpa"
-
-
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    """Sum over ranks (a new tensor; gloo has no AVG)."""
-    tensor = tensor.clone()
-    dist.all_reduce(tensor)
-    return tensor
-
-
-def all_reduce_max(tensor: Tensor) -> Tensor:
-    """Maximum over ranks (a new tensor)."""
-    tensor = tensor.clone()
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
-
-
-def all_gather_cat(tensor: Tensor) -> Tensor:
-    """Concatenate the ranks' equally shaped tensors in rank order."""
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor)
-    return torch.cat(parts)
-
-
-def zero_new_value_head(critic: PreTrainedModel, missing_keys: list[str]) -> None:
-    """Start a freshly added value head at V = 0, so the first advantages are the rewards rather
-    than a random head's noise (which, on sparse rewards, can drown them for many steps).
-    A critic loaded with its head keeps it."""
+def _logprob_and_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """[..., 0] the labels' log-probs, [..., 1] the entropy (a metric: no gradient)."""
     with torch.no_grad():
-        for name, param in critic.named_parameters():
-            if name in missing_keys:
-                param.zero_()
-
-
-def _set_distributed_env(rank: int, world_size: int) -> None:
-    """RANK/WORLD_SIZE/LOCAL_RANK from the arguments where the launcher (e.g. Ray) did not set them."""
-    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise RuntimeError("Learner needs MASTER_ADDR and MASTER_PORT in the environment.")
-    os.environ.setdefault("RANK", str(rank))
-    os.environ.setdefault("WORLD_SIZE", str(world_size))
-    # One device per process: Ray shows each learner only its own (index 0); on one node with
-    # every device visible, the rank picks it.
-    os.environ.setdefault("LOCAL_RANK", str(rank % get_accelerator().device_count()))
+        entropy = entropy_from_logits(logits)
+    return torch.stack([logprobs_from_logits(logits, labels), entropy], dim=-1)
 
 
 class Learner:
@@ -169,52 +86,36 @@ class Learner:
         and --critic_max_step_adjustment for the critic."""
         self.args, self.rank, self.world_size = args, rank, world_size
         self.algorithm = get_algorithm(args.critic_type)
-        _set_distributed_env(rank, world_size)
+        engines.set_distributed_env(rank, world_size)
         deepspeed.init_distributed()
         accelerator = get_accelerator()
         accelerator.set_device(int(os.environ["LOCAL_RANK"]))
         self.device = torch.device(accelerator.current_device_name())
         torch.manual_seed(args.seed)
         self.shuffle_generator = torch.Generator().manual_seed(args.seed)
-
         self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain)
-        model_kwargs = {
-            "dtype": torch.bfloat16 if args.bf16 else torch.float32,
-            "attn_implementation": attention_implementation(args.flash_attn),
-        }
-        # transformers can only build ZeRO-3 models partitioned through accelerate, which we do not
-        # depend on: each rank loads the full weights to host memory and deepspeed.initialize partitions them.
-        policy_model = AutoModelForCausalLM.from_pretrained(args.pretrain, **model_kwargs)
-        keeps_logits = {"policy": takes_logits_to_keep(policy_model)}
+
+        policy_model = engines.load_language_model(args.pretrain, args)
+        keeps_logits = takes_logits_to_keep(policy_model)  # (a LoRA wrapper passes the keyword on)
         # Dropout makes a training forward differ from the no-gradient one the old log-probs come from.
         self.dropout_free = not has_dropout(policy_model) and args.lora_dropout == 0
         if args.lora_rank > 0:
             from oat_cpgd.learners.lora import add_lora  # imports peft
 
             policy_model = add_lora(policy_model, args)
-        self.policy = self._train_engine(policy_model, args.learning_rate, schedule_steps * args.max_step_adjustment)
+        policy_steps = schedule_steps * args.max_step_adjustment
+        self.policy = engines.train_engine(policy_model, args, world_size, args.learning_rate, policy_steps)
+        self.policy_lm = CausalLM(self.policy, keeps_logits, logits_are_the_output_layer(self.policy, self.device))
         self.critic: DeepSpeedEngine | None = None
         if self.algorithm.needs_critic:
-            # A value head on the policy's architecture; no dropout, so old and new values agree.
-            critic_path = args.critic_pretrain or args.pretrain
-            critic_config = AutoConfig.from_pretrained(critic_path, num_labels=1)
-            critic_config.classifier_dropout = 0.0  # (transformers 5 ignores it as a from_pretrained kwarg)
-            critic_model, loading = AutoModelForTokenClassification.from_pretrained(
-                critic_path, config=critic_config, output_loading_info=True, **model_kwargs
+            critic_steps = schedule_steps * args.critic_max_step_adjustment
+            self.critic = engines.train_engine(
+                engines.load_critic(args), args, world_size, args.critic_learning_rate, critic_steps
             )
-            zero_new_value_head(critic_model, loading["missing_keys"])
-            self.critic = self._train_engine(
-                critic_model, args.critic_learning_rate, schedule_steps * args.critic_max_step_adjustment
-            )
-        self.reference: Model | None = None
+        self.reference_lm: CausalLM | None = None
         if args.needs_reference:
-            reference_model = AutoModelForCausalLM.from_pretrained(args.ref_pretrain or args.pretrain, **model_kwargs)
-            keeps_logits["reference"] = takes_logits_to_keep(reference_model)
-            self.reference = self._reference_engine(reference_model.eval().requires_grad_(False))
-        # Whether each language model (by engine) takes transformers' logits_to_keep.
-        self.keeps_logits = {id(self.policy): keeps_logits["policy"]}
-        if self.reference is not None:
-            self.keeps_logits[id(self.reference)] = keeps_logits["reference"]
+            reference_model = engines.load_language_model(args.ref_pretrain or args.pretrain, args)
+            self.reference_lm = CausalLM.of(engines.reference_engine(reference_model, args, self.device), self.device)
 
         self.weight_transfer: TrainerWeightTransferEngine | None = None  # set by connect_actors
         self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite gradient, consecutively
@@ -230,69 +131,32 @@ class Learner:
             **self.algorithm.loss_options(args),
         )
 
-    # ------------------------------------------------------------------ engines
-
-    def _train_engine(self, model: PreTrainedModel, learning_rate: float, schedule_steps: float) -> DeepSpeedEngine:
-        args = self.args
-        if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        engine, *_ = deepspeed.initialize(
-            model=model,
-            model_parameters=param_groups(model, args.l2),
-            config=train_config(args, self.world_size, learning_rate),
-            lr_scheduler=partial(lr_scheduler, args=args, total_steps=schedule_steps),
-        )
-        return engine
-
-    def _reference_engine(self, model: PreTrainedModel) -> Model:
-        """Partitioned like the policy under ZeRO-3; otherwise a plain module (off the device with --ref_offload)."""
-        if self.args.zero_stage == 3:
-            engine, *_ = deepspeed.initialize(model=model, config=reference_config(self.args))
-            return engine
-        return model.to("cpu" if self.args.ref_offload else self.device)
-
-    @contextmanager
-    def _reference_on_device(self) -> Iterator[None]:
-        """With --ref_offload, bring a plain reference module to the device for a pass (ZeRO-3 pages its own)."""
-        move = self.args.ref_offload and not isinstance(self.reference, DeepSpeedEngine)
-        if move:
-            self.reference.to(self.device)
-        try:
-            yield
-        finally:
-            if move:
-                self.reference.to("cpu")
-
     # ------------------------------------------------------------------ forward passes
 
-    def _logits(self, model: Model, batch: Batch, span: slice) -> Tensor:
-        """Logits of the sampling distribution at the response span ([N, S, V]): divided by
-        --temperature, as the actor samples, in fp32. In place: no second [N, S, V] copy (the output
-        layer's backward needs its input, not its output)."""
-        logits = response_logits(model, batch, span, self.keeps_logits[id(model)]).float()
-        return logits.div_(self.args.temperature) if self.args.temperature != 1 else logits
+    def _read(self, lm: CausalLM, batch: Batch, read: TokenRead) -> Tensor:
+        """`read` at the response tokens of the sampling distribution (see `read_response_tokens`)."""
+        args = self.args
+        chunk_tokens = args.logprob_chunk_tokens
+        return read_response_tokens(
+            lm, batch, read, temperature=args.temperature, chunk_tokens=chunk_tokens, reduce_max=all_reduce_max
+        )
 
     @torch.no_grad()
-    def _logprobs(self, model: Model, batch: Batch) -> Tensor:
-        """No-gradient log-probs (old, reference, `response_logprobs`) at every label position (0 outside the span)."""
-        span = batch.response_span()
-        logp = logprobs_in_chunks(self._logits(model, batch, span), batch.labels[:, span])
-        return to_label_positions(logp, span, batch.response_mask.shape[1])
+    def _logprobs(self, lm: CausalLM, batch: Batch) -> Tensor:
+        """No-gradient log-probs (old, reference, `response_logprobs`) at every label position (0 off the responses)."""
+        return self._read(lm, batch, logprobs_from_logits)
 
+    @torch.no_grad()
     def _full_and_sampling_logprobs(self, batch: Batch) -> Tensor:
         """From one forward: [..., 0] the policy's log-probs (full vocabulary), [..., 1] those under the
-        distribution vLLM samples from and reports: restricted to --top_k / --top_p and renormalised
-        (both computed at response positions only; 0 elsewhere)."""
-        span, num_labels = batch.response_span(), batch.response_mask.shape[1]
-        logits, labels, mask = (
-            self._logits(self.policy, batch, span),
-            batch.labels[:, span],
-            batch.response_mask[:, span].bool(),
-        )
-        sampling = torch.zeros(mask.shape, device=self.device)
-        sampling[mask] = top_k_top_p_logprobs(logits[mask], labels[mask], top_k=self.args.top_k, top_p=self.args.top_p)
-        full = logprobs_in_chunks(logits, labels)
-        return to_label_positions(torch.stack([full, sampling], dim=-1), span, num_labels)
+        distribution vLLM samples from and reports: restricted to --top_k / --top_p and renormalised."""
+        top_k, top_p = self.args.top_k, self.args.top_p
+
+        def both(logits: Tensor, labels: Tensor) -> Tensor:
+            sampling = top_k_top_p_logprobs(logits, labels, top_k=top_k, top_p=top_p)
+            return torch.stack([logprobs_from_logits(logits, labels), sampling], dim=-1)
+
+        return self._read(self.policy_lm, batch, both)
 
     def _values(self, batch: Batch) -> Tensor:
         return label_outputs(self.critic, batch)[..., 0].float()
@@ -328,7 +192,7 @@ class Learner:
         """Collective: each response's token log-probs under the current policy (CPU tensors)."""
         batch = collate(trajectories, self.tokenizer.pad_token_id, self.device)
         self.policy.eval()
-        logp = self._per_token(batch, partial(self._logprobs, self.policy)).cpu()
+        logp = self._per_token(batch, partial(self._logprobs, self.policy_lm)).cpu()
         return [row[mask.bool()] for row, mask in zip(logp, batch.response_mask.cpu(), strict=True)]
 
     # ------------------------------------------------------------------ learning
@@ -359,11 +223,11 @@ class Learner:
             if args.top_p < 1 or args.top_k > 0:  # vLLM reports truncated log-probs: compare like with like
                 data["old_logp"], sampling_logp = self._per_token(batch, self._full_and_sampling_logprobs).unbind(-1)
             else:
-                data["old_logp"] = sampling_logp = self._per_token(batch, partial(self._logprobs, self.policy))
+                data["old_logp"] = sampling_logp = self._per_token(batch, partial(self._logprobs, self.policy_lm))
             is_stats = self._importance_weights(data, sampling_logp, batch.response_mask)
-        if self.reference is not None:
-            with self._reference_on_device():
-                data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference))
+        if self.reference_lm is not None:
+            with engines.reference_on_device(self.reference_lm.model, args, self.device):
+                data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference_lm))
         if self.critic is not None:
             data["old_values"] = self._per_token(batch, self._values)
         rewards = torch.tensor([t.reward for t in trajectories], device=self.device)
@@ -389,7 +253,7 @@ class Learner:
         metrics["train/skipped_steps"] = sum(step["skipped_steps"] for step in steps)  # a count, not a mean
         metrics["misc/learn_time"] = time.time() - start
         metrics["misc/learner_threads"] = torch.get_num_threads()
-        return self._mean_over_ranks(metrics)
+        return mean_over_ranks(metrics, self.device)
 
     def _one_step_from_current_weights(self, responses: int) -> bool:
         """Whether this learn is one optimizer step that needs the old log-probs only in its loss.
@@ -406,7 +270,7 @@ class Learner:
             self.dropout_free
             and args.num_ppo_epochs == 1
             and responses == args.train_batch_size // self.world_size
-            and self.reference is None
+            and self.reference_lm is None
             and args.top_p >= 1
             and args.top_k <= 0
         )
@@ -526,9 +390,7 @@ class Learner:
 
     def _policy_loss(self, batch: Batch, old_logp_in_loss: bool) -> tuple[Tensor, dict[str, Tensor]]:
         args, mask = self.args, batch.response_mask
-        span = batch.response_span()
-        logits = self._logits(self.policy, batch, span)
-        logp = to_label_positions(logprobs_from_logits(logits, batch.labels[:, span]), span, mask.shape[1])
+        logp, entropy = self._read(self.policy_lm, batch, _logprob_and_entropy).unbind(-1)
         data = batch.token_data
         if old_logp_in_loss:  # see _one_step_from_current_weights
             old_logp = logp.detach()
@@ -541,7 +403,7 @@ class Learner:
         if args.beta > 0:
             kl = kl_penalty(logp, batch.token_data["ref_logp"])
             loss = loss + args.beta * aggregate(kl, mask, args.agg_mode, max_len=self.max_len)
-        stats["entropy"] = masked_entropy_mean(logits, mask[:, span])
+        stats["entropy"] = masked_mean(entropy, mask)
         return loss, stats
 
     def _critic_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -574,22 +436,11 @@ class Learner:
             "train/adv_mean": adv_mean,
             "train/adv_std": adv_var.sqrt(),
         }
-        if self.reference is not None:
+        if self.reference_lm is not None:
             metrics["train/ref_kl"] = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"]), mask)
         if self.critic is not None:
             metrics["train/explained_variance"] = explained_variance(data["old_values"], data["returns"], mask)
         return {name: float(value) for name, value in metrics.items()}
-
-    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        """The mean over ranks; the maximum for `*_max` metrics."""
-        means = sorted(name for name in metrics if not name.endswith("_max"))
-        maxima = sorted(name for name in metrics if name.endswith("_max"))
-        summed = all_reduce_sum(torch.tensor([metrics[n] for n in means], device=self.device, dtype=torch.float64))
-        reduced = {name: value / self.world_size for name, value in zip(means, summed.tolist(), strict=True)}
-        if maxima:
-            peak = all_reduce_max(torch.tensor([metrics[n] for n in maxima], device=self.device, dtype=torch.float64))
-            reduced.update(zip(maxima, peak.tolist(), strict=True))
-        return reduced
 
     # ------------------------------------------------------------------ weights
 
@@ -613,26 +464,14 @@ class Learner:
         return ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3)
 
     def gathered_state(self) -> dict[str, Tensor] | None:
-        """Collective: the policy's weights (with LoRA the merged model's) by Hugging Face name, as
-        contiguous CPU tensors in the training dtype, on rank 0 (None elsewhere). Tied weights appear
-        once, as in the checkpoint."""
-        from oat_cpgd.weight_sync import ModelWeights
-
-        weights = ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3, tied_head=False)
-        state = {}
-        for name, tensor in weights:  # every rank iterates: under ZeRO-3 each layer's gather is a collective
-            if self.rank == 0:
-                # copy=True: on CPU, .to("cpu") would alias the live (or gathered, soon freed) parameter.
-                state[name] = tensor.to("cpu", copy=True).contiguous()
-        return state if self.rank == 0 else None
+        """Collective: the policy's weights by Hugging Face name, on rank 0 (`saving.gathered_state`)."""
+        return saving.gathered_state(self.policy, self.rank, zero3=self.args.zero_stage == 3)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Collective: the DeepSpeed states (weights, optimizer, scheduler) of the policy and critic,
         the learner's shuffling RNG, and the policy in Hugging Face format under `path/policy`
         (with LoRA the merged model, and the adapter in peft's format under `path/policy_adapter`)."""
-        client_state = {"shuffle_rng": self.shuffle_generator.get_state()}
-        for name, engine in self._engines().items():
-            engine.save_checkpoint(os.path.join(path, "deepspeed", name), tag="state", client_state=client_state)
+        saving.save_engines(self._engines(), path, client_state={"shuffle_rng": self.shuffle_generator.get_state()})
         self.save_pretrained(os.path.join(path, "policy"))
         if self.args.lora_rank > 0:
             from oat_cpgd.learners.lora import save_adapter
@@ -641,25 +480,16 @@ class Learner:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Collective: restore what `save_checkpoint` wrote."""
-        for name, engine in self._engines().items():
-            _, client_state = engine.load_checkpoint(
-                os.path.join(path, "deepspeed", name),
-                tag="state",
-                load_optimizer_states=True,
-                load_lr_scheduler_states=True,
-            )
+        client_state = saving.load_engines(self._engines(), path)
         self.shuffle_generator.set_state(client_state["shuffle_rng"])
-
-    def _engines(self) -> dict[str, DeepSpeedEngine]:
-        return {"policy": self.policy, **({"critic": self.critic} if self.critic is not None else {})}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Collective: rank 0 writes config, safetensors weights and tokenizer (Hugging Face format; with
         LoRA the merged model, which loads without peft)."""
-        state = self.gathered_state()
-        if self.rank == 0:
-            model = self.policy.module
-            # A PeftModel would save only the adapter: the base model's class writes the merged weights.
-            (model.get_base_model() if self.args.lora_rank > 0 else model).save_pretrained(path, state_dict=state)
-            self.tokenizer.save_pretrained(path)
-        dist.barrier()
+        args = self.args
+        saving.save_pretrained(
+            self.policy, self.tokenizer, path, rank=self.rank, zero3=args.zero_stage == 3, lora=args.lora_rank > 0
+        )
+
+    def _engines(self) -> dict[str, DeepSpeedEngine]:
+        return {"policy": self.policy, **({"critic": self.critic} if self.critic is not None else {})}

@@ -1,0 +1,125 @@
+"""The learner's forward passes (oat_cpgd.learners.forward) on real Hugging Face models, one process:
+log-probs and their gradients read in chunks equal those of the model's own logits, and a chunked
+backward keeps no [tokens, vocabulary] tensor."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM
+
+from oat_cpgd.algorithms import logprobs_from_logits
+from oat_cpgd.learners.batch import collate
+from oat_cpgd.learners.forward import CausalLM, has_dropout, read_response_tokens, takes_logits_to_keep
+from oat_cpgd.types import Trajectory
+
+TEMPERATURE = 0.7
+
+
+def trajectories(vocab: int) -> list[Trajectory]:
+    """Prompts and responses of different lengths (the span has padding at both ends)."""
+    rng = torch.Generator().manual_seed(0)
+    shapes = [(5, 7), (9, 2), (3, 11), (6, 1)]
+    out = []
+    for prompt_len, response_len in shapes:
+        ids = torch.randint(3, vocab, (prompt_len + response_len,), generator=rng).tolist()
+        out.append(Trajectory(0, ids[:prompt_len], ids[prompt_len:], [0.0] * response_len, 1.0, False))
+    return out
+
+
+def direct_logprobs(model, batch) -> torch.Tensor:
+    """The reference: the model's own logits at every position, log-softmax, 0 off the responses."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    logp = logprobs_from_logits(logits.float() / TEMPERATURE, batch.labels)
+    return torch.where(batch.response_mask.bool(), logp, 0)
+
+
+def grads_of(model, logp: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    (logp * weights).sum().backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def models(tiny_model_path):
+    """The tiny Qwen2 model (tied output layer) and a Gemma2 with its logits soft-capped after the output layer."""
+    tiny = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    torch.manual_seed(0)
+    capped = Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=tiny.config.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            final_logit_softcapping=30.0,
+        )
+    )
+    return {"tiny": tiny, "soft_capped": capped}
+
+
+@pytest.mark.parametrize("name", ["tiny", "soft_capped"])
+def test_chunked_logprobs_and_gradients_equal_the_models_own(tiny_model_path, name):
+    model = models(tiny_model_path)[name]
+    lm = CausalLM.of(model, torch.device("cpu"))
+    assert lm.keeps_logits
+    assert lm.separable_head == (name == "tiny")  # the soft cap is read from the model's own logits
+    batch = collate(trajectories(model.config.vocab_size), 0, torch.device("cpu"))
+    weights = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(1))
+
+    expected = direct_logprobs(model, batch)
+    expected_grads = grads_of(model, expected, weights)
+    read = logprobs_from_logits
+    for chunk_tokens in (0, 4, 7, 100):  # 21 response tokens: 1, 6, 3 and 1 chunks
+        logp = read_response_tokens(lm, batch, read, temperature=TEMPERATURE, chunk_tokens=chunk_tokens)
+        torch.testing.assert_close(logp, expected, rtol=1e-5, atol=1e-5)
+        grads = grads_of(model, logp, weights)
+        for param, grad in grads.items():  # float rounding only: a relative gap of ~1e-6
+            assert (grad - expected_grads[param]).norm() <= 1e-5 * expected_grads[param].norm(), param
+        with torch.no_grad():
+            torch.testing.assert_close(
+                read_response_tokens(lm, batch, read, temperature=TEMPERATURE, chunk_tokens=chunk_tokens), expected
+            )
+
+
+def saved_for_backward(model, compute) -> list[torch.Size]:
+    """The shapes of the tensors autograd keeps for backward while `compute()` runs, but the model's weights."""
+    shapes = []
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in weights:
+            shapes.append(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        compute()
+    return shapes
+
+
+def test_a_chunked_backward_keeps_no_vocabulary_sized_tensor(tiny_model_path):
+    model = models(tiny_model_path)["tiny"]
+    lm = CausalLM.of(model, torch.device("cpu"))
+    batch = collate(trajectories(model.config.vocab_size) * 8, 0, torch.device("cpu"))  # 168 response tokens
+    tokens, vocab = int(batch.response_mask.sum()), model.config.vocab_size
+
+    def largest_logits_kept(chunk_tokens: int) -> int:
+        """The most elements of a kept [..., vocab] tensor (logits or their log-softmax parts)."""
+        shapes = saved_for_backward(
+            model,
+            lambda: read_response_tokens(
+                lm, batch, logprobs_from_logits, temperature=TEMPERATURE, chunk_tokens=chunk_tokens
+            ),
+        )
+        return max((shape.numel() for shape in shapes if shape[-1] == vocab), default=0)
+
+    assert largest_logits_kept(0) == tokens * vocab  # unchunked: every response token's logits
+    assert largest_logits_kept(16) == 0  # chunked: recomputed in backward, 16 tokens at a time
+
+
+def test_helpers_say_which_models_take_logits_to_keep_and_have_dropout(tiny_model_path):
+    """Which models get logits only at the response span, which skip the old log-probs' pass (none with dropout)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    assert takes_logits_to_keep(model) and not has_dropout(model)
+    config = AutoConfig.from_pretrained(tiny_model_path, attention_dropout=0.1)
+    assert has_dropout(AutoModelForCausalLM.from_config(config))
+    assert not takes_logits_to_keep(torch.nn.Linear(2, 2))
