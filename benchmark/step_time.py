@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from jobs import grpo_job as job  # benchmark/jobs/grpo_job.py (this script's folder is on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
 OUT_DIR = CACHE / "bench"
@@ -98,15 +100,15 @@ def run_oat(model: str, steps: int, out: Path, asynchronous: bool) -> dict:
         "output_key": "answer",
         "apply_chat_template": True,
         "oracle": "benchmark.jobs.sevens:SevensOracle",
-        "num_samples": 8,
-        "rollout_batch_size": 8,
-        "rollout_batch_size_per_device": 8,
-        "train_batch_size": 64,
-        "train_batch_size_per_device": 8,
-        "mini_train_batch_size_per_device": 8,
-        "generate_max_length": 32,
-        "temperature": 1.0,
-        "learning_rate": 1e-3,
+        "num_samples": job.SAMPLES,
+        "rollout_batch_size": job.PROMPTS,
+        "rollout_batch_size_per_device": job.PROMPTS,
+        "train_batch_size": job.PROMPTS * job.SAMPLES,
+        "train_batch_size_per_device": job.MICRO_BATCH,
+        "mini_train_batch_size_per_device": job.MICRO_BATCH,
+        "generate_max_length": job.NEW_TOKENS,
+        "temperature": job.TEMPERATURE,
+        "learning_rate": job.LEARNING_RATE,
         "lr_scheduler": "constant",
         "lr_warmup_ratio": 0.0,
         "max_steps": steps,
@@ -222,7 +224,7 @@ def main() -> None:
         print(
             f"  memory, logits {row['logprob_chunk_tokens'] or 'all':>4} tokens at a time, response "
             f"{row['response_len']:5}: peak +{row['peak_growth_mb']:.0f} MB "
-            f"(one fp32 [2 x {row['response_len']} x vocab] copy: {row['vocab_copy_mb']:.0f} MB)"
+            f"(one fp32 [{row['responses']} x {row['response_len']} x vocab] copy: {row['vocab_copy_mb']:.0f} MB)"
         )
     result = {"date": time.strftime("%Y-%m-%d"), "cores": len(os.sched_getaffinity(0)), "table": table}
     result |= {"runs": runs, "learner_overhead": overhead, "options": vars(options)}

@@ -13,10 +13,10 @@ One process, one rank, torch threads = every core this process may use.
   micro-batches. Medians of --repeats, interleaved, after one warm-up.
 - Memory, with --memory-model (SmolLM2-135M: a 49k vocabulary makes a [tokens, vocab] copy
   visible): `Learner.learn` (gradient checkpointing on, so the layers keep only their inputs) on
-  one micro-batch of 2 responses of each length; the process's peak resident memory during that
-  call (the kernel's high-water mark, reset before it) over its size before, against one fp32
-  [2, length, vocab] tensor. Once with the output layer's logits read all at once
-  (--logprob_chunk_tokens 0), once 256 tokens at a time.
+  one micro-batch of 4 responses of each length; the process's peak resident memory during that
+  call (the kernel's high-water mark, reset before it, with freed memory returned to the system at
+  once) over its size before, against one fp32 [4, length, vocab] tensor. Once with the output
+  layer's logits read all at once (--logprob_chunk_tokens 0), once 256 tokens at a time.
 """
 
 import argparse
@@ -33,6 +33,7 @@ os.environ.setdefault("MASTER_PORT", str(29500 + random.Random().randrange(2000)
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
+from grpo_job import LEARNING_RATE, MICRO_BATCH, NEW_TOKENS, PROMPTS, SAMPLES  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from oat_cpgd.algorithms import logprobs_from_logits  # noqa: E402
@@ -41,8 +42,6 @@ from oat_cpgd.learners import Learner  # noqa: E402
 from oat_cpgd.learners.batch import collate  # noqa: E402
 from oat_cpgd.learners.deepspeed_config import param_groups, train_config  # noqa: E402
 from oat_cpgd.types import Trajectory  # noqa: E402
-
-PROMPTS, SAMPLES, NEW_TOKENS = 8, 8, 32
 
 
 def job_args(model: str, **flags) -> PPOArgs:
@@ -54,9 +53,9 @@ def job_args(model: str, **flags) -> PPOArgs:
         rollout_batch_size=PROMPTS,
         rollout_batch_size_per_device=PROMPTS,
         train_batch_size=PROMPTS * SAMPLES,
-        train_batch_size_per_device=8,
-        mini_train_batch_size_per_device=8,
-        learning_rate=1e-3,
+        train_batch_size_per_device=MICRO_BATCH,
+        mini_train_batch_size_per_device=MICRO_BATCH,
+        learning_rate=LEARNING_RATE,
         lr_scheduler="constant",
         lr_warmup_ratio=0.0,
         generate_max_length=NEW_TOKENS,
@@ -162,35 +161,46 @@ def main() -> None:
         json.dump(result, f, indent=1)
 
 
+RESPONSES = 4
+"""Responses per micro-batch in the memory rows: enough tokens that the logits outweigh the optimizer step."""
+
+
 def memory_rows(model: str, data: str) -> list[dict]:
-    """Peak resident memory of a `learn` over the process's size just before it (freed memory
-    returned to the system first, and the high-water mark reset), with the output layer's logits
-    read all at once and --logprob_chunk_tokens 256 at a time."""
+    """Peak resident memory of a `learn` over the process's size just before it, with the output
+    layer's logits read all at once and --logprob_chunk_tokens 256 at a time.
+
+    Every allocation of 128 kB or more is mapped on its own and returned to the system when freed
+    (mallopt M_MMAP_THRESHOLD): otherwise the allocator keeps freed memory, and the high-water mark
+    counts what was freed before the peak as if it were still in use.
+    """
     import ctypes
 
-    rows, lengths = [], (128, 256, 512, 1024)
+    libc = ctypes.CDLL("libc.so.6")
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 128 * 1024)
+    rows, lengths = [], (256, 512, 1024, 2048)
     tokenizer = AutoTokenizer.from_pretrained(model)
     vocab = AutoConfig.from_pretrained(model).vocab_size
-    flags = dict(num_samples=2, rollout_batch_size=1, rollout_batch_size_per_device=1, train_batch_size=2)
-    flags |= dict(train_batch_size_per_device=2, mini_train_batch_size_per_device=2, generate_max_length=max(lengths))
+    flags = dict(num_samples=RESPONSES, rollout_batch_size=1, rollout_batch_size_per_device=1)
+    flags |= dict(train_batch_size=RESPONSES, train_batch_size_per_device=RESPONSES)
+    flags |= dict(mini_train_batch_size_per_device=RESPONSES, generate_max_length=max(lengths))
     # Checkpointed layers keep only their inputs, so what the loss keeps of the vocabulary shows.
     flags |= dict(gradient_checkpointing=True)
-    libc = ctypes.CDLL("libc.so.6")
     for chunk_tokens in (0, 256):
         learner = Learner(job_args(model, logprob_chunk_tokens=chunk_tokens, **flags), 0, 1, schedule_steps=100)
-        learner.learn(job_trajectories(tokenizer, data, 16, 1, 2))  # optimizer states allocated
+        learner.learn(job_trajectories(tokenizer, data, 16, 1, RESPONSES))  # optimizer states allocated
         for length in lengths:
-            trajectories = job_trajectories(tokenizer, data, length, 1, 2)
-            libc.malloc_trim(0)
+            trajectories = job_trajectories(tokenizer, data, length, 1, RESPONSES)
             reset_peak_rss()
             before = memory_mb("VmRSS")
             learner.learn(trajectories)
             row = {
                 "logprob_chunk_tokens": chunk_tokens,
+                "responses": RESPONSES,
                 "response_len": length,
                 "tokens": sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories),
                 "peak_growth_mb": memory_mb("VmHWM") - before,
-                "vocab_copy_mb": 2 * length * vocab * 4 / 2**20,  # one fp32 [2, length, vocab] tensor
+                "vocab_copy_mb": RESPONSES * length * vocab * 4 / 2**20,  # one fp32 [responses, length, vocab] tensor
             }
             rows.append(row)
             print(row, file=sys.stderr, flush=True)

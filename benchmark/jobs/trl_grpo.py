@@ -13,6 +13,7 @@ import json
 import os
 import time
 
+import grpo_job as job  # this script's folder is on sys.path
 import torch
 from datasets import load_dataset
 from transformers import TrainerCallback
@@ -64,12 +65,12 @@ def main() -> None:
     dataset = dataset.map(lambda row: {"prompt": [{"role": "user", "content": row["question"]}]})
     config = GRPOConfig(
         output_dir=os.path.join(os.path.dirname(options.out), "trl_output"),
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=8,
-        num_generations=8,
-        max_completion_length=32,
-        temperature=1.0,
-        learning_rate=1e-3,
+        per_device_train_batch_size=job.MICRO_BATCH,
+        gradient_accumulation_steps=job.PROMPTS * job.SAMPLES // job.MICRO_BATCH,
+        num_generations=job.SAMPLES,
+        max_completion_length=job.NEW_TOKENS,
+        temperature=job.TEMPERATURE,
+        learning_rate=job.LEARNING_RATE,
         lr_scheduler_type="constant",
         max_steps=options.steps,
         logging_steps=1,

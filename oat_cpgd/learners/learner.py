@@ -403,7 +403,7 @@ class Learner:
         if args.beta > 0:
             kl = kl_penalty(logp, batch.token_data["ref_logp"])
             loss = loss + args.beta * aggregate(kl, mask, args.agg_mode, max_len=self.max_len)
-        stats["entropy"] = masked_mean(entropy, mask)
+        stats["entropy"] = masked_mean(entropy.detach(), mask)  # (a column of a tensor with gradient)
         return loss, stats
 
     def _critic_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
