@@ -491,7 +491,9 @@ class PPOArgs(Args):
     """Response tokens whose vocabulary logits exist at once in the learner's log-prob passes (0: a
     micro-batch's all at once). The output layer runs on this many tokens at a time, and backward
     recomputes each chunk's logits rather than keeping them: memory for the logits stays at this
-    many tokens x vocabulary, whatever the response length, for one more output-layer pass."""
+    many tokens x vocabulary, whatever the response length, for one more output-layer pass. (A model
+    whose logits are transformed after the output layer, a soft cap say, computes all its response
+    logits itself; only the log-softmax goes in chunks.)"""
     loss_agg_mode: AggMode | None = None
     """How token losses are averaged; default: the algorithm's (token-mean for ppo and
     reinforce_pp_baseline, seq-mean-token-sum-norm for drgrpo, seq-mean-token-mean otherwise)."""

@@ -4,7 +4,7 @@ backward keeps no [tokens, vocabulary] tensor."""
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM, Qwen2ForCausalLM
 
 from oat_cpgd.algorithms import logprobs_from_logits
 from oat_cpgd.learners.batch import collate
@@ -38,9 +38,26 @@ def grads_of(model, logp: torch.Tensor, weights: torch.Tensor) -> dict[str, torc
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
+class WithoutLogitsToKeep(Qwen2ForCausalLM):
+    """A model whose forward does not take `logits_to_keep`: its logits come at every position."""
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+class WithoutOutputLayer(Qwen2ForCausalLM):
+    """A model that names no output layer module (its logits are read as they come)."""
+
+    def get_output_embeddings(self):
+        return None
+
+
 def models(tiny_model_path):
-    """The tiny Qwen2 model (tied output layer) and a Gemma2 with its logits soft-capped after the output layer."""
+    """The tiny Qwen2 model (tied output layer), the same without `logits_to_keep` or without a
+    named output layer, and a Gemma2 with its logits soft-capped after the output layer."""
     tiny = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    without_logits_to_keep = WithoutLogitsToKeep.from_pretrained(tiny_model_path, dtype=torch.float32)
+    without_output_layer = WithoutOutputLayer.from_pretrained(tiny_model_path, dtype=torch.float32)
     torch.manual_seed(0)
     capped = Gemma2ForCausalLM(
         Gemma2Config(
@@ -54,31 +71,55 @@ def models(tiny_model_path):
             final_logit_softcapping=30.0,
         )
     )
-    return {"tiny": tiny, "soft_capped": capped}
+    return {
+        "tiny": tiny,
+        "tiny_without_logits_to_keep": without_logits_to_keep,
+        "tiny_without_output_layer": without_output_layer,
+        "soft_capped": capped,
+    }
 
 
-@pytest.mark.parametrize("name", ["tiny", "soft_capped"])
-def test_chunked_logprobs_and_gradients_equal_the_models_own(tiny_model_path, name):
+@pytest.mark.parametrize(
+    ("name", "keeps_logits", "separable_head"),
+    [
+        ("tiny", True, True),
+        ("tiny_without_logits_to_keep", False, True),
+        ("tiny_without_output_layer", True, False),
+        ("soft_capped", True, False),  # the soft cap is read from the model's own logits
+    ],
+)
+@pytest.mark.parametrize("extra_chunks", [0, 2])
+def test_chunked_logprobs_and_gradients_equal_the_models_own(
+    tiny_model_path, name, keeps_logits, separable_head, extra_chunks
+):
+    """`extra_chunks`: another rank has that many more chunks, so this one runs as many empty ones."""
     model = models(tiny_model_path)[name]
     lm = CausalLM.of(model, torch.device("cpu"))
-    assert lm.keeps_logits
-    assert lm.separable_head == (name == "tiny")  # the soft cap is read from the model's own logits
+    assert (lm.keeps_logits, lm.separable_head) == (keeps_logits, separable_head)
     batch = collate(trajectories(model.config.vocab_size), 0, torch.device("cpu"))
     weights = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(1))
 
     expected = direct_logprobs(model, batch)
     expected_grads = grads_of(model, expected, weights)
-    read = logprobs_from_logits
+
+    def read(chunk_tokens: int) -> torch.Tensor:
+        return read_response_tokens(
+            lm,
+            batch,
+            logprobs_from_logits,
+            temperature=TEMPERATURE,
+            chunk_tokens=chunk_tokens,
+            reduce_max=lambda count: count + extra_chunks,
+        )
+
     for chunk_tokens in (0, 4, 7, 100):  # 21 response tokens: 1, 6, 3 and 1 chunks
-        logp = read_response_tokens(lm, batch, read, temperature=TEMPERATURE, chunk_tokens=chunk_tokens)
+        logp = read(chunk_tokens)
         torch.testing.assert_close(logp, expected, rtol=1e-5, atol=1e-5)
         grads = grads_of(model, logp, weights)
         for param, grad in grads.items():  # float rounding only: a relative gap of ~1e-6
             assert (grad - expected_grads[param]).norm() <= 1e-5 * expected_grads[param].norm(), param
         with torch.no_grad():
-            torch.testing.assert_close(
-                read_response_tokens(lm, batch, read, temperature=TEMPERATURE, chunk_tokens=chunk_tokens), expected
-            )
+            torch.testing.assert_close(read(chunk_tokens), expected)
 
 
 def saved_for_backward(model, compute) -> list[torch.Size]:

@@ -207,7 +207,7 @@ def test_reference_kl_loss_changes_the_gradient(results: Path) -> None:
         ("grpo_zero3", "grpo_zero3_packed"),
         ("ppo_two_steps", "ppo_two_steps_packed"),
         ("grpo", "grpo_chunked"),
-        ("grpo_zero3", "grpo_zero3_chunked"),
+        ("grpo_zero3", "grpo_zero3_packed_chunked"),
         ("ppo_two_steps", "ppo_two_steps_chunked"),
     ],
     ids=[
@@ -218,7 +218,7 @@ def test_reference_kl_loss_changes_the_gradient(results: Path) -> None:
         "grpo-zero3-micro-batch-4-vs-packed",
         "ppo-two-steps-micro-batch-4-vs-packed",
         "grpo-whole-vs-chunked-output-layer",
-        "grpo-zero3-whole-vs-chunked-output-layer",
+        "grpo-zero3-whole-vs-packed-and-chunked-output-layer",
         "ppo-two-steps-whole-vs-chunked-output-layer",
     ],
 )

@@ -7,8 +7,8 @@ the final hidden states (`CausalLM.separable_head`, tried once per model), `read
 takes those hidden states at the response tokens only and runs the output layer on
 --logprob_chunk_tokens of them at a time. With gradient each chunk is checkpointed: backward
 recomputes its logits, so one chunk's exist at a time, not the whole response's. A model whose
-logits are transformed after the output layer (a soft cap, a scale) is read from its own logits,
-in the same chunks.
+logits are transformed after the output layer (a soft cap, a scale) computes its logits for the
+whole response span itself, as it would anyway; only the log-softmax and what follows go in chunks.
 
 Per-token tensors are aligned with the labels `input_ids[:, 1:]` (see `oat_cpgd.learners.batch`).
 """
@@ -121,12 +121,16 @@ def logits_are_the_output_layer(model: Model, device: torch.device) -> bool:
     """Whether the model's logits are its output layer's outputs, untransformed. Tried with the final
     hidden states scaled up, so that logits of several hundred would show a soft cap or a scale."""
     module = unwrapped(model)
+    if module.get_output_embeddings() is None:
+        return False
     was_training = module.training
     module.eval()
     ids = torch.tensor([[1, 2, 3, 4]], device=device)
     try:
         with _output_layer_input(model, lambda hidden: hidden * 1000) as seen:
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+        if len(seen) != 1:  # the output layer is not simply run once on the final hidden states
+            return False
         direct = module.get_output_embeddings()(seen[0] * 1000)
     finally:
         module.train(was_training)
@@ -147,8 +151,9 @@ def read_response_tokens(
     The logits `read` gets are those of the distribution the actor samples: divided by the
     temperature, in fp32, `chunk_tokens` tokens at a time (0: all at once). With gradient and more
     than one chunk, each chunk's logits are recomputed in backward instead of kept. Every rank runs
-    as many chunks as the one with the most (`reduce_max` over ranks), the others empty ones: under
-    ZeRO-3 each run of the output layer gathers its weights from all ranks.
+    as many chunks as the one with the most (`reduce_max` over ranks; the others run empty ones),
+    whatever the ZeRO stage: under ZeRO-3 each run of the output layer gathers its weights from all
+    ranks, and with equal counts every rank's backward also has the same shape.
     """
     features, labels, (rows, columns) = lm.response_features(batch)
     head = lm.head

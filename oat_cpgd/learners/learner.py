@@ -72,9 +72,10 @@ LOSS_STATS = ("pg_loss", "value_loss")
 
 def _logprob_and_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """[..., 0] the labels' log-probs, [..., 1] the entropy (a metric: no gradient)."""
+    logp = logprobs_from_logits(logits, labels)
     with torch.no_grad():
         entropy = entropy_from_logits(logits)
-    return torch.stack([logprobs_from_logits(logits, labels), entropy], dim=-1)
+    return torch.stack([logp, entropy], dim=-1)
 
 
 class Learner:
@@ -115,7 +116,9 @@ class Learner:
         self.reference_lm: CausalLM | None = None
         if args.needs_reference:
             reference_model = engines.load_language_model(args.ref_pretrain or args.pretrain, args)
-            self.reference_lm = CausalLM.of(engines.reference_engine(reference_model, args, self.device), self.device)
+            reference = engines.reference_engine(reference_model, args, self.device)
+            with engines.reference_on_device(reference, args, self.device):  # (off the device with --ref_offload)
+                self.reference_lm = CausalLM.of(reference, self.device)
 
         self.weight_transfer: TrainerWeightTransferEngine | None = None  # set by connect_actors
         self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite gradient, consecutively
