@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages, top_k_top_p_logprobs
+from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages, kl_penalty, top_k_top_p_logprobs
 from oat_cpgd.args import CPGDArgs, PPOArgs
 from oat_cpgd.learners import Learner
 from oat_cpgd.types import Trajectory
@@ -221,18 +221,23 @@ def token_logprobs(model: torch.nn.Module, trajectory: Trajectory) -> torch.Tens
 
 
 @torch.no_grad()
-def top_p_weight_mean(model: torch.nn.Module, trajectories: list[Trajectory], top_p: float, world_size: int) -> float:
-    """Plain torch: exp(top-p renormalised logp - actor logp), averaged over each rank's response
-    tokens and then over the ranks (how the learner reports token statistics)."""
-    ratios = []
+def reference_kls(model_dir: str, reference_dir: Path, trajectories: list[Trajectory]) -> list[list[float]]:
+    """Plain torch, per response token: the k3 KL estimate of the policy's log-prob to the reference's."""
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32)
+    return [kl_penalty(token_logprobs(policy, t), token_logprobs(reference, t)).tolist() for t in trajectories]
+
+
+@torch.no_grad()
+def top_p_weights(model: torch.nn.Module, trajectories: list[Trajectory], top_p: float) -> list[list[float]]:
+    """Plain torch, per response token: exp(top-p renormalised logp - actor logp)."""
+    weights = []
     for trajectory in trajectories:
         ids = torch.tensor([trajectory.prompt_ids + trajectory.response_ids])
         logits = model(input_ids=ids).logits[0, len(trajectory.prompt_ids) - 1 : -1].float() / TEMPERATURE
         kept = top_k_top_p_logprobs(logits, torch.tensor(trajectory.response_ids), top_p=top_p)
-        ratios.append(torch.exp(kept - torch.tensor(trajectory.actor_logprobs)))
-    per_rank = len(ratios) // world_size
-    shards = [torch.cat(ratios[r * per_rank : (r + 1) * per_rank]).mean() for r in range(world_size)]
-    return float(torch.stack(shards).mean())
+        weights.append(torch.exp(kept - torch.tensor(trajectory.actor_logprobs)).tolist())
+    return weights
 
 
 def make_trajectories(
@@ -322,10 +327,11 @@ def run_scenario(
     if scenario.reference_grad_norm:
         result["reference_grad_norm"] = reference_grad_norm(plain_model, trajectories, scenario)
     if "top_p" in scenario.flags:
-        result["top_p_weight_mean"] = top_p_weight_mean(plain_model, trajectories, scenario.flags["top_p"], world_size)
+        result["top_p_weights"] = top_p_weights(plain_model, trajectories, scenario.flags["top_p"])
     flags = dict(scenario.flags)
     if scenario.perturbed_reference:
         flags["ref_pretrain"] = str(perturbed_copy(plain_model, out / "perturbed_reference", rank))
+        result["reference_kls"] = reference_kls(model_dir, Path(flags["ref_pretrain"]), trajectories)
     del plain_model
 
     args = make_args(model_dir, world_size, flags)

@@ -174,10 +174,13 @@ def test_top_p_weights_compare_with_the_renormalised_learner(results: Path) -> N
     """Under --top_p the learner's side of w is restricted to the kept tokens and renormalised, from
     the same forward as its full-vocabulary log-probs. The actor log-probs here are full-vocabulary
     ones, so a learner comparing full with full would give w = 1 everywhere; plain torch's top-p
-    weights (0 for the random tokens top-p cuts off, > 1 for kept ones) are far from that."""
+    weights (0 for the random tokens top-p cuts off, > 1 for kept ones) are far from that.
+    The metric is their mean over all response tokens: the ranks hold different token counts, so a
+    mean of the ranks' own means would differ."""
     run = result(results, "grpo_top_p")
-    assert abs(run["top_p_weight_mean"] - 1) > 0.05
-    assert run["metrics"]["train/is_weight_mean"] == pytest.approx(run["top_p_weight_mean"], rel=1e-4)
+    token_mean = assert_token_mean_differs_from_mean_of_rank_means(run["top_p_weights"])
+    assert abs(token_mean - 1) > 0.05
+    assert run["metrics"]["train/is_weight_mean"] == pytest.approx(token_mean, rel=1e-4)
     # The loss still uses the full-vocabulary log-probs: the first mini-batch is on-policy.
     assert run["metrics"]["train/clip_frac"] == 0 and abs(run["metrics"]["train/policy_drift"]) < 1e-6
 
@@ -190,10 +193,28 @@ def test_kl_penalty_shapes_the_group_rewards(results: Path) -> None:
     assert metrics["train/reward_mean"] == 1.0  # the oracle's rewards, as logged, are unshaped
 
 
+def assert_token_mean_differs_from_mean_of_rank_means(per_response: list[list[float]]) -> float:
+    """The mean of per-token values over all responses, checked to be unlike the mean of each rank's
+    own token mean (the ranks hold different token counts), so that a metric equal to it is one
+    averaged over all tokens."""
+    values = [torch.tensor(response) for response in per_response]
+    per_rank = len(values) // WORLD_SIZE  # each rank holds a contiguous share of the responses
+    shards = [torch.cat(values[rank * per_rank : (rank + 1) * per_rank]) for rank in range(WORLD_SIZE)]
+    token_mean = float(torch.cat(values).mean())
+    mean_of_rank_means = sum(float(shard.mean()) for shard in shards) / WORLD_SIZE
+    assert abs(mean_of_rank_means - token_mean) > 1e-3 * abs(token_mean), (mean_of_rank_means, token_mean)
+    return token_mean
+
+
 def test_reference_kl_loss_changes_the_gradient(results: Path) -> None:
-    """beta * k3(ref, policy) with a reference unlike the policy: a different gradient from plain GRPO's."""
-    with_kl, plain = result(results, "grpo_ref_kl_loss")["metrics"], result(results, "grpo")["metrics"]
+    """beta * k3(ref, policy) with a reference unlike the policy: a different gradient from plain GRPO's.
+    train/ref_kl is the k3 estimate averaged over all ranks' response tokens, as plain torch gives it."""
+    run = result(results, "grpo_ref_kl_loss")
+    with_kl, plain = run["metrics"], result(results, "grpo")["metrics"]
     assert with_kl["train/ref_kl"] > 1e-3
+    assert with_kl["train/ref_kl"] == pytest.approx(
+        assert_token_mean_differs_from_mean_of_rank_means(run["reference_kls"]), rel=1e-4
+    )
     assert abs(with_kl["train/grad_norm"] - plain["train/grad_norm"]) > 0.01 * plain["train/grad_norm"]
 
 

@@ -227,7 +227,9 @@ class Learner:
                 data["old_logp"], sampling_logp = self._per_token(batch, self._full_and_sampling_logprobs).unbind(-1)
             else:
                 data["old_logp"] = sampling_logp = self._per_token(batch, partial(self._logprobs, self.policy_lm))
-            is_stats = self._importance_weights(data, sampling_logp, batch.response_mask)
+            is_stats = self._as_shares_of_all_tokens(
+                self._importance_weights(data, sampling_logp, batch.response_mask), batch.response_mask
+            )
         if self.reference_lm is not None:
             with engines.reference_on_device(self.reference_lm.model, args, self.device):
                 data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference_lm))
@@ -287,6 +289,15 @@ class Learner:
         if args.is_correction != "none":
             data["is_weights"] = weights
         return stats
+
+    def _as_shares_of_all_tokens(self, stats: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
+        """This rank's token means (but `*_max`) times its share of all ranks' valid tokens (times the
+        world size): their mean over ranks is then the token mean over all ranks, as the loss's stats
+        (`_train_step`) are, rather than a mean of the ranks' means."""
+        _, (token_weight,) = accumulation_weights(
+            [mask], self.args.agg_mode, world_size=self.world_size, reduce_sum=all_reduce_sum
+        )
+        return {name: value if name.endswith("_max") else value * token_weight for name, value in stats.items()}
 
     def _train_mode(self, mode: bool) -> None:
         for engine in self._engines().values():
@@ -440,7 +451,8 @@ class Learner:
             "train/adv_std": adv_var.sqrt(),
         }
         if self.reference_lm is not None:
-            metrics["train/ref_kl"] = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"]), mask)
+            ref_kl = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"]), mask)
+            metrics.update(self._as_shares_of_all_tokens({"train/ref_kl": ref_kl}, mask))
         if self.critic is not None:
             metrics["train/explained_variance"] = explained_variance(data["old_values"], data["returns"], mask)
         return {name: float(value) for name, value in metrics.items()}
