@@ -52,12 +52,23 @@ class WithoutOutputLayer(Qwen2ForCausalLM):
         return None
 
 
+class WithUnusedOutputLayer(Qwen2ForCausalLM):
+    """A model whose named output layer is not what its forward runs (as if it computed its logits
+    otherwise): its logits are read as they come."""
+
+    unused = torch.nn.Linear(32, 32)  # a class attribute: not one of the model's parameters
+
+    def get_output_embeddings(self):
+        return self.unused
+
+
 def models(tiny_model_path):
     """The tiny Qwen2 model (tied output layer), the same without `logits_to_keep` or without a
     named output layer, and a Gemma2 with its logits soft-capped after the output layer."""
     tiny = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     without_logits_to_keep = WithoutLogitsToKeep.from_pretrained(tiny_model_path, dtype=torch.float32)
     without_output_layer = WithoutOutputLayer.from_pretrained(tiny_model_path, dtype=torch.float32)
+    with_unused_output_layer = WithUnusedOutputLayer.from_pretrained(tiny_model_path, dtype=torch.float32)
     torch.manual_seed(0)
     capped = Gemma2ForCausalLM(
         Gemma2Config(
@@ -75,6 +86,7 @@ def models(tiny_model_path):
         "tiny": tiny,
         "tiny_without_logits_to_keep": without_logits_to_keep,
         "tiny_without_output_layer": without_output_layer,
+        "tiny_with_unused_output_layer": with_unused_output_layer,
         "soft_capped": capped,
     }
 
@@ -85,6 +97,7 @@ def models(tiny_model_path):
         ("tiny", True, True),
         ("tiny_without_logits_to_keep", False, True),
         ("tiny_without_output_layer", True, False),
+        ("tiny_with_unused_output_layer", True, False),
         ("soft_capped", True, False),  # the soft cap is read from the model's own logits
     ],
 )
@@ -92,7 +105,8 @@ def models(tiny_model_path):
 def test_chunked_logprobs_and_gradients_equal_the_models_own(
     tiny_model_path, name, keeps_logits, separable_head, extra_chunks
 ):
-    """`extra_chunks`: another rank has that many more chunks, so this one runs as many empty ones."""
+    """`extra_chunks`: another rank has that many more chunks, so this one runs as many empty ones
+    (with a separable output layer, each chunk is one more run of it)."""
     model = models(tiny_model_path)[name]
     lm = CausalLM.of(model, torch.device("cpu"))
     assert (lm.keeps_logits, lm.separable_head) == (keeps_logits, separable_head)
@@ -112,8 +126,15 @@ def test_chunked_logprobs_and_gradients_equal_the_models_own(
             reduce_max=lambda count: count + extra_chunks,
         )
 
+    tokens = int(batch.response_mask.sum())
+    output_layer_runs = []
+    if separable_head:
+        model.get_output_embeddings().register_forward_hook(lambda *_: output_layer_runs.append(1))
     for chunk_tokens in (0, 4, 7, 100):  # 21 response tokens: 1, 6, 3 and 1 chunks
+        output_layer_runs.clear()
         logp = read(chunk_tokens)
+        if separable_head:  # once in the model's forward (on no positions), then once a chunk
+            assert len(output_layer_runs) == 1 + -(-tokens // (chunk_tokens or tokens)) + extra_chunks
         torch.testing.assert_close(logp, expected, rtol=1e-5, atol=1e-5)
         grads = grads_of(model, logp, weights)
         for param, grad in grads.items():  # float rounding only: a relative gap of ~1e-6

@@ -228,7 +228,8 @@ def test_reference_kl_loss_changes_the_gradient(results: Path) -> None:
         ("grpo_zero3", "grpo_zero3_packed"),
         ("ppo_two_steps", "ppo_two_steps_packed"),
         ("grpo", "grpo_chunked"),
-        ("grpo_zero3", "grpo_zero3_packed_chunked"),
+        ("grpo_zero3", "grpo_zero3_chunked"),
+        ("grpo_zero3_packed", "grpo_zero3_packed_chunked"),
         ("ppo_two_steps", "ppo_two_steps_chunked"),
     ],
     ids=[
@@ -239,7 +240,8 @@ def test_reference_kl_loss_changes_the_gradient(results: Path) -> None:
         "grpo-zero3-micro-batch-4-vs-packed",
         "ppo-two-steps-micro-batch-4-vs-packed",
         "grpo-whole-vs-chunked-output-layer",
-        "grpo-zero3-whole-vs-packed-and-chunked-output-layer",
+        "grpo-zero3-whole-vs-chunked-output-layer",
+        "grpo-zero3-packed-whole-vs-chunked-output-layer",
         "ppo-two-steps-whole-vs-chunked-output-layer",
     ],
 )
