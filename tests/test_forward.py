@@ -2,6 +2,8 @@
 log-probs and their gradients read in chunks equal those of the model's own logits, and a chunked
 backward keeps no [tokens, vocabulary] tensor."""
 
+import math
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM, Qwen2ForCausalLM
@@ -134,7 +136,7 @@ def test_chunked_logprobs_and_gradients_equal_the_models_own(
         output_layer_runs.clear()
         logp = read(chunk_tokens)
         if separable_head:  # once in the model's forward (on no positions), then once a chunk
-            assert len(output_layer_runs) == 1 + -(-tokens // (chunk_tokens or tokens)) + extra_chunks
+            assert len(output_layer_runs) == 1 + math.ceil(tokens / (chunk_tokens or tokens)) + extra_chunks
         torch.testing.assert_close(logp, expected, rtol=1e-5, atol=1e-5)
         grads = grads_of(model, logp, weights)
         for param, grad in grads.items():  # float rounding only: a relative gap of ~1e-6
