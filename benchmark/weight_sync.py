@@ -80,8 +80,10 @@ def main() -> None:
     import ray
 
     from oat_cpgd.args import PPOArgs
+    from oat_cpgd.cluster import start_local_ray
     from oat_cpgd.models import build_tiny_model
-    from oat_cpgd.placement import ActorGroup, start_local_ray
+    from oat_cpgd.placement import local_nodes, plan_placement
+    from oat_cpgd.roles import ActorGroup
 
     size = f"h{options.hidden_size}-l{options.layers}"
     model_path = build_tiny_model(
@@ -98,7 +100,7 @@ def main() -> None:
 
     start_local_ray()
     try:
-        actor = ray.remote(ObjectStoreActor).options(num_cpus=0).remote(args)
+        actor = ray.remote(ObjectStoreActor).options(num_cpus=0).remote(args, plan_placement(local_nodes(), args))
         sender = ray.remote(Sender).options(num_cpus=0).remote(str(model_path))
         workers = ray.get(actor.weight_workers.remote())
         ray.get(sender.connect.remote(ActorGroup([actor], [workers]), workers))

@@ -13,7 +13,8 @@ so oat's own R1-zero command (CountDown with `--oracle countdown`) runs unchange
 
 from typing import Any
 
-from oat_cpgd.args import CPGDArgs, parse_args
+from oat_cpgd.args import CPGDArgs
+from oat_cpgd.cli import parse_args
 from oat_cpgd.data import PROMPT_TEMPLATES
 from oat_cpgd.interface import main
 from oat_cpgd.oracles import MathOracle, register_oracle

@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from oat_cpgd.args import CPGDArgs, parse_args
+from oat_cpgd.args import CPGDArgs
+from oat_cpgd.cli import parse_args
 from oat_cpgd.experiment.demo import NUM_HELD_OUT, held_out_split, write_jsonl
 from oat_cpgd.interface import run
 from oat_cpgd.models.smollm2 import build_smollm2

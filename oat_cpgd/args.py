@@ -1,26 +1,20 @@
 """Command-line arguments, layered like oat's: general -> PPO family -> CPGD.
 
-Every field is a flag parsed by tyro; both spellings work (`--learning_rate` and
-`--learning-rate`). The attribute docstrings below are what `--help` shows, grouped by HELP_SECTIONS.
+Every field is a flag (parsed by oat_cpgd.cli); both spellings work (`--learning_rate` and
+`--learning-rate`). The attribute docstrings below are what `--help` shows, grouped by
+oat_cpgd.cli.HELP_SECTIONS.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import json
 import logging
 import os
 import sys
 import time
-import typing
 from dataclasses import dataclass
-from typing import Annotated, Literal, TypeVar
-
-import docstring_parser
-import tyro
-from typing_extensions import Doc
+from typing import Literal
 
 from oat_cpgd.algorithms import AGG_MODES, ALGORITHMS, IS_CORRECTIONS, get_algorithm
 
@@ -94,8 +88,9 @@ class Args:
     """Torch (OpenMP) threads of each learner process. 0: the cores of its node shared among the
     learner ranks there, halved under --asynchronous (the actors generate meanwhile). Ray would
     otherwise give each learner one thread, leaving the other cores idle while it trains."""
-    vllm_gpu_ratio: float = 0.25
-    """Share of GPU memory vLLM pre-allocates (CUDA)."""
+    vllm_gpu_ratio: float | None = None
+    """Share of each GPU's memory a vLLM engine takes (CUDA; vLLM's gpu_memory_utilization). Default: 0.9
+    when the actors have their GPUs to themselves, 0.5 with --collocate (the learner's states stay resident)."""
     vllm_cpu_kvcache_gb: int = 1
     """KV-cache size in GiB for vLLM's CPU backend (CPU only)."""
     vllm_tensor_parallel_size: int = 1
@@ -298,55 +293,6 @@ class Args:
     dry_run: bool = False
     """Print the resolved configuration and exit without starting anything."""
 
-    # ------------------------------------------------------------------
-    # Where the roles run (an oat_cpgd.placement.Placement), set by `place` from the Ray cluster's
-    # resources. Not a field, hence no flag and not in config.json, but pickled with the args to every
-    # actor and learner, which read it rather than probe the devices of their own process.
-    placement = None
-
-    def placed(self):
-        if self.placement is None:
-            raise RuntimeError("the placement is decided from the Ray cluster (oat_cpgd.placement.place_on_cluster)")
-        return self.placement
-
-    def place(self, placement) -> None:
-        """Adopt `placement` and check the flags that depend on the learner ranks it gives."""
-        self.placement = placement
-        self.check_learner_ranks()
-
-    def check_learner_ranks(self) -> None:
-        per_step = self.train_batch_size_per_device * self.learner_ranks
-        need(
-            self.train_batch_size % per_step == 0,
-            f"--train_batch_size ({self.train_batch_size}) must be divisible by --train_batch_size_per_device "
-            f"({self.train_batch_size_per_device}) x learner ranks ({self.learner_ranks}, from --gpus).",
-        )
-        responses = self.rollout_batch_size * self.num_samples
-        need(
-            self.rollout_batch_size % self.learner_ranks == 0,
-            f"--rollout_batch_size ({self.rollout_batch_size}) must be divisible by the learner ranks "
-            f"({self.learner_ranks}, from --gpus) so each rank gets whole groups of --num_samples responses.",
-        )
-        need(
-            self.pi_buffer_maxlen_per_device < 0 or self.pi_buffer_maxlen_per_device >= responses // self.learner_ranks,
-            f"--pi_buffer_maxlen_per_device ({self.pi_buffer_maxlen_per_device}) is smaller than the "
-            f"{responses // self.learner_ranks} responses each learner rank receives per step "
-            f"(--rollout_batch_size x --num_samples / learner ranks).",
-        )
-
-    @property
-    def on_cuda(self) -> bool:
-        return self.placed().on_cuda
-
-    @property
-    def learner_ranks(self) -> int:
-        """Learner processes: every GPU when collocated, the GPUs left after the actors, or --gpus on CPU."""
-        return self.placed().learner_ranks
-
-    @property
-    def actor_count(self) -> int:
-        return self.placed().actor_count
-
     def resolve(self) -> None:
         """Fill derived defaults in place and check the flags agree; raise ConfigError naming them."""
         if self.rnd_seed:
@@ -365,10 +311,6 @@ class Args:
         if self.wb_run_name is None:
             self.wb_run_name = f"{self.run_kind()}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.oracle = resolve_oracle_name(self.oracle)
-        if not self.ray_address:  # run() starts a private cluster on this machine: its placement is known now
-            from oat_cpgd.placement import local_nodes, plan_placement
-
-            self.placement = plan_placement(local_nodes(), self)
         self.check()
 
     def run_kind(self) -> str:
@@ -382,8 +324,6 @@ class Args:
         )
         need(self.gpus >= 1, f"--gpus must be >= 1, got {self.gpus}.")
         need(self.learner_threads >= 0, f"--learner_threads must be >= 0 (0: automatic), got {self.learner_threads}.")
-        if self.placement is not None:  # else checked once attached to --ray_address (`place`)
-            self.check_learner_ranks()
         responses = self.rollout_batch_size * self.num_samples
         need(
             responses % self.train_batch_size == 0,
@@ -426,7 +366,7 @@ class Args:
             f"({max(self.generate_max_length, self.eval_generate_max_length)}) = {longest} tokens.",
         )
         need(
-            0 < self.vllm_gpu_ratio <= 1,
+            self.vllm_gpu_ratio is None or 0 < self.vllm_gpu_ratio <= 1,
             f"--vllm_gpu_ratio is a share of GPU memory and must be in (0, 1], got {self.vllm_gpu_ratio}.",
         )
         need(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}.")
@@ -668,94 +608,3 @@ class CPGDArgs(PPOArgs):
         need(
             self.clip_filter_max_weight > 0, f"--clip_filter_max_weight must be > 0, got {self.clip_filter_max_weight}."
         )
-
-
-ArgsT = TypeVar("ArgsT", bound=Args)
-
-HELP_SECTIONS = {
-    "resources": "gpus",
-    "model": "pretrain",
-    "data": "prompt_data",
-    "generation": "num_samples",
-    "oracle": "oracle_type",
-    "evaluation": "eval_data",
-    "training": "learning_rate",
-    "saving_and_logging": "save_path",
-    "algorithm": "critic_type",
-    "rewards_and_advantages": "kl_penalty_coef",
-    "critic": "gamma",
-    "cpgd": "policy_drift_coeff",
-}
-"""The `--help` sections (tyro heads each `<name> options`) and the first field of each: a section runs to
-the next one's first field, in the dataclasses' field order (a subclass's new fields follow its parent's)."""
-
-
-def help_sections(args_cls: type[Args]) -> dict[str, list[str]]:
-    """The field names of each `--help` section of `args_cls`, in field order."""
-    section_from_first_field = {first: section for section, first in HELP_SECTIONS.items()}
-    sections: dict[str, list[str]] = {}
-    for field in dataclasses.fields(args_cls):
-        if field.name in section_from_first_field:
-            names = sections[section_from_first_field[field.name]] = []
-        names.append(field.name)
-    return sections
-
-
-def field_help(args_cls: type[Args]) -> dict[str, str]:
-    """Each field's attribute docstring, a subclass's replacing its parent's (as tyro reads them)."""
-    docs: dict[str, str] = {}
-    for cls in reversed(args_cls.__mro__[:-1]):  # base classes first; `object` has no fields
-        docs.update(
-            {p.arg_name: p.description for p in docstring_parser.parse_from_object(cls).params if p.description}
-        )
-    return docs
-
-
-def sectioned_cli(args_cls: type[ArgsT], default: ArgsT) -> type:
-    """`args_cls` as tyro should show it: a dataclass per help section, which tyro boxes separately in
-    `--help`, each marked OmitArgPrefixes so its flags keep their flat names (`--learning_rate`, not
-    `--training.learning_rate`). Defaults come from `default`; help from `args_cls`'s docstrings."""
-    hints = typing.get_type_hints(args_cls, include_extras=True)
-    docs = field_help(args_cls)
-    sections = []
-    for section, names in help_sections(args_cls).items():
-        fields = [
-            (
-                name,
-                Annotated[hints[name], Doc(docs.get(name, ""))],
-                # A factory: a default such as a dict must not be shared between parses.
-                dataclasses.field(default_factory=functools.partial(copy.deepcopy, getattr(default, name))),
-            )
-            for name in names
-        ]
-        section_cls = dataclasses.make_dataclass(section, fields)
-        sections.append(
-            (section, Annotated[section_cls, tyro.conf.OmitArgPrefixes], dataclasses.field(default_factory=section_cls))
-        )
-    return dataclasses.make_dataclass(args_cls.__name__, sections)
-
-
-def parse_args(args_cls: type[ArgsT], default: ArgsT | None = None, argv: list[str] | None = None) -> ArgsT:
-    """Parse flags into `args_cls`, resolve derived values, and honour --dry_run.
-
-    A ConfigError is reported as a one-line usage error (exit 2), naming the flags.
-    """
-    cli_cls = sectioned_cli(args_cls, args_cls() if default is None else default)
-    parsed = tyro.cli(cli_cls, args=argv, description=args_cls.__doc__)
-    args = args_cls(**{name: value for section in vars(parsed).values() for name, value in vars(section).items()})
-    try:
-        args.resolve()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if args.dry_run:
-        print(args.to_json())
-        # Not in the JSON (stdout): the cluster decides it, and --dry_run connects to none.
-        where = (
-            f"decided from the cluster's resources once attached to --ray_address {args.ray_address}"
-            if args.ray_address
-            else f"{args.placement} (this machine, as the local Ray cluster a run starts)"
-        )
-        print(f"placement: {where}", file=sys.stderr)
-        raise SystemExit(0)
-    return args

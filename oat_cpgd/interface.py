@@ -27,11 +27,12 @@ from oat_cpgd.checkpoint import (
     save_checkpoint,
     save_pending_rollout,
 )
+from oat_cpgd.cluster import ray_session
 from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, local_oracle, run_evaluation, write_eval_results
-from oat_cpgd.placement import place_on_cluster, ray_session, spawn_actors, spawn_learners
+from oat_cpgd.placement import cluster_nodes, plan_placement, reserve
 from oat_cpgd.plot import plot_run
-from oat_cpgd.roles import ActorRecovery, check_sync, connect, gather_learners, sync_weights
+from oat_cpgd.roles import ActorRecovery, call_all, check_sync, connect, gather_learners, start_roles, sync_weights
 from oat_cpgd.rollout import (
     Rollout,
     extra_prompt_order,
@@ -120,23 +121,27 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
     if not resume_from:
         refuse_a_used_run_dir(run_dir)  # before Ray starts
 
-    with ray_session(args):
-        place_on_cluster(args)  # from the cluster's resources, not the driver's devices
-        # Only now the run folder is written: a cluster that refuses the flags leaves nothing to clear.
-        run_log = RunLog(
-            run_dir, args, dropped_prompts=prompts.total_dropped, resume_step=done_steps if resume_from else None
-        )
-        # Learners first: learner rank 0 keeps the room found for its rendezvous before any actor can take it.
-        learners = spawn_learners(args, learner_cls, lr_steps)
-        actors = spawn_actors(args, actor_cls)
+    with ray_session(args.ray_address):
+        # From the cluster's resources, not the driver's devices: a ConfigError here comes before any engine starts.
+        reservation = reserve(plan_placement(cluster_nodes(), args))
         try:
-            _train(args, actors, learners, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps,
-                   resume_from, done_steps)  # fmt: skip
-        except BaseException:
-            # Stop this run's own roles (a rank left waiting in a collective would never return).
-            for handle in actors + learners:
-                ray.kill(handle)
-            raise
+            for line in reservation.lines():
+                logger.info(line)
+            # Only now the run folder is written: a cluster that refuses the flags leaves nothing to clear.
+            run_log = RunLog(
+                run_dir, args, dropped_prompts=prompts.total_dropped, resume_step=done_steps if resume_from else None
+            )
+            actors, learners = start_roles(args, reservation, learner_cls, actor_cls, lr_steps)
+            try:
+                _train(args, actors, learners, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps,
+                       resume_from, done_steps)  # fmt: skip
+            except BaseException:
+                # Stop this run's own roles (a rank left waiting in a collective would never return).
+                for handle in actors + learners:
+                    ray.kill(handle)
+                raise
+        finally:
+            reservation.release()
     run_log.close()
     plot_run(run_dir)
     return run_dir
@@ -145,11 +150,16 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
 def _train(
     args, actors, learners, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps, resume_from, done_steps
 ) -> None:
-    ray.get([a.__ray_ready__.remote() for a in actors + learners])
     connect(learners, actors)
     if resume_from:
         gather_learners([lr.load_checkpoint.remote(str(resume_from)) for lr in learners], run_dir)
+    # Collocated, the engines sleep since start-up (oat_cpgd.roles.start_roles).
+    if args.collocate:
+        call_all(actors, "wake_up", ["weights"])
+    if resume_from:
         sync_weights(learners, actors, done_steps, run_dir)  # the first rollout samples from the restored policy
+    if args.collocate:
+        call_all(actors, "wake_up", ["kv_cache"])
     recover = ActorRecovery(learners, actors, prompts, done_steps, run_dir)
     syncs = 0
 
@@ -200,19 +210,51 @@ def _train(
         write_eval_results(run_dir, step, per_bench)
         return metrics
 
-    def sync(step: int) -> dict[str, float]:
-        """The weights after `step` to the actors, checked on the probe after every --sync_check_every-th sync."""
-        nonlocal syncs
-        metrics = {"misc/weight_sync_time": sync_weights(learners, actors, step, run_dir)}
-        recover.synced(step)
-        syncs += 1
-        if args.sync_check_every > 0 and syncs % args.sync_check_every == 0:
+    def sync_due(step: int) -> bool:
+        return step % args.sync_params_every == 0 or step == steps or eval_due(step)
+
+    def learn_and_sync(step: int, trajectories: list[Trajectory]) -> dict[str, float]:
+        """The step's update and its way to the actors; collocated, in the order that leaves a GPU's
+        memory to one role at a time (TRL trl/generation/vllm_generation.py, OpenRLHF
+        openrlhf/trainer/ppo_trainer.py, verl's vLLM rollout):
+        1. the engines sleep (their weights go to host memory, their KV cache is dropped);
+        2. the learners learn;
+        3. they free the memory their allocator keeps from it;
+        4. the engines wake their weights only, which the sync overwrites;
+        5. with --asynchronous, the next rollout ends first: the ZeRO-3 gathers of a sync are
+           collectives with a timeout, which ranks would enter while rank 0 waits for busy actors (oat);
+        6. the new weights go to the engines;
+        7. the engines wake their KV cache; then the sync check can generate.
+        """
+        if args.collocate:
+            call_all(actors, "sleep")
+        shard = len(trajectories) // len(learners)
+        metrics = gather_learners(
+            [lr.learn.remote(trajectories[r * shard : (r + 1) * shard]) for r, lr in enumerate(learners)], run_dir
+        )[0]
+        if args.collocate:
+            call_all(learners, "release_memory")
+            call_all(actors, "wake_up", ["weights"])
+        if args.asynchronous and pending is not None:
+            pending.finish(recover)
+        metrics["misc/weight_sync_time"] = sync(step) if sync_due(step) else 0.0
+        if args.collocate:
+            call_all(actors, "wake_up", ["kv_cache"])
+        if sync_due(step) and args.sync_check_every > 0 and syncs % args.sync_check_every == 0:
             start = time.perf_counter()
             metrics["misc/sync_check_gap"] = check_sync(
                 learners, actors, prompts.prompt_ids[0], args.sync_check_tolerance
             )
             metrics["misc/sync_check_time"] = time.perf_counter() - start
         return metrics
+
+    def sync(step: int) -> float:
+        """The weights after `step` to the actors; returns the time it took."""
+        nonlocal syncs
+        seconds = sync_weights(learners, actors, step, run_dir)
+        recover.synced(step)
+        syncs += 1
+        return seconds
 
     def checkpoint(step: int) -> None:
         state = {
@@ -245,16 +287,7 @@ def _train(
         pending = draw(step + 1) if args.asynchronous and step < steps else None
         rollout_time = time.perf_counter() - step_start
 
-        if args.collocate:
-            ray.get([a.sleep.remote() for a in actors])
-        shard = len(trajectories) // len(learners)
-        train_metrics = gather_learners(
-            [lr.learn.remote(trajectories[r * shard : (r + 1) * shard]) for r, lr in enumerate(learners)], run_dir
-        )[0]
-        if args.collocate:
-            ray.get([a.wake_up.remote() for a in actors])
-        sync_due = step % args.sync_params_every == 0 or step == steps or eval_due(step)
-        sync_metrics = sync(step) if sync_due else {"misc/weight_sync_time": 0.0}
+        train_metrics = learn_and_sync(step, trajectories)
         # Queued after the sync on each actor (Ray keeps an actor's calls in order): new weights.
         eval_metrics = evaluate(step)
         if pending is None and step < steps:
@@ -273,7 +306,6 @@ def _train(
                 "misc/policy_lag": step - 1 - rollout_version,
                 "misc/actor_restarts": recover.restarts - restarts_before,
                 "misc/rollout_time": rollout_time,
-                **sync_metrics,
                 "misc/step_time": time.perf_counter() - step_start,
                 **eval_metrics,
             },

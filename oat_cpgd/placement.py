@@ -1,127 +1,194 @@
-"""Where the roles run: the Ray cluster (private and local, or attached), the placement of actors and learners,
-and the handle through which the learners reach the actors."""
+"""Where the roles run.
+
+`plan_placement` turns the flags and the cluster's resources into a `Placement`: a plain value
+saying how many learner ranks and actors there are and which bundle of one Ray placement group
+each uses. `reserve` books those bundles; `spawn_learners` and `spawn_actors` start the roles in them.
+
+The GPU arithmetic (G = --gpus, T = --vllm_tensor_parallel_size), a bundle per GPU:
+- collocated: learner i uses bundle i, and actor j bundles jT .. jT + T - 1 (G / T actors by
+  default). A learner and an actor sharing a GPU each ask half of it in that bundle, so Ray can
+  never pack two learners, or two actors, onto one GPU.
+- split: the actors use A x T bundles (A = G / 2 / T by default) and the learners the other G - A T.
+- a tensor-parallel actor's process holds no GPU itself: vLLM's Ray executor starts one worker per
+  GPU in the actor's bundles (VLLM_RAY_BUNDLE_INDICES), as OpenRLHF does
+  (openrlhf/trainer/ray/vllm_engine/factory.py, base.py).
+- a cluster without GPUs gets a bundle per role asking a sliver of a CPU (the roles share the
+  cores), which fixes each role's node; --gpus then counts the learner ranks.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import os
-import shutil
-import socket
-import tempfile
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from oat_cpgd.args import Args, PPOArgs, need
+from oat_cpgd.args import Args, need
+from oat_cpgd.cluster import free_port, worker_env
 
 logger = logging.getLogger(__name__)
 
-# Environment the Ray workers need: caches inside the work tree, offline mode, allocator tuning.
-FORWARDED_ENV_PREFIXES = (
-    "HF_",
-    "TRANSFORMERS_",
-    "VLLM_",
-    "TORCH_",
-    "XDG_CACHE_HOME",
-    "WANDB_",
-    "MALLOC_",
-    "TOKENIZERS_",
-)
-
-
-def worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-    # User oracles (`--oracle my_module:MyOracle`) import from the launch directory, as in the driver.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
-    return env
-
-
-def ray_temp_dir() -> str:
-    """A fresh folder for Ray's session files, in RAY_TMPDIR (the work tree) when short enough.
-
-    Ray puts unix sockets below it, and socket paths must stay under ~107 characters.
-    """
-    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
-    if len(base) > 32:
-        logging.getLogger(__name__).warning(
-            "RAY_TMPDIR %s is too long for Ray's socket paths; using %s", base, tempfile.gettempdir()
-        )
-        base = tempfile.gettempdir()
-    os.makedirs(base, exist_ok=True)
-    return tempfile.mkdtemp(prefix="ray-", dir=base)
-
-
-def start_local_ray() -> str:
-    """Start a private single-machine cluster, all its traffic on loopback; returns its temp dir."""
-    temp_dir = ray_temp_dir()
-    ray.init(
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": worker_env()},
-    )
-    return temp_dir
-
-
-@contextlib.contextmanager
-def ray_session(args: PPOArgs) -> Iterator[None]:
-    """Attach to --ray_address, reuse a running session, or start a local cluster and tear it down."""
-    if ray.is_initialized():
-        yield
-        return
-    temp_dir = None
-    if args.ray_address:
-        ray.init(address=args.ray_address, runtime_env={"env_vars": worker_env()})
-    else:
-        temp_dir = start_local_ray()
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if temp_dir:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+SHARED_GPU = 0.5
+"""What a collocated learner and a collocated vLLM worker each ask of the GPU they share."""
+CPU_SLIVER = 0.01
+"""A role's bundle on a cluster without GPUs: enough to pin it to a node, not to take a core."""
+RESERVE_TIMEOUT_S = 600.0
+"""How long the placement group may wait for the cluster to free its bundles."""
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a run's roles go and what each asks Ray for, decided by `plan_placement` from the cluster's resources."""
+    """Where a run's roles go: the bundles of one Ray placement group and which role uses which."""
 
     on_cuda: bool
     """The cluster has GPUs: the actors and learners run on them; otherwise everything runs on CPU."""
-    actor_count: int
-    learner_ranks: int
-    gpus_per_actor: float
-    gpus_per_learner: float
+    collocate: bool
+    """Each GPU holds a learner rank and (a share of) an actor, which sleeps while the learner trains."""
+    tensor_parallel_size: int
+    """GPUs per vLLM engine (1 on CPU)."""
+    bundles: tuple[Mapping[str, float], ...]
+    """The placement group's bundles, as Ray takes them: a GPU each, or a CPU sliver each."""
+    learner_bundles: tuple[int, ...]
+    """The bundle of each learner rank."""
+    actor_bundles: tuple[tuple[int, ...], ...]
+    """The bundles of each actor: its engine's GPUs on CUDA."""
+
+    @classmethod
+    def learners_alone(cls, ranks: int, on_cuda: bool) -> Placement:
+        """Learner ranks started by another launcher (torchrun: tests, benchmarks), a device each, no actors."""
+        bundle = {"GPU": 1.0} if on_cuda else {"CPU": CPU_SLIVER}
+        return cls(on_cuda, False, 1, (bundle,) * ranks, tuple(range(ranks)), ())
+
+    @property
+    def learner_ranks(self) -> int:
+        return len(self.learner_bundles)
+
+    @property
+    def actor_count(self) -> int:
+        return len(self.actor_bundles)
+
+    @property
+    def gpu_share(self) -> float:
+        """What a learner rank, and each vLLM worker, asks of its bundle's GPU."""
+        if not self.on_cuda:
+            return 0
+        return SHARED_GPU if self.collocate else 1
+
+    @property
+    def actor_process_gpus(self) -> float:
+        """The actor's own process holds its engine's GPU, unless tensor-parallel workers hold them."""
+        return self.gpu_share if self.tensor_parallel_size == 1 else 0
+
+    @property
+    def vllm_gpu_ratio(self) -> float:
+        """--vllm_gpu_ratio's default: the share of each GPU's memory vLLM takes while awake.
+
+        Alone on its GPUs vLLM takes most of them (vLLM's own default is 0.9). Collocated, the
+        learner's weights and optimizer states stay resident while vLLM generates, so vLLM gets half
+        (TRL's colocate mode defaults to 0.3-0.55, OpenRLHF's examples use 0.5-0.6).
+        """
+        return 0.5 if self.collocate else 0.9
 
 
 def plan_placement(nodes: Sequence[Mapping[str, float]], args: Args) -> Placement:
     """The placement of `args`'s roles on a cluster whose nodes have these resources (as `ray.nodes()`
     reports them: "CPU", "GPU", custom ones). Raises ConfigError, naming the flags and the numbers, when
-    the cluster lacks what they ask for."""
+    the cluster lacks what they ask for or the batch sizes do not split over the learner ranks."""
     total = total_resources(nodes)
     if total["GPU"] == 0:
-        # --gpus counts learner processes; the actors share the CPU cores.
-        placement = Placement(False, args.num_actors if args.num_actors > 0 else 1, args.gpus, 0, 0)
+        placement = cpu_placement(args)
     else:
-        default_actors = args.gpus if args.collocate else max(1, args.gpus // 2)
-        actor_count = args.num_actors if args.num_actors > 0 else default_actors
-        placement = Placement(
-            on_cuda=True,
-            actor_count=actor_count,
-            learner_ranks=args.gpus if args.collocate else args.gpus - actor_count,
-            # Collocated, an actor and a learner share each GPU (vLLM sleeps while the learner trains).
-            gpus_per_actor=0.5 if args.collocate else args.vllm_tensor_parallel_size,
-            gpus_per_learner=0.5 if args.collocate else 1,
-        )
+        placement = gpu_placement(args)
+        check_gpus(placement, nodes, total["GPU"], args)
+    check_custom_resources(placement, total, args)
+    check_batch_split(args, placement.learner_ranks)
+    return placement
+
+
+def actors_only_placement(nodes: Sequence[Mapping[str, float]], args: Args) -> Placement:
+    """Engines alone, for evaluation: every one of --gpus GPUs serves an engine (--gpus / T of them,
+    or --num_actors); without GPUs, --num_actors engines (default 1)."""
+    total = total_resources(nodes)
+    on_cuda, tp = total["GPU"] > 0, args.vllm_tensor_parallel_size if total["GPU"] > 0 else 1
+    actors = args.num_actors if args.num_actors > 0 else (args.gpus // tp if on_cuda else 1)
+    need(
+        actors >= 1 and (not on_cuda or actors * tp <= args.gpus),
+        f"--gpus {args.gpus} cannot hold {actors} engines of --vllm_tensor_parallel_size {tp} GPUs.",
+    )
+    bundle = {"GPU": 1.0} if on_cuda else {"CPU": CPU_SLIVER}
+    bundles = [{**bundle} for _ in range(actors * tp)]
+    for j in range(actors):
+        add_resources(bundles[j * tp], args.actor_resources)
+    placement = Placement(
+        on_cuda, False, tp, tuple(bundles), (), tuple(tuple(range(j * tp, (j + 1) * tp)) for j in range(actors))
+    )
+    if on_cuda:
         check_gpus(placement, nodes, total["GPU"], args)
     check_custom_resources(placement, total, args)
     return placement
+
+
+def cpu_placement(args: Args) -> Placement:
+    """--gpus learner ranks and --num_actors actors (default 1), a bundle each, sharing the cores."""
+    actors = args.num_actors if args.num_actors > 0 else 1
+    learner = {"CPU": CPU_SLIVER, **args.learner_resources}
+    actor = {"CPU": CPU_SLIVER, **args.actor_resources}
+    return Placement(
+        on_cuda=False,
+        collocate=args.collocate,
+        tensor_parallel_size=1,
+        bundles=(learner,) * args.gpus + (actor,) * actors,
+        learner_bundles=tuple(range(args.gpus)),
+        actor_bundles=tuple((args.gpus + j,) for j in range(actors)),
+    )
+
+
+def gpu_placement(args: Args) -> Placement:
+    """A bundle per GPU; see the module's docstring for who uses which."""
+    gpus, tp = args.gpus, args.vllm_tensor_parallel_size
+    if args.collocate:
+        need(
+            gpus % tp == 0,
+            f"--collocate shares every GPU between a learner rank and an engine: --gpus {gpus} must be a "
+            f"multiple of --vllm_tensor_parallel_size {tp}.",
+        )
+        actors = args.num_actors if args.num_actors > 0 else gpus // tp
+        need(
+            actors * tp <= gpus,
+            f"--num_actors {actors} x --vllm_tensor_parallel_size {tp} = {actors * tp} GPUs, but --collocate "
+            f"shares only --gpus {gpus}.",
+        )
+        learner_bundles, first_actor_bundle = tuple(range(gpus)), 0
+    else:
+        actors = args.num_actors if args.num_actors > 0 else max(1, gpus // 2 // tp)
+        learners = gpus - actors * tp
+        need(
+            learners >= 1,
+            f"--gpus {gpus} leaves no GPU for the learners after {actors} actors (--num_actors) x "
+            f"--vllm_tensor_parallel_size {tp} = {actors * tp} GPUs; use --collocate or more --gpus.",
+        )
+        learner_bundles, first_actor_bundle = tuple(range(learners)), learners
+    bundle = {"GPU": 1.0}
+    bundles = [dict(bundle) for _ in range(gpus)]
+    # Custom resources go to the bundle of the role that asks them (an actor's: its first GPU's).
+    for b in learner_bundles:
+        add_resources(bundles[b], args.learner_resources)
+    actor_bundles = tuple(
+        tuple(range(first_actor_bundle + j * tp, first_actor_bundle + (j + 1) * tp)) for j in range(actors)
+    )
+    for own in actor_bundles:
+        add_resources(bundles[own[0]], args.actor_resources)
+    return Placement(True, args.collocate, tp, tuple(bundles), learner_bundles, actor_bundles)
+
+
+def add_resources(bundle: dict[str, float], resources: Mapping[str, float]) -> None:
+    for name, amount in resources.items():
+        bundle[name] = bundle.get(name, 0) + amount
 
 
 def total_resources(nodes: Sequence[Mapping[str, float]]) -> Counter:
@@ -132,36 +199,53 @@ def total_resources(nodes: Sequence[Mapping[str, float]]) -> Counter:
 
 
 def check_gpus(placement: Placement, nodes: Sequence[Mapping[str, float]], cluster_gpus: float, args: Args) -> None:
-    need(
-        placement.learner_ranks >= 1,
-        f"--gpus {args.gpus} leaves no GPU for the learners after {placement.actor_count} actors "
-        "(--num_actors); use --collocate or more --gpus.",
-    )
-    wanted = placement.actor_count * placement.gpus_per_actor + placement.learner_ranks * placement.gpus_per_learner
+    wanted = len(placement.bundles)
     need(
         wanted <= cluster_gpus,
-        f"--gpus {args.gpus} asks for {wanted:g} GPUs ({placement.actor_count} actors x {placement.gpus_per_actor:g} "
-        f"+ {placement.learner_ranks} learner ranks x {placement.gpus_per_learner:g}) but the Ray cluster has "
-        f"{cluster_gpus:g}.",
+        f"--gpus {args.gpus} asks for {wanted} GPUs ({placement.actor_count} actors x {placement.tensor_parallel_size} "
+        f"GPUs{' shared with' if placement.collocate else ' +'} {placement.learner_ranks} learner ranks) but the Ray "
+        f"cluster has {cluster_gpus:g}.",
     )
     largest = max(node.get("GPU", 0) for node in nodes)
     need(
-        placement.gpus_per_actor <= largest,
-        f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size} needs that many GPUs on one node; "
+        placement.tensor_parallel_size <= largest,
+        f"--vllm_tensor_parallel_size {placement.tensor_parallel_size} needs that many GPUs on one node; "
         f"the Ray cluster's largest node has {largest:g}.",
     )
 
 
 def check_custom_resources(placement: Placement, total: Mapping[str, float], args: Args) -> None:
+    wanted = total_resources(placement.bundles)
     for name in sorted({*args.actor_resources, *args.learner_resources}):
         per_actor, per_learner = args.actor_resources.get(name, 0), args.learner_resources.get(name, 0)
-        wanted = placement.actor_count * per_actor + placement.learner_ranks * per_learner
         need(
-            wanted <= total[name],
-            f"--actor_resources/--learner_resources ask for {wanted:g} {name!r} ({placement.actor_count} actors x "
-            f"{per_actor:g} + {placement.learner_ranks} learner ranks x {per_learner:g}) but the Ray cluster has "
+            wanted[name] <= total[name],
+            f"--actor_resources/--learner_resources ask for {wanted[name]:g} {name!r} ({placement.actor_count} actors "
+            f"x {per_actor:g} + {placement.learner_ranks} learner ranks x {per_learner:g}) but the Ray cluster has "
             f"{total[name]:g}.",
         )
+
+
+def check_batch_split(args: Args, learner_ranks: int) -> None:
+    """The batch flags that depend on how many learner ranks the placement gives."""
+    per_step = args.train_batch_size_per_device * learner_ranks
+    need(
+        args.train_batch_size % per_step == 0,
+        f"--train_batch_size ({args.train_batch_size}) must be divisible by --train_batch_size_per_device "
+        f"({args.train_batch_size_per_device}) x learner ranks ({learner_ranks}, from --gpus).",
+    )
+    need(
+        args.rollout_batch_size % learner_ranks == 0,
+        f"--rollout_batch_size ({args.rollout_batch_size}) must be divisible by the learner ranks "
+        f"({learner_ranks}, from --gpus) so each rank gets whole groups of --num_samples responses.",
+    )
+    per_rank = args.rollout_batch_size * args.num_samples // learner_ranks
+    buffer = getattr(args, "pi_buffer_maxlen_per_device", -1)  # training flags (PPOArgs) only
+    need(
+        buffer < 0 or buffer >= per_rank,
+        f"--pi_buffer_maxlen_per_device ({buffer}) is smaller than the {per_rank} responses each learner rank "
+        f"receives per step (--rollout_batch_size x --num_samples / learner ranks).",
+    )
 
 
 def local_nodes() -> list[dict[str, float]]:
@@ -171,105 +255,176 @@ def local_nodes() -> list[dict[str, float]]:
     return [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}]
 
 
-def place_on_cluster(args: Args) -> None:
-    """Decide the placement from the connected cluster's nodes (not the driver's devices) and hand it to
-    `args`, which the roles receive; a ConfigError here comes before any engine starts."""
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    args.place(plan_placement(nodes, args))
-    logger.info("placement on the Ray cluster's %d nodes: %s", len(nodes), args.placement)
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources of the connected cluster's live nodes (not the driver's devices)."""
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+# ---------------------------------------------------------------------------- the reservation
+@dataclass(frozen=True)
+class Reservation:
+    """A placement booked on the cluster: its placement group, and each bundle's node and GPUs."""
+
+    group: PlacementGroup
+    placement: Placement
+    """With the bundle numbers of `group` (see `reserve`)."""
+    node_ids: tuple[str, ...]
+    """Each bundle's Ray node."""
+    addresses: tuple[str, ...]
+    """Each bundle's node address (nodes on one host may share one)."""
+    gpu_ids: tuple[tuple[int, ...], ...]
+    """Each bundle's GPUs, as Ray numbers them on its node (empty on CPU)."""
+
+    def strategy(self, bundle: int, capture_child_tasks: bool = False) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(
+            self.group, placement_group_bundle_index=bundle, placement_group_capture_child_tasks=capture_child_tasks
+        )
+
+    def lines(self) -> list[str]:
+        """One line per role: `placement: learner 3 -> node 10.0.0.2, GPUs [3]`."""
+        return describe(self.placement, self.addresses, self.gpu_ids)
+
+    def release(self) -> None:
+        remove_placement_group(self.group)
+
+
+def describe(placement: Placement, nodes: Sequence[str], gpu_ids: Sequence[Sequence[int]]) -> list[str]:
+    """The plan, one line per role, given each bundle's node and GPUs."""
+
+    def where(bundles: Sequence[int]) -> str:
+        node = ", ".join(dict.fromkeys(nodes[b] for b in bundles))
+        return f"node {node}, GPUs {sorted(gpu for b in bundles for gpu in gpu_ids[b])}"
+
+    learners = [f"placement: learner {i} -> {where([b])}" for i, b in enumerate(placement.learner_bundles)]
+    actors = [f"placement: actor {j} -> {where(bundles)}" for j, bundles in enumerate(placement.actor_bundles)]
+    return learners + actors
+
+
+def describe_locally(placement: Placement) -> list[str]:
+    """The plan on this machine, before a cluster exists: bundle k on CUDA is the k-th GPU."""
+    gpu_ids = [(k,) if placement.on_cuda else () for k in range(len(placement.bundles))]
+    return describe(placement, ["127.0.0.1"] * len(placement.bundles), gpu_ids)
 
 
 @ray.remote(num_cpus=0)
-def rendezvous_endpoint() -> tuple[str, str, int, int]:
-    """The node this runs on, its address, a port free there and the cores this process may use."""
-    node = ray.get_runtime_context().get_node_id()
-    return node, ray.util.get_node_ip_address(), free_port(), len(os.sched_getaffinity(0))
+def bundle_location() -> tuple[str, tuple[int, ...]]:
+    """The node and the GPU ids of the bundle this task runs in."""
+    return ray.get_runtime_context().get_node_id(), tuple(int(gpu) for gpu in ray.get_gpu_ids())
 
 
-def learner_threads(args: Args, placement: Placement, node_cores: int, node_gpus: float) -> int:
+def reserve(placement: Placement, timeout_s: float = RESERVE_TIMEOUT_S) -> Reservation:
+    """Book the placement's bundles as one placement group, and number them by node.
+
+    Ray may spread a group's bundles over nodes in any order. Bundles alike are renumbered by
+    node address and GPU, so an actor's consecutive bundles (its tensor-parallel GPUs) share a node
+    wherever a node has room for them, as OpenRLHF's get_bundle_indices does
+    (openrlhf/trainer/ray/utils.py); then each actor's GPUs are checked to be on one node.
+    """
+    group = placement_group([dict(bundle) for bundle in placement.bundles], strategy="PACK")
+    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"the Ray cluster did not free {len(placement.bundles)} bundles of {dict(total_resources(placement.bundles))} "
+            f"for this run within {timeout_s:g} s: other jobs hold them (`ray status` shows what is in use)."
+        )
+    # A sliver of the bundle's GPU, so that ray.get_gpu_ids() names it.
+    probe = {"num_gpus": 0.01} if placement.on_cuda else {}
+    found = ray.get(
+        [
+            bundle_location.options(**probe, scheduling_strategy=PlacementGroupSchedulingStrategy(group, b)).remote()
+            for b in range(len(placement.bundles))
+        ]
+    )
+    # The address Ray knows each node by (the one vLLM's Ray executor uses too).
+    addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
+    locations = [(node, addresses[node], gpus) for node, gpus in found]
+    order = by_node(placement.bundles, locations)
+    renumbered = replace(
+        placement,
+        learner_bundles=tuple(order[b] for b in placement.learner_bundles),
+        actor_bundles=tuple(tuple(order[b] for b in bundles) for bundles in placement.actor_bundles),
+    )
+    node_ids, addresses, gpu_ids = (tuple(column) for column in zip(*locations, strict=True))
+    reservation = Reservation(group, renumbered, node_ids, addresses, gpu_ids)
+    for j, bundles in enumerate(renumbered.actor_bundles):
+        nodes = {addresses[b] + " " + node_ids[b][:8] for b in bundles}
+        if len(nodes) > 1:
+            reservation.release()
+            raise RuntimeError(
+                f"actor {j}'s {len(bundles)} GPUs (--vllm_tensor_parallel_size) landed on nodes {sorted(nodes)}: "
+                "give each node a multiple of that many free GPUs."
+            )
+    return reservation
+
+
+def by_node(bundles: Sequence[Mapping[str, float]], locations: Sequence[tuple[str, str, tuple[int, ...]]]) -> list[int]:
+    """For each planned bundle, the real bundle it becomes: among bundles alike, in node and GPU order."""
+    alike: dict[tuple, list[int]] = defaultdict(list)
+    for b, bundle in enumerate(bundles):
+        alike[tuple(sorted(bundle.items()))].append(b)
+    order = list(range(len(bundles)))
+    for planned in alike.values():
+        in_order = sorted(planned, key=lambda k: (locations[k][1], locations[k][0], locations[k][2], k))
+        for b, real in zip(planned, in_order, strict=True):
+            order[b] = real
+    return order
+
+
+# ---------------------------------------------------------------------------- the roles
+@ray.remote(num_cpus=0)
+def rendezvous_endpoint() -> tuple[str, int, int]:
+    """The address of the node this runs on, a port free there and the cores this process may use."""
+    return ray.util.get_node_ip_address(), free_port(), len(os.sched_getaffinity(0))
+
+
+def learner_threads(args: Args, ranks_on_node: int, node_cores: int) -> int:
     """Torch threads per learner process (--learner_threads, or automatic: see its help).
 
     Ray sets OMP_NUM_THREADS=1 in actors that ask for no CPU, as learners do: one core of many
-    would train. Ranks on one node: all of them on CPU; on GPUs, as many as the node's GPUs hold.
+    would train. The learner ranks on a node share its cores.
     """
     if args.learner_threads > 0:
         return args.learner_threads
-    ranks_on_node = placement.learner_ranks
-    if placement.on_cuda:
-        ranks_on_node = min(ranks_on_node, max(1, int(node_gpus / placement.gpus_per_learner)))
     share = node_cores // ranks_on_node
     return max(1, share // 2 if args.asynchronous else share)
 
 
-def spawn_learners(args: PPOArgs, learner_cls, schedule_steps: float) -> list:
-    """One Ray actor per learner rank. Rank 0 hosts the rendezvous on a node with room for a learner,
-    found by a task asking for the same resources; spawned before the actors, it keeps that room."""
-    placement = args.placed()
-    resources = {"num_cpus": 0, "num_gpus": placement.gpus_per_learner, "resources": args.learner_resources}
-    node, address, port, cores = ray.get(rendezvous_endpoint.options(**resources).remote())
-    node_gpus = next(n["Resources"].get("GPU", 0) for n in ray.nodes() if n["NodeID"] == node)
-    threads = learner_threads(args, placement, cores, node_gpus)
-    master = {"MASTER_ADDR": address, "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(threads)}
-    learners = []
-    for rank in range(placement.learner_ranks):
-        options = {**resources, "runtime_env": {"env_vars": {**worker_env(), **master}}}
-        if rank == 0:
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
-        learners.append(
-            ray.remote(learner_cls).options(**options).remote(args, rank, placement.learner_ranks, schedule_steps)
-        )
-    return learners
-
-
-def spawn_actors(args: PPOArgs, actor_cls) -> list:
-    placement = args.placed()
-    # A dead actor (OOM, segfault, killed) is restarted by Ray; the loop resends its chunk (oat_cpgd.roles).
-    remote_cls = ray.remote(actor_cls).options(
-        num_cpus=0,
-        num_gpus=placement.gpus_per_actor,
-        resources=args.actor_resources,
-        max_restarts=args.max_actor_restarts,
-        max_task_retries=0,
+def spawn_learners(args: Args, reservation: Reservation, learner_cls, schedule_steps: float) -> list:
+    """One Ray actor per learner rank, each in its bundle; rank 0 hosts the rendezvous."""
+    placement = reservation.placement
+    first = placement.learner_bundles[0]
+    address, port, cores = ray.get(
+        rendezvous_endpoint.options(scheduling_strategy=reservation.strategy(first)).remote()
     )
-    return [remote_cls.remote(args, index) for index in range(placement.actor_count)]
+    ranks_on_node = sum(reservation.node_ids[b] == reservation.node_ids[first] for b in placement.learner_bundles)
+    threads = learner_threads(args, ranks_on_node, cores)
+    env = {**worker_env(), "MASTER_ADDR": address, "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(threads)}
+    remote_cls = ray.remote(learner_cls)
+    return [
+        remote_cls.options(
+            num_cpus=0,
+            num_gpus=placement.gpu_share,
+            scheduling_strategy=reservation.strategy(bundle),
+            runtime_env={"env_vars": env},
+        ).remote(args, placement, rank, schedule_steps)
+        for rank, bundle in enumerate(placement.learner_bundles)
+    ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-class ActorGroup:
-    """A `VLLMWeightSyncClient` over Ray actor handles: every call goes to every actor.
-
-    vLLM's trainer engines address a single engine, whose workers take ranks 1.. of the broadcast
-    group; here each actor's workers get the next block of ranks instead.
-    """
-
-    def __init__(self, actors: list, workers_per_actor: list[int]) -> None:
-        self.actors = actors
-        self.rank_offsets = [1 + n for n in itertools.accumulate([0, *workers_per_actor[:-1]])]
-
-    def _all(self, method: str, *args: Any) -> None:
-        ray.get([getattr(actor, method).remote(*args) for actor in self.actors])
-
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        if "rank_offset" not in init_info:  # IPC has no ranks
-            self._all("init_weight_transfer_engine", init_info)
-            return
-        ray.get(
-            [
-                actor.init_weight_transfer_engine.remote({**init_info, "rank_offset": offset})
-                for actor, offset in zip(self.actors, self.rank_offsets, strict=True)
-            ]
-        )
-
-    def start_weight_update(self) -> None:
-        self._all("start_weight_update")
-
-    def update_weights(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
-        self._all("update_weights", update_info)
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self._all("finish_weight_update")
+def spawn_actors(args: Args, reservation: Reservation, actor_cls) -> list:
+    """One Ray actor per vLLM engine, in its first bundle; a tensor-parallel engine's workers, which
+    vLLM's Ray executor starts as child tasks, join it in the actor's other bundles."""
+    placement = reservation.placement
+    # A dead actor (OOM, segfault, killed) is restarted by Ray in its bundle; the loop resends its chunk.
+    remote_cls = ray.remote(actor_cls)
+    return [
+        remote_cls.options(
+            num_cpus=0,
+            num_gpus=placement.actor_process_gpus,
+            scheduling_strategy=reservation.strategy(bundles[0], capture_child_tasks=True),
+            max_restarts=args.max_actor_restarts,
+            max_task_retries=0,
+        ).remote(args, placement, index)
+        for index, bundles in enumerate(placement.actor_bundles)
+    ]

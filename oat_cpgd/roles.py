@@ -1,20 +1,53 @@
-"""The loop's calls across roles that must not fail silently: the weight sync and its semantic
-check, learner calls that name a rank that died, and bringing a restarted actor back."""
+"""The loop's calls across roles: starting them in the order collocated GPUs need, the weight sync
+and its semantic check, learner calls that name a rank that died, and bringing a restarted actor back."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
 import torch
 
+from oat_cpgd.args import PPOArgs
 from oat_cpgd.checkpoint import latest_checkpoint
-from oat_cpgd.placement import ActorGroup
+from oat_cpgd.placement import Reservation, spawn_actors, spawn_learners
 from oat_cpgd.rollout import Chunk, send
 
 logger = logging.getLogger(__name__)
+
+
+def call_all(handles: list, method: str, *args: Any) -> list:
+    """`method(*args)` on every role in `handles`, at once; their results."""
+    return ray.get([getattr(handle, method).remote(*args) for handle in handles])
+
+
+def start_roles(
+    args: PPOArgs, reservation: Reservation, learner_cls, actor_cls, schedule_steps: float
+) -> tuple[list, list]:
+    """The actors and the learner ranks, started in the order collocated GPUs need:
+    1. the vLLM engines start, and the loop waits for them: each sizes its KV cache from its GPU's
+       free memory, which a learner loading a model meanwhile would shrink or make vLLM's memory
+       check fail;
+    2. collocated, the engines sleep;
+    3. only then the learners start.
+    As OpenRLHF (openrlhf/trainer/ray/vllm_engine/factory.py: the engines sleep right after creation,
+    before the trainer's models load) and TRL's colocate mode. A failure stops what was started."""
+    actors, learners = spawn_actors(args, reservation, actor_cls), []
+    try:
+        call_all(actors, "__ray_ready__")
+        if reservation.placement.collocate:
+            call_all(actors, "sleep")
+        learners = spawn_learners(args, reservation, learner_cls, schedule_steps)
+        call_all(learners, "__ray_ready__")
+    except BaseException:
+        for handle in actors + learners:
+            ray.kill(handle)
+        raise
+    return actors, learners
 
 
 class LearnerDiedError(RuntimeError):
@@ -54,6 +87,38 @@ def learner_died(rank: int, error: Exception, run_dir: Path) -> LearnerDiedError
         else "it has no checkpoint yet (--save_steps N writes them)"
     )
     return LearnerDiedError(f"learner rank {rank} died ({type(error).__name__}), so the run stops; {resume}.")
+
+
+class ActorGroup:
+    """A `VLLMWeightSyncClient` over Ray actor handles: every call goes to every actor.
+
+    vLLM's trainer engines address a single engine, whose workers take ranks 1.. of the broadcast
+    group; here each actor's workers get the next block of ranks instead.
+    """
+
+    def __init__(self, actors: list, workers_per_actor: list[int]) -> None:
+        self.actors = actors
+        self.rank_offsets = [1 + n for n in itertools.accumulate([0, *workers_per_actor[:-1]])]
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        if "rank_offset" not in init_info:  # IPC has no ranks
+            call_all(self.actors, "init_weight_transfer_engine", init_info)
+            return
+        ray.get(
+            [
+                actor.init_weight_transfer_engine.remote({**init_info, "rank_offset": offset})
+                for actor, offset in zip(self.actors, self.rank_offsets, strict=True)
+            ]
+        )
+
+    def start_weight_update(self) -> None:
+        call_all(self.actors, "start_weight_update")
+
+    def update_weights(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        call_all(self.actors, "update_weights", update_info)
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        call_all(self.actors, "finish_weight_update")
 
 
 def connect(learners: list, actors: list) -> None:

@@ -80,7 +80,7 @@ def rendezvous_endpoint() -> tuple[str, int]:
     """This host's address as other hosts reach it, and a free port."""
     import ray
 
-    from oat_cpgd.placement import free_port
+    from oat_cpgd.cluster import free_port
 
     return (ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"), free_port()
 

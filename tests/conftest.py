@@ -51,7 +51,7 @@ def ray_cluster():
 
     import ray
 
-    from oat_cpgd.placement import start_local_ray
+    from oat_cpgd.cluster import start_local_ray
 
     # Ray workers import the test classes (loop_support, fault_support) as the driver does.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])

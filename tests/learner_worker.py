@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM
 from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages, kl_penalty, top_k_top_p_logprobs
 from oat_cpgd.args import CPGDArgs, PPOArgs
 from oat_cpgd.learners import Learner
+from oat_cpgd.placement import Placement
 from oat_cpgd.types import Trajectory
 
 NUM_PROMPTS = 4
@@ -337,7 +338,7 @@ def run_scenario(
     del plain_model
 
     args = make_args(model_dir, world_size, flags)
-    learner = Learner(args, rank, world_size, schedule_steps=10)
+    learner = Learner(args, Placement.learners_alone(world_size, on_cuda=False), rank, schedule_steps=10)
     per_rank = len(trajectories) // world_size
     shard = trajectories[rank * per_rank : (rank + 1) * per_rank]
 

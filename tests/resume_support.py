@@ -11,7 +11,8 @@ lands in the middle of the step. A resumed run finds no file and does not pause.
 import time
 from pathlib import Path
 
-from oat_cpgd.args import PPOArgs, parse_args
+from oat_cpgd.args import PPOArgs
+from oat_cpgd.cli import parse_args
 from oat_cpgd.interface import main
 from oat_cpgd.learners import Learner
 

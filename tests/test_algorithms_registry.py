@@ -5,7 +5,8 @@ import typing
 import pytest
 
 from oat_cpgd.algorithms import ADVANTAGE_ESTIMATORS, AGG_MODES, ALGORITHMS, POLICY_LOSSES, Algorithm, get_algorithm
-from oat_cpgd.args import CPGDArgs, PPOArgs, parse_args
+from oat_cpgd.args import CPGDArgs, PPOArgs
+from oat_cpgd.cli import parse_args
 
 
 def resolved(args_cls=PPOArgs, **flags):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from oat_cpgd.args import HELP_SECTIONS, ConfigError, CPGDArgs, PPOArgs, parse_args
+from oat_cpgd.args import ConfigError, CPGDArgs, PPOArgs
+from oat_cpgd.cli import HELP_SECTIONS, parse_args
 from oat_cpgd.oracles import ORACLES, RewardOracle, register_oracle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def test_grpo_entry_point_defaults_to_grpo():
     [
         (["--collocate", "--asynchronous"], ["--collocate", "--asynchronous"]),
         (
-            ["--gpus", "2", "--train_batch_size", "6", "--train_batch_size_per_device", "2"],
+            ["--gpus", "4", "--train_batch_size", "8", "--train_batch_size_per_device", "4"],
             ["--train_batch_size", "--train_batch_size_per_device", "--gpus"],
         ),
         (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ray_support import cluster_processes, stop_cluster  # tests/ is on sys.path
 
-from oat_cpgd.placement import ray_temp_dir, worker_env
+from oat_cpgd.cluster import ray_temp_dir, worker_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

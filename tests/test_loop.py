@@ -54,12 +54,12 @@ def countdown_args(model, data, tmp_path, critic_type, **overrides) -> CPGDArgs:
     return args
 
 
-def run_and_check(args: CPGDArgs, tmp_path: Path, actor_cls=None) -> list[dict]:
+def run_and_check(args: CPGDArgs, tmp_path: Path, actor_cls=None, learner_cls=None) -> list[dict]:
     """Run with the greedy-recording actor (or a subclass); check the metrics and that each actor
     samples as the saved learner model does."""
     from loop_support import GreedyRecordingActor
 
-    run_dir = run(args, actor_cls=actor_cls or GreedyRecordingActor)
+    run_dir = run(args, learner_cls=learner_cls, actor_cls=actor_cls or GreedyRecordingActor)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, args.max_steps + 1))
     lowest_penalty = min(0.0, args.non_stop_penalty) - args.overlong_penalty_factor
@@ -83,7 +83,7 @@ def run_and_check(args: CPGDArgs, tmp_path: Path, actor_cls=None) -> list[dict]:
         ):
             assert key in row, key
         # Ray's default would be 1: the learner uses its node's cores (half of them while the actors generate).
-        share = len(os.sched_getaffinity(0)) // args.learner_ranks
+        share = len(os.sched_getaffinity(0)) // args.gpus  # on CPU, --gpus learner ranks
         assert row["misc/learner_threads"] == max(1, share // 2 if args.asynchronous else share)
         # Synced after every step and checked on the probe: vLLM and the learner agree to float error.
         assert row["misc/sync_check_gap"] < 1e-3, row
@@ -95,7 +95,7 @@ def run_and_check(args: CPGDArgs, tmp_path: Path, actor_cls=None) -> list[dict]:
 
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final_model", dtype=torch.float32).eval()
     recordings = sorted(run_dir.glob("actor_greedy_*.json"))
-    assert len(recordings) == args.actor_count
+    assert len(recordings) == max(1, args.num_actors)  # on CPU, --num_actors (default 1)
     for recording in recordings:  # every actor got the last sync
         recorded = json.loads(recording.read_text())
         assert len(recorded["response_ids"]) == 2
@@ -104,10 +104,49 @@ def run_and_check(args: CPGDArgs, tmp_path: Path, actor_cls=None) -> list[dict]:
     return rows
 
 
-def test_collocated_with_wandb_offline(ray_cluster, tiny_model_path, shared_data, tmp_path, monkeypatch):
+COLLOCATED_START = [
+    "actor __init__",  # the engine starts and is waited for (it sizes its KV cache from the free memory)
+    "actor sleep",
+    "learner __init__",  # only then the learners load their models
+    "actor wake_up ['weights']",
+    "actor wake_up ['kv_cache']",
+]
+COLLOCATED_STEP = [
+    "actor step",  # the rollout
+    "actor sleep",
+    "learner learn",
+    "learner release_memory",
+    "actor wake_up ['weights']",
+    "learner sync_weights",
+    "actor start_weight_update",
+    "actor update_weights",
+    "actor finish_weight_update",
+    "actor wake_up ['kv_cache']",
+    "actor probe_logprobs",  # the sync check generates: after the KV cache is back
+]
+
+
+def test_collocated_calls_come_in_order_with_wandb_offline(
+    ray_cluster, tiny_model_path, shared_data, tmp_path, monkeypatch
+):
+    """The collocated sequence as the roles receive it (GPU_REVIEW items 4 and 5; on CPU sleep and
+    wake_up do nothing, but they are called as on GPUs), and the metrics reach wandb."""
+    from sequence_support import RecordingActor, RecordingLearner, calls
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = countdown_args(tiny_model_path, shared_data, tmp_path, "cpgd", collocate=True, use_wb=True)
-    rows = run_and_check(args, tmp_path)
+    rows = run_and_check(args, tmp_path, actor_cls=RecordingActor, learner_cls=RecordingLearner)
+    events = calls(tmp_path / args.wb_run_name)
+    rank_0 = next(e["pid"] for e in events if e["role"] == "learner")  # the other rank does the same
+    seen = [
+        " ".join([e["role"], e["call"].removesuffix(":start"), *map(str, e["details"])])
+        for e in events
+        if e["call"].endswith(":start") and (e["role"] == "actor" or e["pid"] == rank_0)
+    ]
+    assert seen == COLLOCATED_START + COLLOCATED_STEP * args.max_steps
+    # Every learner rank starts after the engine has slept, not only rank 0.
+    slept = next(e["t"] for e in events if e["call"] == "sleep:end")
+    assert all(e["t"] > slept for e in events if e["call"] == "__init__:start" and e["role"] == "learner")
     # wandb's offline run file holds each logged key and value as text in its protobuf records
     # (wandb >= 0.2x has no Python reader for it).
     (records,) = (tmp_path / args.wb_run_name / "wandb").glob("offline-run-*/run-*.wandb")
@@ -137,7 +176,18 @@ def test_asynchronous_with_two_actors(ray_cluster, tiny_model_path, shared_data,
         prompt_template="{nums}",
         output_key="target",
     )
-    rows = run_and_check(args, tmp_path)
+    from sequence_support import RecordingLearner, SlowRecordingActor, calls
+
+    rows = run_and_check(args, tmp_path, actor_cls=SlowRecordingActor, learner_cls=RecordingLearner)
+    # GPU_REVIEW item 7: no learner rank starts a sync (ZeRO-3 gathers are collectives with a timeout)
+    # while a rollout is in flight, though the rollouts (slowed by a second) outlast the learning steps.
+    events = calls(tmp_path / args.wb_run_name)
+    syncs = [e["t"] for e in events if e["call"] == "sync_weights:start"]
+    assert len(syncs) == 2 * args.max_steps  # 2 ranks
+    for start in syncs:
+        began = sum(e["call"] == "step:start" and e["t"] < start for e in events)
+        ended = sum(e["call"] == "step:end" and e["t"] < start for e in events)
+        assert began == ended, "a learner began a sync while an actor was still sampling"
     assert [r["misc/rollout_weight_version"] for r in rows] == [0, 0, 1, 2]
     assert [r["misc/policy_lag"] for r in rows] == [0, 1, 1, 1]
     # Step 1 is on-policy up to vLLM/torch numerics; later steps see a whole update's gap.

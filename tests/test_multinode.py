@@ -1,7 +1,8 @@
 """Two Ray nodes on this host: the actor on one, the learner ranks on the other, placed by custom resources.
 
 The rollouts, the weight sync (gloo broadcast from learner rank 0 to the actor's vLLM worker) and its
-rendezvous all cross nodes, as on a real cluster (where the nodes also differ in address).
+rendezvous all cross nodes, as on a real cluster (where the nodes also differ in address). And two nodes
+with GPUs on paper: each tensor-parallel engine's GPUs on one node.
 """
 
 import json
@@ -14,11 +15,12 @@ import ray
 from loop_support import GreedyRecordingActor
 from ray.cluster_utils import Cluster
 from ray_support import stop_cluster
+from test_gpu_placement import flags, gpus, place
 from test_loop import countdown_args
 
+from oat_cpgd.cluster import ray_temp_dir, worker_env
 from oat_cpgd.interface import run
 from oat_cpgd.learners import Learner
-from oat_cpgd.placement import ray_temp_dir
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
@@ -31,14 +33,14 @@ def record_node(args, role: str) -> None:
 
 
 class NodeRecordingActor(GreedyRecordingActor):
-    def __init__(self, args, actor_index: int = 0) -> None:
-        super().__init__(args, actor_index)
+    def __init__(self, args, placement, actor_index: int = 0) -> None:
+        super().__init__(args, placement, actor_index)
         record_node(args, f"actor_{actor_index}")
 
 
 class NodeRecordingLearner(Learner):
-    def __init__(self, args, rank: int, world_size: int, schedule_steps: float) -> None:
-        super().__init__(args, rank, world_size, schedule_steps)
+    def __init__(self, args, placement, rank: int, schedule_steps: float) -> None:
+        super().__init__(args, placement, rank, schedule_steps)
         record_node(args, f"learner_{rank}")
 
 
@@ -84,3 +86,34 @@ def test_actor_and_learners_on_separate_nodes(tiny_model_path, shared_data, tmp_
         assert row["misc/rollout_weight_version"] == row["step"] - 1
         assert row["misc/sync_check_gap"] < 1e-3, row
         assert row["misc/weight_sync_time"] > 0 and 0 <= row["actor/reward_mean"] <= 1
+
+
+def test_two_nodes_keep_each_tensor_parallel_engine_on_one(tmp_path, monkeypatch):
+    """2 nodes x 2 GPUs: every engine's 2 GPUs on one node, collocated learners beside them."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    # Both nodes on loopback, the cluster's address file in our temp folder (as tests/test_multinode.py).
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr("ray._private.ray_constants.ENABLE_RAY_CLUSTER", False)
+    temp_dir = ray_temp_dir()
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    node = dict(num_cpus=1, num_gpus=2, include_dashboard=False, node_ip_address="127.0.0.1", temp_dir=temp_dir)
+    cluster = Cluster()
+    try:
+        nodes = [cluster.add_node(**node), cluster.add_node(**node)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, runtime_env={"env_vars": worker_env()})
+        learners, actors = place(flags(collocate=True, vllm_tensor_parallel_size=2))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    node_ids = {n.node_id for n in nodes}
+    for j, actor in enumerate(actors):
+        (engine_node,) = {worker["node"] for worker in actor["workers"]}
+        assert engine_node in node_ids
+        # Its learners (2j, 2j + 1) are on the same node and GPUs.
+        assert {learners[2 * j]["node"], learners[2 * j + 1]["node"]} == {engine_node}
+        assert gpus(actor) == sorted(gpus(learners[2 * j]) + gpus(learners[2 * j + 1]))
+    assert {learner["node"] for learner in learners} == node_ids  # both nodes used, 2 ranks each

@@ -7,7 +7,8 @@ import torch
 from test_args import OAT_PPO_GSM8K, OAT_R1_ZERO_COUNTDOWN  # tests/ is on sys.path
 from transformers import get_scheduler
 
-from oat_cpgd.args import CPGDArgs, PPOArgs, parse_args
+from oat_cpgd.args import CPGDArgs, PPOArgs
+from oat_cpgd.cli import parse_args
 from oat_cpgd.interface import num_learning_steps
 from oat_cpgd.learners.schedule import lr_scheduler, schedule_steps
 

@@ -4,7 +4,7 @@ test_actor, test_learner and test_loop with real engines)."""
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from oat_cpgd.placement import ActorGroup
+from oat_cpgd.roles import ActorGroup
 from oat_cpgd.weight_sync import ModelWeights, transfer_backend
 
 

@@ -41,7 +41,10 @@ from oat_cpgd.args import PPOArgs  # noqa: E402
 from oat_cpgd.learners import Learner  # noqa: E402
 from oat_cpgd.learners.batch import collate  # noqa: E402
 from oat_cpgd.learners.deepspeed_config import param_groups, train_config  # noqa: E402
+from oat_cpgd.placement import Placement  # noqa: E402
 from oat_cpgd.types import Trajectory  # noqa: E402
+
+ONE_RANK = Placement.learners_alone(1, on_cuda=False)
 
 
 def job_args(model: str, **flags) -> PPOArgs:
@@ -87,7 +90,9 @@ def bare_loop(args: PPOArgs, trajectories: list[Trajectory], tokenizer):
     """The floor: DeepSpeed forward, -A * ratio at the response tokens (token mean), backward, step."""
     model = AutoModelForCausalLM.from_pretrained(args.pretrain, dtype=torch.float32)
     engine, *_ = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, 0.0), config=train_config(args, 1, args.learning_rate)
+        model=model,
+        model_parameters=param_groups(model, 0.0),
+        config=train_config(args, 1, args.learning_rate, on_cuda=False),
     )
     batch = collate(trajectories, tokenizer.pad_token_id, torch.device("cpu"))
     advantages = torch.tensor([t.reward - 0.5 for t in trajectories])
@@ -135,8 +140,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(options.model)
     trajectories = job_trajectories(tokenizer, options.data, NEW_TOKENS, PROMPTS, SAMPLES)
     result["tokens"] = sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
-    learner = Learner(job_args(options.model), 0, 1, schedule_steps=100)
-    packed = Learner(job_args(options.model, packing=True, train_max_tokens_per_device=4096), 0, 1, schedule_steps=100)
+    learner = Learner(job_args(options.model), ONE_RANK, 0, schedule_steps=100)
+    packed = Learner(
+        job_args(options.model, packing=True, train_max_tokens_per_device=4096), ONE_RANK, 0, schedule_steps=100
+    )
     bare = bare_loop(job_args(options.model), trajectories, tokenizer)
     runs = {
         "learner": partial(learner.learn, trajectories),
@@ -187,7 +194,7 @@ def memory_rows(model: str, data: str) -> list[dict]:
     # Checkpointed layers keep only their inputs, so what the loss keeps of the vocabulary shows.
     flags |= dict(gradient_checkpointing=True)
     for chunk_tokens in (0, 256):
-        learner = Learner(job_args(model, logprob_chunk_tokens=chunk_tokens, **flags), 0, 1, schedule_steps=100)
+        learner = Learner(job_args(model, logprob_chunk_tokens=chunk_tokens, **flags), ONE_RANK, 0, schedule_steps=100)
         learner.learn(job_trajectories(tokenizer, data, 16, 1, RESPONSES))  # optimizer states allocated
         for length in lengths:
             trajectories = job_trajectories(tokenizer, data, length, 1, RESPONSES)

@@ -11,6 +11,7 @@ from typing import Any
 
 from oat_cpgd.args import Args
 from oat_cpgd.oracles import oracle_from_flags
+from oat_cpgd.placement import Placement
 from oat_cpgd.types import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -27,10 +28,10 @@ class Sample:
     """Stopped by the length limit rather than a stop token."""
 
 
-def configure_vllm_env(args: Args) -> None:
+def configure_vllm_env(args: Args, on_cuda: bool) -> None:
     """vLLM reads these at import: set them before the engine is built."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # per-request and per-sync INFO lines drown the progress bar
-    if not args.on_cuda:
+    if not on_cuda:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.vllm_cpu_kvcache_gb))
         # In-process engine core: 3-5 s start-up on CPU instead of 25-40 s.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -47,11 +48,33 @@ def whole_prefills(max_model_len: int) -> dict[str, Any]:
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(4096, max_model_len)}
 
 
+def tensor_parallel_workers(placement: Placement, actor_index: int) -> dict[str, Any]:
+    """vLLM engine options that put a tensor-parallel engine's workers in this actor's bundles.
+
+    vLLM's Ray executor starts a worker per GPU in the actor's placement group (captured by the
+    actor, see oat_cpgd.placement.spawn_actors), in the bundles VLLM_RAY_BUNDLE_INDICES names, each
+    asking VLLM_RAY_PER_WORKER_GPUS of its GPU; as OpenRLHF does
+    (openrlhf/trainer/ray/vllm_engine/base.py, factory.py). One GPU: the engine runs in this process.
+    """
+    if placement.tensor_parallel_size == 1:
+        return {}
+    os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(map(str, placement.actor_bundles[actor_index]))
+    os.environ["VLLM_RAY_PER_WORKER_GPUS"] = str(placement.gpu_share)
+    # The workers pick their GPU by local rank; Ray's restriction of this process (which asked for no
+    # GPU) must not hide them (OpenRLHF pops it likewise).
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    # vLLM's engine-core process joins this Ray cluster to start the workers (vLLM PR 21540).
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    return {"distributed_executor_backend": "ray"}
+
+
 class Actor:
     """Generates K responses per prompt with vLLM and scores them with the oracle."""
 
-    def __init__(self, args: Args, actor_index: int = 0) -> None:
-        configure_vllm_env(args)
+    def __init__(self, args: Args, placement: Placement, actor_index: int = 0) -> None:
+        configure_vllm_env(args, placement.on_cuda)
         import vllm
         from vllm.config.weight_transfer import WeightTransferConfig
 
@@ -61,8 +84,8 @@ class Actor:
         # in-process engine (the CPU default) of a checkout whose entry points are not installed.
         register_gloo_backend()
         self.args, self.actor_index = args, actor_index
-        self.on_cuda = args.on_cuda
-        collocated_on_gpu = self.on_cuda and args.collocate
+        self.on_cuda = placement.on_cuda
+        collocated_on_gpu = self.on_cuda and placement.collocate
         self.llm = vllm.LLM(
             model=args.pretrain,
             tokenizer=args.tokenizer or args.pretrain,
@@ -70,19 +93,20 @@ class Actor:
             seed=args.seed + actor_index,
             max_model_len=args.max_model_len,
             enforce_eager=not self.on_cuda,
-            gpu_memory_utilization=args.vllm_gpu_ratio,
-            tensor_parallel_size=args.vllm_tensor_parallel_size,
+            gpu_memory_utilization=args.vllm_gpu_ratio or placement.vllm_gpu_ratio,
+            tensor_parallel_size=placement.tensor_parallel_size,
+            **tensor_parallel_workers(placement, actor_index),
             enable_prefix_caching=args.enable_prefix_caching,
             **({} if self.on_cuda else whole_prefills(args.max_model_len)),
             enable_sleep_mode=collocated_on_gpu,
             # Log-probs after temperature: those of the distribution the learner optimises.
             logprobs_mode="processed_logprobs",
-            weight_transfer_config=WeightTransferConfig(backend=transfer_backend(self.on_cuda, args.collocate)),
+            weight_transfer_config=WeightTransferConfig(backend=transfer_backend(self.on_cuda, placement.collocate)),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.weight_version = 0  # learning steps behind the loaded weights (set by the loop after each sync)
         self.sleep_mode = collocated_on_gpu
-        if args.collocate and not self.sleep_mode:
+        if placement.collocate and not self.sleep_mode:
             logger.info("vLLM has no sleep mode on this device: actor sleep/wake_up are no-ops")
         self.oracle = oracle_from_flags(args, num_workers=args.oracle_workers)
         self.train_sampling = self.sampling_params(
@@ -284,14 +308,18 @@ class Actor:
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
 
     # ------------------------------------------------------------------ collocation
+    # vLLM has no sleep mode on CPU: there these are no-ops, called in the same order as on GPUs.
     def sleep(self) -> None:
-        """Free device memory for the learner (CUDA, collocated); vLLM has no sleep mode on CPU."""
+        """Free the GPU for the collocated learner: level 1 moves the weights to host memory and
+        drops the KV cache (level 2 would drop the weights, lost when a step does not sync)."""
         if self.sleep_mode:
             self.llm.sleep(level=1)
 
-    def wake_up(self) -> None:
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Bring back `tags` of the engine's memory ("weights", "kv_cache"; default all); the engine
+        schedules again once all are back."""
         if self.sleep_mode:
-            self.llm.wake_up()
+            self.llm.wake_up(list(tags) if tags else None)
 
     def close(self) -> None:
         self.oracle.close()

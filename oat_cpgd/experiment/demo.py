@@ -32,7 +32,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from oat_cpgd.args import CPGDArgs, parse_args
+from oat_cpgd.args import CPGDArgs
+from oat_cpgd.cli import parse_args
 from oat_cpgd.interface import run
 from oat_cpgd.models.sft import fine_tune
 from oat_cpgd.models.tiny import build_tiny_model

@@ -13,20 +13,27 @@ import ray
 from transformers import AutoTokenizer
 
 from oat_cpgd.actors import Actor
-from oat_cpgd.args import PPOArgs, parse_args
+from oat_cpgd.args import PPOArgs
+from oat_cpgd.cli import parse_args
+from oat_cpgd.cluster import ray_session
 from oat_cpgd.evaluation import load_eval_sets, metrics_table, run_evaluation, write_eval_results
-from oat_cpgd.placement import ray_session, spawn_actors
+from oat_cpgd.placement import actors_only_placement, cluster_nodes, reserve, spawn_actors
 
 
 def evaluate(args: PPOArgs) -> Path:
     """Answer the eval benchmarks with --pretrain; returns the run folder."""
     eval_sets = load_eval_sets(args, AutoTokenizer.from_pretrained(args.tokenizer))
-    with ray_session(args):
-        actors = spawn_actors(args, Actor)
+    with ray_session(args.ray_address):
+        # No learners: every GPU serves an engine, each on its own GPUs.
+        reservation = reserve(actors_only_placement(cluster_nodes(), args))
         try:
-            metrics, per_bench = run_evaluation(actors, eval_sets, args)
+            actors = spawn_actors(args, reservation, Actor)
+            try:
+                metrics, per_bench = run_evaluation(actors, eval_sets, args)
+            finally:
+                ray.get([actor.close.remote() for actor in actors])
         finally:
-            ray.get([actor.close.remote() for actor in actors])
+            reservation.release()
     run_dir = Path(args.save_path) / args.wb_run_name
     write_eval_results(run_dir, 0, per_bench)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -35,6 +42,5 @@ def evaluate(args: PPOArgs) -> Path:
 
 
 if __name__ == "__main__":
-    # No learners here: collocated placement gives every GPU to an actor (and passes the learner-GPU check).
-    run_dir = evaluate(parse_args(PPOArgs, default=PPOArgs(collocate=True)))
+    run_dir = evaluate(parse_args(PPOArgs, plan=actors_only_placement))
     print(f"eval results in {run_dir / 'eval' / 'step_0.json'}, metrics in {run_dir / 'metrics.json'}")

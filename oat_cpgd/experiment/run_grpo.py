@@ -1,6 +1,7 @@
 """GRPO, or Dr. GRPO with `--critic_type drgrpo`: `python -m oat_cpgd.experiment.run_grpo --help`."""
 
-from oat_cpgd.args import PPOArgs, parse_args
+from oat_cpgd.args import PPOArgs
+from oat_cpgd.cli import parse_args
 from oat_cpgd.interface import main
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ def _offload(enabled: bool, on_cuda: bool) -> dict[str, Any]:
     return {"device": "cpu" if enabled else "none", "pin_memory": on_cuda}
 
 
-def train_config(args: PPOArgs, world_size: int, learning_rate: float) -> dict[str, Any]:
-    """A trained engine (policy or critic): ZeRO, AdamW, clipping, batch sizes.
+def train_config(args: PPOArgs, world_size: int, learning_rate: float, on_cuda: bool) -> dict[str, Any]:
+    """A trained engine (policy or critic): ZeRO, AdamW, clipping, batch sizes; `on_cuda` from the placement.
 
     DeepSpeed checks train_batch_size = micro-batch x accumulation steps x ranks.
     """
@@ -42,13 +42,13 @@ def train_config(args: PPOArgs, world_size: int, learning_rate: float) -> dict[s
                 "weight_decay": args.l2,
                 # torch's AdamW needs no compiled op (DeepSpeed's take ~80 s to build); only
                 # optimizer states offloaded from a GPU are worth DeepSpeed's fast CPU Adam.
-                "torch_adam": not (args.adam_offload and args.on_cuda),
+                "torch_adam": not (args.adam_offload and on_cuda),
             },
         },
         "zero_optimization": {
             "stage": args.zero_stage,
-            "offload_optimizer": _offload(args.adam_offload, args.on_cuda),
-            "offload_param": _offload(args.param_offload, args.on_cuda),
+            "offload_optimizer": _offload(args.adam_offload, on_cuda),
+            "offload_param": _offload(args.param_offload, on_cuda),
         },
         "bf16": {"enabled": args.bf16},
         # Accumulate bf16 gradients over micro-batches in fp32.
@@ -57,12 +57,12 @@ def train_config(args: PPOArgs, world_size: int, learning_rate: float) -> dict[s
     }
 
 
-def reference_config(args: PPOArgs) -> dict[str, Any]:
+def reference_config(args: PPOArgs, on_cuda: bool) -> dict[str, Any]:
     """A ZeRO-3 inference engine for the frozen reference model (no optimizer)."""
     return {
         "train_micro_batch_size_per_gpu": args.mini_train_batch_size_per_device,
         "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": 3, "offload_param": _offload(args.ref_offload, args.on_cuda)},
+        "zero_optimization": {"stage": 3, "offload_param": _offload(args.ref_offload, on_cuda)},
         "bf16": {"enabled": args.bf16},
         "steps_per_print": NEVER,
     }

@@ -80,7 +80,7 @@ def zero_new_value_head(critic: PreTrainedModel, missing_keys: list[str]) -> Non
 
 
 def train_engine(
-    model: PreTrainedModel, args: PPOArgs, world_size: int, learning_rate: float, schedule_steps: float
+    model: PreTrainedModel, args: PPOArgs, world_size: int, learning_rate: float, schedule_steps: float, on_cuda: bool
 ) -> DeepSpeedEngine:
     """`model` trained by DeepSpeed: ZeRO, AdamW, the LR schedule over `schedule_steps` optimizer steps."""
     if args.gradient_checkpointing:
@@ -88,7 +88,7 @@ def train_engine(
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, args.l2),
-        config=train_config(args, world_size, learning_rate),
+        config=train_config(args, world_size, learning_rate, on_cuda),
         lr_scheduler=partial(lr_scheduler, args=args, total_steps=schedule_steps),
     )
     return engine
@@ -98,7 +98,7 @@ def reference_engine(model: PreTrainedModel, args: PPOArgs, device: torch.device
     """Frozen; partitioned like the policy under ZeRO-3, otherwise a plain module (off the device with --ref_offload)."""
     model = model.eval().requires_grad_(False)
     if args.zero_stage == 3:
-        engine, *_ = deepspeed.initialize(model=model, config=reference_config(args))
+        engine, *_ = deepspeed.initialize(model=model, config=reference_config(args, device.type == "cuda"))
         return engine
     return model.to("cpu" if args.ref_offload else device)
 

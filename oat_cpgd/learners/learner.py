@@ -62,6 +62,7 @@ from oat_cpgd.types import Trajectory
 if TYPE_CHECKING:
     from vllm.distributed.weight_transfer.base import TrainerWeightTransferEngine, VLLMWeightSyncClient
 
+    from oat_cpgd.placement import Placement
     from oat_cpgd.weight_sync import ModelWeights
 
 logger = logging.getLogger(__name__)
@@ -81,11 +82,12 @@ def _logprob_and_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 class Learner:
     """Policy (and for PPO a critic) trained with DeepSpeed, plus an optional frozen reference model."""
 
-    def __init__(self, args: PPOArgs, rank: int, world_size: int, schedule_steps: float) -> None:
-        """`schedule_steps`: the optimizer steps the LR schedules span (oat's count, see
-        `oat_cpgd.learners.schedule.schedule_steps`), times --max_step_adjustment for the policy
-        and --critic_max_step_adjustment for the critic."""
-        self.args, self.rank, self.world_size = args, rank, world_size
+    def __init__(self, args: PPOArgs, placement: Placement, rank: int, schedule_steps: float) -> None:
+        """Learner `rank` of `placement.learner_ranks`. `schedule_steps`: the optimizer steps the LR
+        schedules span (oat's count, see `oat_cpgd.learners.schedule.schedule_steps`), times
+        --max_step_adjustment for the policy and --critic_max_step_adjustment for the critic."""
+        world_size = placement.learner_ranks
+        self.args, self.placement, self.rank, self.world_size = args, placement, rank, world_size
         self.algorithm = get_algorithm(args.critic_type)
         engines.set_distributed_env(rank, world_size)
         deepspeed.init_distributed()
@@ -105,13 +107,14 @@ class Learner:
 
             policy_model = add_lora(policy_model, args)
         policy_steps = schedule_steps * args.max_step_adjustment
-        self.policy = engines.train_engine(policy_model, args, world_size, args.learning_rate, policy_steps)
+        on_cuda = placement.on_cuda
+        self.policy = engines.train_engine(policy_model, args, world_size, args.learning_rate, policy_steps, on_cuda)
         self.policy_lm = CausalLM(self.policy, keeps_logits, logits_are_the_output_layer(self.policy, self.device))
         self.critic: DeepSpeedEngine | None = None
         if self.algorithm.needs_critic:
             critic_steps = schedule_steps * args.critic_max_step_adjustment
             self.critic = engines.train_engine(
-                engines.load_critic(args), args, world_size, args.critic_learning_rate, critic_steps
+                engines.load_critic(args), args, world_size, args.critic_learning_rate, critic_steps, on_cuda
             )
         self.reference_lm: CausalLM | None = None
         if args.needs_reference:
@@ -457,13 +460,19 @@ class Learner:
             metrics["train/explained_variance"] = explained_variance(data["old_values"], data["returns"], mask)
         return {name: float(value) for name, value in metrics.items()}
 
+    def release_memory(self) -> None:
+        """Return the device memory the allocator keeps from `learn` (activations, logits, gathered
+        ZeRO-3 shards) to the device, for a collocated vLLM engine to wake into; as TRL
+        (trl/trainer/grpo_trainer.py), OpenRLHF (openrlhf/trainer/ppo_trainer.py) and verl do."""
+        get_accelerator().empty_cache()
+
     # ------------------------------------------------------------------ weights
 
     def connect_actors(self, actors: VLLMWeightSyncClient, num_workers: int) -> None:
         """Collective: open the weight transfer to the actors' `num_workers` vLLM workers (rank 0 drives it)."""
         from oat_cpgd.weight_sync import transfer_backend, weight_sender
 
-        backend = transfer_backend(self.args.on_cuda, self.args.collocate)
+        backend = transfer_backend(self.placement.on_cuda, self.placement.collocate)
         self.weight_transfer = weight_sender(backend, self.rank, num_workers, actors, self.weights())
 
     def sync_weights(self) -> None:

@@ -52,7 +52,7 @@ def _main_module_name() -> str | None:
     path = getattr(main, "__file__", None)
     if not path:
         return None
-    # Ray workers import from the launch directory (oat_cpgd.placement.worker_env): a script below it imports.
+    # Ray workers import from the launch directory (oat_cpgd.cluster.worker_env): a script below it imports.
     try:
         relative = Path(path).resolve().relative_to(Path.cwd().resolve())
     except ValueError:

@@ -1,0 +1,129 @@
+"""The command line: the flags of an Args class as tyro parses them, grouped into `--help` sections, and
+--dry_run, which prints the resolved flags and where the roles would run."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import sys
+import typing
+from typing import Annotated, TypeVar
+
+import docstring_parser
+import tyro
+from typing_extensions import Doc
+
+from oat_cpgd.args import Args, ConfigError
+from oat_cpgd.cluster import ray_session
+from oat_cpgd.placement import cluster_nodes, describe_locally, local_nodes, plan_placement, reserve
+
+ArgsT = TypeVar("ArgsT", bound=Args)
+
+HELP_SECTIONS = {
+    "resources": "gpus",
+    "model": "pretrain",
+    "data": "prompt_data",
+    "generation": "num_samples",
+    "oracle": "oracle_type",
+    "evaluation": "eval_data",
+    "training": "learning_rate",
+    "saving_and_logging": "save_path",
+    "algorithm": "critic_type",
+    "rewards_and_advantages": "kl_penalty_coef",
+    "critic": "gamma",
+    "cpgd": "policy_drift_coeff",
+}
+"""The `--help` sections (tyro heads each `<name> options`) and the first field of each: a section runs to
+the next one's first field, in the dataclasses' field order (a subclass's new fields follow its parent's)."""
+
+
+def help_sections(args_cls: type[Args]) -> dict[str, list[str]]:
+    """The field names of each `--help` section of `args_cls`, in field order."""
+    section_from_first_field = {first: section for section, first in HELP_SECTIONS.items()}
+    sections: dict[str, list[str]] = {}
+    for field in dataclasses.fields(args_cls):
+        if field.name in section_from_first_field:
+            names = sections[section_from_first_field[field.name]] = []
+        names.append(field.name)
+    return sections
+
+
+def field_help(args_cls: type[Args]) -> dict[str, str]:
+    """Each field's attribute docstring, a subclass's replacing its parent's (as tyro reads them)."""
+    docs: dict[str, str] = {}
+    for cls in reversed(args_cls.__mro__[:-1]):  # base classes first; `object` has no fields
+        docs.update(
+            {p.arg_name: p.description for p in docstring_parser.parse_from_object(cls).params if p.description}
+        )
+    return docs
+
+
+def sectioned_cli(args_cls: type[ArgsT], default: ArgsT) -> type:
+    """`args_cls` as tyro should show it: a dataclass per help section, which tyro boxes separately in
+    `--help`, each marked OmitArgPrefixes so its flags keep their flat names (`--learning_rate`, not
+    `--training.learning_rate`). Defaults come from `default`; help from `args_cls`'s docstrings."""
+    hints = typing.get_type_hints(args_cls, include_extras=True)
+    docs = field_help(args_cls)
+    sections = []
+    for section, names in help_sections(args_cls).items():
+        fields = [
+            (
+                name,
+                Annotated[hints[name], Doc(docs.get(name, ""))],
+                # A factory: a default such as a dict must not be shared between parses.
+                dataclasses.field(default_factory=functools.partial(copy.deepcopy, getattr(default, name))),
+            )
+            for name in names
+        ]
+        section_cls = dataclasses.make_dataclass(section, fields)
+        sections.append(
+            (section, Annotated[section_cls, tyro.conf.OmitArgPrefixes], dataclasses.field(default_factory=section_cls))
+        )
+    return dataclasses.make_dataclass(args_cls.__name__, sections)
+
+
+def parse_args(
+    args_cls: type[ArgsT], default: ArgsT | None = None, argv: list[str] | None = None, plan=plan_placement
+) -> ArgsT:
+    """Parse flags into `args_cls`, resolve derived values, and honour --dry_run.
+
+    `plan(nodes, args)` places the roles (oat_cpgd.placement: `plan_placement`, or
+    `actors_only_placement` for evaluation). A ConfigError is reported as a one-line usage error
+    (exit 2), naming the flags.
+    """
+    cli_cls = sectioned_cli(args_cls, args_cls() if default is None else default)
+    parsed = tyro.cli(cli_cls, args=argv, description=args_cls.__doc__)
+    args = args_cls(**{name: value for section in vars(parsed).values() for name, value in vars(section).items()})
+    try:
+        args.resolve()
+        if not args.ray_address:  # a private cluster on this machine: where the roles go is known now
+            plan(local_nodes(), args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.dry_run:
+        dry_run(args, plan)
+        raise SystemExit(0)
+    return args
+
+
+def dry_run(args: Args, plan=plan_placement) -> None:
+    """The resolved flags as JSON (stdout), then the placement, one line per role (stderr).
+
+    With --ray_address the placement group is booked on that cluster, to see the nodes and GPUs each
+    role would get, then released; otherwise it is planned for this machine.
+    """
+    print(args.to_json())
+    try:
+        if args.ray_address:
+            with ray_session(args.ray_address):
+                reservation = reserve(plan(cluster_nodes(), args))
+                reservation.release()
+                lines = reservation.lines()
+        else:
+            lines = describe_locally(plan(local_nodes(), args))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print("\n".join(lines), file=sys.stderr)
