@@ -88,6 +88,7 @@ def bench_one(name: str, options: argparse.Namespace) -> dict:
     from oat_cpgd.actors import Actor
     from oat_cpgd.args import PPOArgs
     from oat_cpgd.data import build_prompts, load_split
+    from oat_cpgd.placement import local_nodes, plan_placement
 
     path = model_path(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -109,7 +110,7 @@ def bench_one(name: str, options: argparse.Namespace) -> dict:
     # vLLM's CPU worker replaces torch.set_num_threads with a no-op in its process (the actor's
     # engine runs in this one by default): keep the real one for transformers.
     set_num_threads = torch.set_num_threads
-    actor = Actor(args)
+    actor = Actor(args, plan_placement(local_nodes(), args))
     in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
     vllm_threads = torch.get_num_threads() if in_process else None  # the engine's, when it runs here
     sampling = Actor.sampling_params(

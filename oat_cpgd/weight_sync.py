@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -55,19 +56,30 @@ def weight_sender(
     Every learner rank calls it, and then `send_weights()`, together; rank 0 is the sender.
     """
     register_gloo_backend()
-    info = trainer_init_info(backend, rank, world_size=1 + num_workers)
+    info = trainer_init_info(backend, rank, world_size=1 + num_workers, source=source)
     return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source)
 
 
-def trainer_init_info(backend: str, rank: int, world_size: int) -> TrainerInitInfo:
-    """What learner `rank` passes to vLLM's trainer engine; `world_size` counts the sender and every vLLM worker.
+def trainer_init_info(backend: str, rank: int, world_size: int, source: WeightSource) -> TrainerInitInfo:
+    """What learner `rank` passes to vLLM's trainer engine to send `source`; `world_size` counts the
+    sender and every vLLM worker.
 
-    The broadcast backends rendezvous at a free port on learner rank 0's host.
+    The broadcast backends rendezvous at a free port on learner rank 0's host. CUDA IPC goes through
+    one reused buffer (packed): unpacked, vLLM keeps an IPC-shared copy of every weight until the
+    update ends, a whole model more per GPU under ZeRO-3. Peers bound it too: verl sends buckets of
+    `update_weights_bucket_megabytes`, OpenRLHF one parameter at a time. The buffer is vLLM's default
+    size (1 GiB), or the largest weight where that is larger: a weight must fit whole (vLLM's
+    `packed_ipc_producer` raises otherwise), and Qwen2.5-7B's embedding and head (152064 x 3584 in
+    bf16) take 1.015 GiB each.
     """
     if backend == "ipc":
         from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
+        from vllm.distributed.weight_transfer.packed_tensor import DEFAULT_PACKED_BUFFER_SIZE_BYTES
 
-        return IPCTrainerInitInfo(rank=rank)
+        largest = max(m.dtype.itemsize * math.prod(m.shape) for m in source.metadata())
+        return IPCTrainerInitInfo(
+            rank=rank, packed=True, packed_buffer_size_bytes=max(DEFAULT_PACKED_BUFFER_SIZE_BYTES, largest)
+        )
     address, port = rendezvous_endpoint() if rank == 0 else ("", 0)
     if backend == "nccl":
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo

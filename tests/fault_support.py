@@ -1,5 +1,8 @@
-"""Real roles that fail on purpose, for tests/test_faults.py (importable by Ray workers via PYTHONPATH)."""
+"""Real roles that fail on purpose, for tests/test_faults.py and tests/test_engine_process.py (importable by Ray
+workers via PYTHONPATH)."""
 
+import inspect
+import json
 import os
 import signal
 from pathlib import Path
@@ -30,6 +33,31 @@ class KilledOnceActor(GreedyRecordingActor):
         if self.chunks == 2 and first_time(self.args, "actor_killed"):
             os.kill(os.getpid(), signal.SIGKILL)
         return result
+
+
+def worker_process(worker) -> dict:
+    """Run by the vLLM worker (through collective_rpc): its process, its parent (on CPU with the engine
+    core in its own process: the engine core, which runs the worker in a process of its own), and the
+    file of its weight-transfer engine's class."""
+    return {
+        "worker_pid": os.getpid(),
+        "worker_parent_pid": os.getppid(),
+        "weight_transfer_file": inspect.getfile(type(worker.weight_transfer_engine)),
+    }
+
+
+class EngineProcessActor(KilledOnceActor):
+    """KilledOnceActor that records, at each start, its process, its engine-core client's type and its
+    vLLM worker's processes (engine_processes.jsonl in the run folder)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        (worker,) = self.llm.collective_rpc(worker_process)
+        record = {"actor_pid": os.getpid(), "client": type(self.llm.llm_engine.engine_core).__name__, **worker}
+        run_dir = Path(self.args.save_path) / self.args.wb_run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with (run_dir / "engine_processes.jsonl").open("a") as out:
+            out.write(json.dumps(record) + "\n")
 
 
 class StaleActor(Actor):

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from oat_cpgd.actors import Actor
 from oat_cpgd.algorithms import top_k_top_p_logprobs
 from oat_cpgd.args import PPOArgs
+from oat_cpgd.placement import local_nodes, plan_placement
 from oat_cpgd.weight_sync import ModelWeights
 
 MAX_NEW = 12
@@ -30,7 +31,7 @@ def actor(tiny_model_path):
         oracle_workers=1,
     )
     args.resolve()
-    actor = Actor(args)
+    actor = Actor(args, plan_placement(local_nodes(), args))
     yield actor
     actor.close()
 

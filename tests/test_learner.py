@@ -384,6 +384,7 @@ def test_synced_weights_in_the_actor_reproduce_the_learner(results: Path, tiny_m
     """The synced weights broadcast into a real vLLM actor (built on the initial weights) give the trained model's outputs."""
     from oat_cpgd.actors import Actor
     from oat_cpgd.args import PPOArgs
+    from oat_cpgd.placement import local_nodes, plan_placement
 
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
     trained = AutoModelForCausalLM.from_pretrained(results / "grpo_zero3_saved", dtype=torch.float32).eval()
@@ -400,7 +401,7 @@ def test_synced_weights_in_the_actor_reproduce_the_learner(results: Path, tiny_m
         oracle_workers=1,
     )
     args.resolve()
-    actor = Actor(args)
+    actor = Actor(args, plan_placement(local_nodes(), args))
     try:
         tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
         prompts = [tokenizer(t)["input_ids"] for t in ("Using the numbers [3, 5, 7]", "Natalia sold 48 clips")]

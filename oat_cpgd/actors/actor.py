@@ -28,10 +28,24 @@ class Sample:
     """Stopped by the length limit rather than a stop token."""
 
 
-def configure_vllm_env(args: Args, on_cuda: bool) -> None:
+def configure_vllm_env(args: Args, placement: Placement) -> None:
     """vLLM reads these at import: set them before the engine is built."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # per-request and per-sync INFO lines drown the progress bar
-    if not on_cuda:
+    # Calls into an engine core in its own process (CUDA's default) are msgpack-encoded
+    # (vllm/v1/serial_utils.py). The CUDA-IPC weight handles, torch's `reduce_tensor` arguments, hold a
+    # torch.dtype and the tensor and storage classes, which the encoder refuses ("Object of type ... is
+    # not serializable") unless this is 1; OpenRLHF sets it too (openrlhf/trainer/ray/vllm_engine/base.py).
+    # Set on every device, so that the CPU runs encode as CUDA ones do.
+    insecure = "VLLM_ALLOW_INSECURE_SERIALIZATION"
+    if placement.on_cuda and placement.collocate and os.environ.get(insecure, "1") != "1":
+        # The CUDA-IPC sync cannot work without it: rather than fail at the first sync, override the
+        # user's value, and say so.
+        logger.warning(
+            "%s=%s overridden with 1: collocated weight sync sends CUDA-IPC handles", insecure, os.environ[insecure]
+        )
+        os.environ[insecure] = "1"
+    os.environ.setdefault(insecure, "1")
+    if not placement.on_cuda:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.vllm_cpu_kvcache_gb))
         # In-process engine core: 3-5 s start-up on CPU instead of 25-40 s.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -74,7 +88,7 @@ class Actor:
     """Generates K responses per prompt with vLLM and scores them with the oracle."""
 
     def __init__(self, args: Args, placement: Placement, actor_index: int = 0) -> None:
-        configure_vllm_env(args, placement.on_cuda)
+        configure_vllm_env(args, placement)
         import vllm
         from vllm.config.weight_transfer import WeightTransferConfig
 
