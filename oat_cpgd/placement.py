@@ -135,6 +135,11 @@ def actors_only_placement(nodes: Sequence[Mapping[str, float]], args: Args) -> P
 
 def cpu_placement(args: Args) -> Placement:
     """--gpus learner ranks and --num_actors actors (default 1), a bundle each, sharing the cores."""
+    need(
+        args.vllm_tensor_parallel_size == 1,
+        f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size} splits an engine over GPUs; the Ray cluster "
+        "has none (vLLM's Ray executor refuses the CPU platform): use 1.",
+    )
     actors = args.num_actors if args.num_actors > 0 else 1
     learner = {"CPU": CPU_SLIVER, **args.learner_resources}
     actor = {"CPU": CPU_SLIVER, **args.actor_resources}

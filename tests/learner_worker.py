@@ -338,7 +338,7 @@ def run_scenario(
     del plain_model
 
     args = make_args(model_dir, world_size, flags)
-    learner = Learner(args, Placement.learners_alone(world_size, on_cuda=False), rank, schedule_steps=10)
+    learner = Learner(args, Placement.learners_alone(world_size, torch.cuda.is_available()), rank, schedule_steps=10)
     per_rank = len(trajectories) // world_size
     shard = trajectories[rank * per_rank : (rank + 1) * per_rank]
 

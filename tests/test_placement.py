@@ -116,6 +116,7 @@ def test_learner_threads_share_the_node_cores(values, ranks, cores, threads):
         ([GPU_NODE], dict(gpus=2, vllm_tensor_parallel_size=2), ["--gpus 2", "no GPU for the learners", "= 2 GPUs"]),
         ([GPU_NODE], dict(gpus=6, collocate=True, vllm_tensor_parallel_size=4), ["--gpus 6", "multiple of --vllm_tensor_parallel_size 4"]),
         ([GPU_NODE], dict(gpus=4, collocate=True, num_actors=3, vllm_tensor_parallel_size=2), ["--num_actors 3", "6 GPUs", "--gpus 4"]),
+        ([CPU_NODE], dict(gpus=2, vllm_tensor_parallel_size=2), ["--vllm_tensor_parallel_size 2", "has none"]),
     ],
 )  # fmt: skip
 def test_a_split_that_cannot_be_placed_is_refused_with_the_numbers(nodes, values, words):
