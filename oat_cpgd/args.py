@@ -97,8 +97,10 @@ class Args:
     """Tensor-parallel size of each vLLM engine (CUDA)."""
     max_model_len: int | None = None
     """vLLM max model length; default: prompt_max_length + max(generate_max_length, eval_generate_max_length)."""
-    enable_prefix_caching: bool = False
-    """vLLM prefix caching (useful with many samples per prompt on CUDA)."""
+    enable_prefix_caching: bool = True
+    """vLLM prefix caching: a prompt's K samples share its prefill and its KV-cache blocks (vLLM's own
+    default). The cache is reset after every weight sync; seeded samples are the same with it off.
+    On CPU it shares only whole 128-token blocks (benchmark/prefix_caching.py)."""
 
     # --- Model ---
     pretrain: str = "Qwen/Qwen2.5-Math-1.5B"

@@ -23,7 +23,7 @@ def actor(tiny_model_path):
         critic_type="grpo",
         num_samples=3,
         generate_max_length=MAX_NEW,
-        prompt_max_length=128,
+        prompt_max_length=320,  # room for long_prompts
         eval_generate_max_length=MAX_NEW,
         rollout_batch_size=2,
         train_batch_size=2,
@@ -170,6 +170,58 @@ def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):
     after = greedy(actor, prompt_ids)
     assert after != before
     assert_same_greedy(after, hf_greedy(model, prompt_ids, MAX_NEW), model, MAX_NEW)
+
+
+def long_prompts(tiny_model_path, count: int = 2, length: int = 300) -> list[list[int]]:
+    """Prompts of two whole prefix-cache blocks and more (vLLM's CPU blocks hold 128 tokens; whole ones are shared)."""
+    generator = torch.Generator().manual_seed(2)
+    vocab = AutoTokenizer.from_pretrained(tiny_model_path).vocab_size
+    return [torch.randint(3, vocab, (length,), generator=generator).tolist() for _ in range(count)]
+
+
+def test_a_prompts_samples_share_its_prefill_and_are_those_sampled_without_the_cache(actor, tiny_model_path):
+    """Prefix caching is on by default: a prompt's K seeded samples reuse its cached blocks within one call,
+    and are exactly the samples (and log-probs) of the same requests made without reading the cache."""
+    prompts = long_prompts(tiny_model_path)
+    requests = [{"prompt_token_ids": ids} for ids in prompts]
+
+    def rollout(read_cache: bool):
+        actor.llm.reset_prefix_cache()  # as after a weight sync: only the call's own prompts can hit
+        sampling = [actor.seeded(actor.train_sampling, seed) for seed in (5, 6)]
+        for params in sampling:
+            params.skip_reading_prefix_cache = not read_cache
+        outputs = actor.llm.generate(requests, sampling, use_tqdm=False)
+        samples = [[(list(c.token_ids), [step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=True)])
+                    for c in o.outputs] for o in outputs]  # fmt: skip
+        return [o.num_cached_tokens for o in outputs], samples
+
+    uncached_hits, uncached = rollout(read_cache=False)
+    cached_hits, cached = rollout(read_cache=True)
+    assert uncached_hits == [0, 0] and cached_hits == [256, 256]  # the two whole blocks of each 300-token prompt
+    assert cached == uncached
+    assert all(len({tuple(ids) for ids, _ in group}) == 3 for group in cached)  # K distinct samples, not copies
+
+
+def test_a_weight_update_resets_the_prefix_cache_and_the_probe_scores_every_token(actor, tiny_model_path):
+    """Blocks cached under the old weights are not reused after a sync (Actor.finish_weight_update resets the
+    cache); the sync check's probe, whose prefix is then cached, still gets every prompt token's log-prob."""
+    prompts = long_prompts(tiny_model_path)
+    greedy(actor, prompts)  # caches the prompts' blocks under the current weights
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.2 * torch.randn(param.shape, generator=generator))
+    broadcast_to(actor, ModelWeights(model))
+    after = greedy(actor, prompts)
+    assert_same_greedy(after, hf_greedy(model, prompts, MAX_NEW), model, MAX_NEW)
+
+    probe = prompts[0] + after[0]  # its first 256 tokens are in the cache now
+    with torch.no_grad():
+        logits = model(torch.tensor([probe])).logits[0, :-1]
+    expected = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(probe[1:])[:, None])[:, 0]
+    seen = torch.tensor(actor.probe_logprobs(probe))  # the length check is probe_logprobs' own (strict zip)
+    assert torch.allclose(seen, expected, atol=1e-4)
 
 
 def test_sleep_and_wake_up_are_noops_on_cpu(actor, prompt_ids):
