@@ -223,7 +223,7 @@ def _train(
         4. the engines wake their weights only, which the sync overwrites;
         5. with --asynchronous, the next rollout ends first: the ZeRO-3 gathers of a sync are
            collectives with a timeout, which ranks would enter while rank 0 waits for busy actors (oat);
-        6. the new weights go to the engines;
+        6. the new weights go to the engines, and the learners free what the sync gathered;
         7. the engines wake their KV cache; then the sync check can generate.
         """
         if args.collocate:
@@ -239,6 +239,7 @@ def _train(
             pending.finish(recover)
         metrics["misc/weight_sync_time"] = sync(step) if sync_due(step) else 0.0
         if args.collocate:
+            call_all(learners, "release_memory")  # the sync's gathered layers and packed buffers
             call_all(actors, "wake_up", ["kv_cache"])
         if sync_due(step) and args.sync_check_every > 0 and syncs % args.sync_check_every == 0:
             start = time.perf_counter()

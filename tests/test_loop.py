@@ -121,6 +121,7 @@ COLLOCATED_STEP = [
     "actor start_weight_update",
     "actor update_weights",
     "actor finish_weight_update",
+    "learner release_memory",
     "actor wake_up ['kv_cache']",
     "actor probe_logprobs",  # the sync check generates: after the KV cache is back
 ]

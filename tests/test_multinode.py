@@ -44,7 +44,9 @@ class NodeRecordingLearner(Learner):
         record_node(args, f"learner_{rank}")
 
 
-def test_actor_and_learners_on_separate_nodes(tiny_model_path, shared_data, tmp_path, monkeypatch):
+@pytest.fixture
+def two_nodes(monkeypatch):
+    """Two Ray nodes on this host, `add(**resources)` each (`cluster.add_node`'s options); torn down after."""
     # The Ray workers import this module's roles as the driver does.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     # Both nodes are on loopback; Ray would otherwise swap 127.0.0.1 in --ray_address for this host's
@@ -55,21 +57,31 @@ def test_actor_and_learners_on_separate_nodes(tiny_model_path, shared_data, tmp_
     # Cluster writes its address where a bare `ray.init(address="auto")` looks (under RAY_TMPDIR): keep it in ours.
     monkeypatch.setenv("RAY_TMPDIR", temp_dir)
     os.makedirs(os.path.join(temp_dir, "ray"))
-    node_args = dict(num_cpus=1, include_dashboard=False, node_ip_address="127.0.0.1", temp_dir=temp_dir)
     cluster = Cluster()
-    try:
-        actor_node = cluster.add_node(**node_args, resources={"actor_node": 1})  # the head
-        learner_node = cluster.add_node(**node_args, resources={"learner_node": 2})
+
+    def add(first: dict, second: dict) -> tuple:
+        common = dict(num_cpus=1, include_dashboard=False, node_ip_address="127.0.0.1", temp_dir=temp_dir)
+        nodes = cluster.add_node(**common, **first), cluster.add_node(**common, **second)  # the first is the head
         cluster.wait_for_nodes()
-        args = countdown_args(
-            tiny_model_path, shared_data, tmp_path, "grpo",
-            ray_address=cluster.address, actor_resources={"actor_node": 1}, learner_resources={"learner_node": 1},
-        )  # fmt: skip
-        run_dir = run(args, learner_cls=NodeRecordingLearner, actor_cls=NodeRecordingActor)
+        return nodes
+
+    try:
+        yield cluster, add
     finally:
+        ray.shutdown()
         cluster.shutdown()
         stop_cluster(temp_dir)  # anything of this cluster's left behind, and only this cluster's
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_actor_and_learners_on_separate_nodes(two_nodes, tiny_model_path, shared_data, tmp_path):
+    cluster, add = two_nodes
+    actor_node, learner_node = add({"resources": {"actor_node": 1}}, {"resources": {"learner_node": 2}})
+    args = countdown_args(
+        tiny_model_path, shared_data, tmp_path, "grpo",
+        ray_address=cluster.address, actor_resources={"actor_node": 1}, learner_resources={"learner_node": 1},
+    )  # fmt: skip
+    run_dir = run(args, learner_cls=NodeRecordingLearner, actor_cls=NodeRecordingActor)
 
     nodes = {path.stem.removeprefix("node_"): path.read_text() for path in run_dir.glob("node_*.txt")}
     assert nodes == {
@@ -88,27 +100,12 @@ def test_actor_and_learners_on_separate_nodes(tiny_model_path, shared_data, tmp_
         assert row["misc/weight_sync_time"] > 0 and 0 <= row["actor/reward_mean"] <= 1
 
 
-def test_two_nodes_keep_each_tensor_parallel_engine_on_one(tmp_path, monkeypatch):
-    """2 nodes x 2 GPUs: every engine's 2 GPUs on one node, collocated learners beside them."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    # Both nodes on loopback, the cluster's address file in our temp folder (as tests/test_multinode.py).
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.setattr("ray._private.ray_constants.ENABLE_RAY_CLUSTER", False)
-    temp_dir = ray_temp_dir()
-    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
-    os.makedirs(os.path.join(temp_dir, "ray"))
-    node = dict(num_cpus=1, num_gpus=2, include_dashboard=False, node_ip_address="127.0.0.1", temp_dir=temp_dir)
-    cluster = Cluster()
-    try:
-        nodes = [cluster.add_node(**node), cluster.add_node(**node)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, runtime_env={"env_vars": worker_env()})
-        learners, actors = place(flags(collocate=True, vllm_tensor_parallel_size=2))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        stop_cluster(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+def test_two_nodes_keep_each_tensor_parallel_engine_on_one(two_nodes):
+    """2 nodes x 2 GPUs (on paper): every engine's 2 GPUs on one node, collocated learners beside them."""
+    cluster, add = two_nodes
+    nodes = add({"num_gpus": 2}, {"num_gpus": 2})
+    ray.init(address=cluster.address, runtime_env={"env_vars": worker_env()})
+    learners, actors = place(flags(collocate=True, vllm_tensor_parallel_size=2))
     node_ids = {n.node_id for n in nodes}
     for j, actor in enumerate(actors):
         (engine_node,) = {worker["node"] for worker in actor["workers"]}
