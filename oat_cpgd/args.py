@@ -120,9 +120,9 @@ class Args:
     """Named prompt template (none, r1_zero, countdown, boxed) or a format string such as
     'Q: {input}\\nA:' over the row's columns ({input} is the --input_key column)."""
     flash_attn: bool = False
-    """Use flash-attention 2 in the learner (CUDA with flash-attn installed; sdpa otherwise)."""
+    """Use flash-attention 2 in the learner (CUDA with flash-attn installed; sdpa otherwise). Needs --bf16."""
     bf16: bool = False
-    """Train in bfloat16 (emulated, not faster, on CPU); the actor then also runs in bf16."""
+    """Train in bfloat16 (emulated, not faster, on CPU); the actor then also runs in bf16. Needs --zero_stage >= 1."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     lora_rank: int = 0
@@ -453,6 +453,16 @@ class Args:
             "--temperature must be > 0 for training rollouts (use --eval_temperature 0 for greedy eval).",
         )
         need(self.param_offload is False or self.zero_stage == 3, "--param_offload needs --zero-stage 3.")
+        need(
+            not self.flash_attn or self.bf16,
+            "--flash_attn needs --bf16: the flash-attention kernel runs in bf16/fp16 only and rejects the fp32 "
+            "weights of a run without --bf16 at the first forward.",
+        )
+        need(
+            not (self.bf16 and self.zero_stage == 0),
+            "--bf16 needs --zero_stage 1 or higher: without ZeRO, DeepSpeed cannot accumulate bf16 gradients in "
+            "fp32 (it raises 'unsupported mix of bf16 and fp32 gradient accumulation' at start-up).",
+        )
         need(self.lora_rank >= 0, f"--lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}.")
         need(self.lora_alpha > 0, f"--lora_alpha must be > 0, got {self.lora_alpha}.")
         need(0 <= self.lora_dropout < 1, f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")

@@ -114,6 +114,9 @@ def test_grpo_entry_point_defaults_to_grpo():
         ),
         (["--param_offload", "--zero-stage", "2"], ["--param_offload"]),
         (["--lora_rank", "8", "--target_modules", "all-linear", "q_proj"], ["--target_modules", "all-linear"]),
+        (["--flash_attn"], ["--flash_attn", "--bf16"]),
+        (["--flash_attn", "--no-bf16"], ["--flash_attn", "--bf16"]),
+        (["--zero_stage", "0", "--bf16"], ["--zero_stage", "--bf16"]),
     ],
 )
 def test_bad_combinations_name_their_flags(argv, flags, capsys):
@@ -197,6 +200,13 @@ def test_limits_themselves_are_accepted():
     )
     assert args.max_model_len == 2048 and args.eval_batch_size == 1
     assert parse_args(PPOArgs, argv=[]).max_model_len == 2048  # the default: 1024 + max(1024, 1024)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--flash_attn", "--bf16"], ["--zero_stage", "0"], ["--zero_stage", "1", "--bf16"], ["--no-flash-attn"]]
+)
+def test_neighbours_of_the_refused_dtype_combinations_parse(argv):
+    parse_args(PPOArgs, argv=argv)
 
 
 def test_lora_flags_parse():
