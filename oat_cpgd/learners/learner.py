@@ -57,12 +57,11 @@ from oat_cpgd.learners.forward import (
     read_response_tokens,
     takes_logits_to_keep,
 )
+from oat_cpgd.learners.weights import ModelWeights
 from oat_cpgd.types import Trajectory
 
 if TYPE_CHECKING:
     from vllm.distributed.weight_transfer.base import TrainerWeightTransferEngine, VLLMWeightSyncClient
-
-    from oat_cpgd.weight_sync import ModelWeights
 
 logger = logging.getLogger(__name__)
 
@@ -474,8 +473,6 @@ class Learner:
 
     def weights(self) -> ModelWeights:
         """The policy's weights as the actors load them; every rank iterates them together (ZeRO-3 gathers)."""
-        from oat_cpgd.weight_sync import ModelWeights
-
         return ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3)
 
     def gathered_state(self) -> dict[str, Tensor] | None:
