@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from oat_cpgd.args import HELP_SECTIONS, ConfigError, CPGDArgs, PPOArgs, parse_args
+from oat_cpgd.args import HELP_SECTIONS, SYNC_CHECK_TOLERANCE, ConfigError, CPGDArgs, PPOArgs, parse_args
 from oat_cpgd.oracles import ORACLES, RewardOracle, register_oracle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,6 +207,13 @@ def test_limits_themselves_are_accepted():
 )
 def test_neighbours_of_the_refused_dtype_combinations_parse(argv):
     parse_args(PPOArgs, argv=argv)
+
+
+def test_sync_check_tolerance_follows_the_dtype_unless_given():
+    assert parse_args(PPOArgs, argv=[]).sync_check_tolerance == SYNC_CHECK_TOLERANCE["fp32"] == 1e-3
+    assert parse_args(PPOArgs, argv=["--bf16"]).sync_check_tolerance == SYNC_CHECK_TOLERANCE["bf16"] == 0.2
+    for dtype in (["--bf16"], ["--no-bf16"]):
+        assert parse_args(PPOArgs, argv=[*dtype, "--sync_check_tolerance", "0.07"]).sync_check_tolerance == 0.07
 
 
 def test_lora_flags_parse():
