@@ -35,7 +35,8 @@ class Sender:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 
     def connect(self, client, num_workers: int) -> None:
-        from oat_cpgd.weight_sync import ModelWeights, weight_sender
+        from oat_cpgd.learners.weights import ModelWeights
+        from oat_cpgd.weight_sync import weight_sender
 
         self.engine = weight_sender("gloo", 0, num_workers, client, ModelWeights(self.model))
 
@@ -45,7 +46,7 @@ class Sender:
     def safetensors_bytes(self) -> bytes:
         import safetensors.torch
 
-        from oat_cpgd.weight_sync import ModelWeights
+        from oat_cpgd.learners.weights import ModelWeights
 
         # Copies: the tied head shares the embedding's storage, which safetensors refuses.
         state = {name: tensor.clone() for name, tensor in ModelWeights(self.model)}

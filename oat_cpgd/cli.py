@@ -15,8 +15,8 @@ import tyro
 from typing_extensions import Doc
 
 from oat_cpgd.args import Args, ConfigError
-from oat_cpgd.cluster import ray_session
-from oat_cpgd.placement import cluster_nodes, describe_locally, local_nodes, plan_placement, reserve
+from oat_cpgd.cluster import cluster_nodes, ray_session, reserve
+from oat_cpgd.placement import describe_locally, local_nodes, plan_placement
 
 ArgsT = TypeVar("ArgsT", bound=Args)
 

@@ -27,10 +27,10 @@ from oat_cpgd.checkpoint import (
     save_checkpoint,
     save_pending_rollout,
 )
-from oat_cpgd.cluster import ray_session
+from oat_cpgd.cluster import cluster_nodes, ray_session, reserve
 from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, local_oracle, run_evaluation, write_eval_results
-from oat_cpgd.placement import cluster_nodes, plan_placement, reserve
+from oat_cpgd.placement import plan_placement
 from oat_cpgd.plot import plot_run
 from oat_cpgd.roles import ActorRecovery, call_all, check_sync, connect, gather_learners, start_roles, sync_weights
 from oat_cpgd.rollout import (

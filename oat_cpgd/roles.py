@@ -14,7 +14,7 @@ import torch
 
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.checkpoint import latest_checkpoint
-from oat_cpgd.placement import Reservation, spawn_actors, spawn_learners
+from oat_cpgd.cluster import Reservation, spawn_actors, spawn_learners
 from oat_cpgd.rollout import Chunk, send
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -23,14 +23,12 @@ from typing import Any, ClassVar
 
 import torch
 from vllm.distributed.weight_transfer.base import (
-    ParamMeta,
     TrainerInitInfo,
     TrainerWeightTransferEngine,
     VLLMWeightSyncClient,
     WeightSource,
     WeightTransferEngine,
     WeightTransferInitInfo,
-    layerwise_groups,
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferUpdateInfo
@@ -95,65 +93,6 @@ def rendezvous_endpoint() -> tuple[str, int]:
     from oat_cpgd.cluster import free_port
 
     return (ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"), free_port()
-
-
-@dataclass(frozen=True)
-class NamedWeight:
-    """One weight as vLLM loads it: a parameter itself, or (LoRA) a base weight merged with its adapter."""
-
-    params: tuple[torch.nn.Parameter, ...]
-    """What it is computed from: gathered together under ZeRO-3; the first gives its shape and dtype."""
-    compute: Callable[[], torch.Tensor]
-    """Called while `params` are gathered."""
-
-
-def named_weights(model: torch.nn.Module) -> dict[str, NamedWeight]:
-    """A Hugging Face model's weights by name; a peft model's are those of its merged model."""
-    if getattr(model, "peft_config", None):  # a PeftModel; peft is imported only for one
-        from oat_cpgd.learners.lora import merged_weights
-
-        return merged_weights(model)
-    return {name: NamedWeight((param,), param.detach) for name, param in model.named_parameters()}
-
-
-class ModelWeights(WeightSource):
-    """A Hugging Face model's weights by name, as vLLM loads them; under ZeRO-3 gathered one layer at a time.
-
-    Iterated on every learner rank in step (the gather is a collective). A tied output embedding
-    is also sent as `lm_head.weight` (unless `tied_head` is False, as for a checkpoint, which
-    stores it once): vLLM's CPU backend keeps a separately packed lm_head that only an explicit
-    `lm_head.weight` refreshes (vLLM on CUDA ignores it).
-    """
-
-    def __init__(self, model: torch.nn.Module, zero3: bool = False, tied_head: bool = True) -> None:
-        weights = named_weights(model)
-        if tied_head and getattr(model.config.get_text_config(), "tie_word_embeddings", False):
-            head = model.get_output_embeddings().weight
-            weights.setdefault("lm_head.weight", NamedWeight((head,), head.detach))
-        # In the order of the gather groups, which iteration follows.
-        self.weights = {name: weights[name] for group in layerwise_groups(list(weights)) for name in group}
-        self.zero3 = zero3
-
-    def metadata(self) -> list[ParamMeta]:
-        # ZeRO-3 leaves each rank a flat shard; ds_shape is the full shape.
-        return [
-            ParamMeta(name, w.params[0].dtype, tuple(getattr(w.params[0], "ds_shape", w.params[0].shape)))
-            for name, w in self.weights.items()
-        ]
-
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for group in self.groups():
-            weights = [self.weights[name] for name in group]
-            with self._gathered([param for weight in weights for param in weight.params]):
-                for name, weight in zip(group, weights, strict=True):
-                    yield name, weight.compute()
-
-    def _gathered(self, params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
-        if not self.zero3:
-            return contextlib.nullcontext()
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params)
 
 
 # ---------------------------------------------------------------------------- gloo backend (CPU)

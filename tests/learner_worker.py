@@ -35,6 +35,8 @@ from transformers import AutoModelForCausalLM
 from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages, kl_penalty, top_k_top_p_logprobs
 from oat_cpgd.args import CPGDArgs, PPOArgs
 from oat_cpgd.learners import Learner
+from oat_cpgd.learners.forward import unwrapped
+from oat_cpgd.learners.weights import ModelWeights
 from oat_cpgd.placement import Placement
 from oat_cpgd.types import Trajectory
 
@@ -55,6 +57,8 @@ class Scenario:
     perturbed_reference: bool = False
     """--ref_pretrain is the model with noise added: the reference KL is not 0 at the first step."""
     save: bool = False
+    check_loading: bool = False
+    """Compare each model's weights, gathered right after start-up, with the checkpoint (`loaded_weights`)."""
 
 
 ONE_STEP = {"train_batch_size": 16, "train_batch_size_per_device": 4}
@@ -69,6 +73,7 @@ SCENARIOS: dict[str, Scenario] = {
     "ppo": Scenario(
         {"critic_type": "ppo", "reward_scale": 10.0, "zero_stage": 3, **ONE_STEP},
         group_rewards=((1.0, -1.0, 1.0, -1.0),),
+        check_loading=True,
     ),
     "grpo": Scenario({"critic_type": "grpo", **ONE_STEP}, reference_grad_norm=True),
     "rloo": Scenario({"critic_type": "rloo", **ONE_STEP}),
@@ -142,6 +147,7 @@ SCENARIOS: dict[str, Scenario] = {
     "grpo_lora_zero3": Scenario(
         {"critic_type": "grpo", "zero_stage": 3, "lora_rank": 4, "lora_alpha": 8, "learning_rate": 5e-3, **ONE_STEP},
         save=True,
+        check_loading=True,
     ),
     # Two shuffled mini-batches (token-mean, critic), micro-batches of 4 vs 1.
     "ppo_two_steps": Scenario({"critic_type": "ppo", **TWO_STEPS}),
@@ -169,6 +175,7 @@ SCENARIOS: dict[str, Scenario] = {
             "train_batch_size_per_device": 2,
         },
         group_rewards=((1.0, 1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0), (1.0, 0.0, 1.0, 0.0), (0.0, 1.0, 0.0, 0.0)),
+        check_loading=True,
     ),
     "ppo_zero2_bf16": Scenario(
         {
@@ -306,6 +313,30 @@ def perturbed_copy(model: torch.nn.Module, path: Path, rank: int) -> Path:
     return path
 
 
+def loaded_weights(learner: Learner, model_dir: str) -> dict[str, dict[str, Any]]:
+    """Collective: each model's weights (policy, critic, reference), gathered right after start-up, against
+    the checkpoint's cast to the training dtype: how many it holds, the names that differ, and those
+    it lacks (the critic's new value head), with their largest absolute value."""
+    checkpoint = safetensors.torch.load_file(Path(model_dir) / "model.safetensors")
+    models = {"policy": learner.policy.module}
+    if learner.critic is not None:
+        models["critic"] = learner.critic.module
+    if learner.reference_lm is not None:
+        models["reference"] = unwrapped(learner.reference_lm.model)
+    report = {}
+    for role, model in models.items():
+        compared, differing, new = 0, [], {}
+        for name, tensor in ModelWeights(model, zero3=learner.args.zero_stage == 3, tied_head=False):
+            if name not in checkpoint:
+                new[name] = float(tensor.abs().max())
+                continue
+            compared += 1
+            if not torch.equal(tensor.cpu(), checkpoint[name].to(tensor.dtype)):
+                differing.append(name)
+        report[role] = {"compared": compared, "differing": differing, "new": new}
+    return report
+
+
 def sequence_logprobs(learner: Learner, shard: list[Trajectory]) -> list[float]:
     """Every rank's responses' log-probs (summed over tokens) under the learner's policy, in rank order."""
     mine = [float(logp.sum()) for logp in learner.response_logprobs(shard)]
@@ -339,6 +370,8 @@ def run_scenario(
 
     args = make_args(model_dir, world_size, flags)
     learner = Learner(args, Placement.learners_alone(world_size, torch.cuda.is_available()), rank, schedule_steps=10)
+    if scenario.check_loading:
+        result["loaded"] = loaded_weights(learner, model_dir)
     per_rank = len(trajectories) // world_size
     shard = trajectories[rank * per_rank : (rank + 1) * per_rank]
 

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from oat_cpgd.actors import Actor
 from oat_cpgd.algorithms import top_k_top_p_logprobs
 from oat_cpgd.args import PPOArgs
+from oat_cpgd.learners.weights import ModelWeights
 from oat_cpgd.placement import local_nodes, plan_placement
-from oat_cpgd.weight_sync import ModelWeights
 
 MAX_NEW = 12
 

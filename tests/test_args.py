@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from oat_cpgd.args import ConfigError, CPGDArgs, PPOArgs
+from oat_cpgd.args import SYNC_CHECK_TOLERANCE, ConfigError, CPGDArgs, PPOArgs
 from oat_cpgd.cli import HELP_SECTIONS, parse_args
 from oat_cpgd.oracles import ORACLES, RewardOracle, register_oracle
 
@@ -115,6 +115,9 @@ def test_grpo_entry_point_defaults_to_grpo():
         ),
         (["--param_offload", "--zero-stage", "2"], ["--param_offload"]),
         (["--lora_rank", "8", "--target_modules", "all-linear", "q_proj"], ["--target_modules", "all-linear"]),
+        (["--flash_attn"], ["--flash_attn", "--bf16"]),
+        (["--flash_attn", "--no-bf16"], ["--flash_attn", "--bf16"]),
+        (["--zero_stage", "0", "--bf16"], ["--zero_stage", "--bf16"]),
     ],
 )
 def test_bad_combinations_name_their_flags(argv, flags, capsys):
@@ -198,6 +201,20 @@ def test_limits_themselves_are_accepted():
     )
     assert args.max_model_len == 2048 and args.eval_batch_size == 1
     assert parse_args(PPOArgs, argv=[]).max_model_len == 2048  # the default: 1024 + max(1024, 1024)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--flash_attn", "--bf16"], ["--zero_stage", "0"], ["--zero_stage", "1", "--bf16"], ["--no-flash-attn"]]
+)
+def test_neighbours_of_the_refused_dtype_combinations_parse(argv):
+    parse_args(PPOArgs, argv=argv)
+
+
+def test_sync_check_tolerance_follows_the_dtype_unless_given():
+    assert parse_args(PPOArgs, argv=[]).sync_check_tolerance == SYNC_CHECK_TOLERANCE["fp32"] == 1e-3
+    assert parse_args(PPOArgs, argv=["--bf16"]).sync_check_tolerance == SYNC_CHECK_TOLERANCE["bf16"] == 0.2
+    for dtype in (["--bf16"], ["--no-bf16"]):
+        assert parse_args(PPOArgs, argv=[*dtype, "--sync_check_tolerance", "0.07"]).sync_check_tolerance == 0.07
 
 
 def test_lora_flags_parse():

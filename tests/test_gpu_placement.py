@@ -14,8 +14,8 @@ import ray
 from placement_support import ProbeActor, ProbeLearner
 
 from oat_cpgd.args import PPOArgs
-from oat_cpgd.cluster import start_local_ray
-from oat_cpgd.placement import cluster_nodes, plan_placement, reserve, spawn_actors, spawn_learners
+from oat_cpgd.cluster import cluster_nodes, reserve, spawn_actors, spawn_learners, start_local_ray
+from oat_cpgd.placement import plan_placement
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent

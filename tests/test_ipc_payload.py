@@ -40,7 +40,8 @@ from vllm.v1.engine.llm_engine import LLMEngine
 from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
 
 from oat_cpgd.actors import Actor
-from oat_cpgd.weight_sync import ModelWeights, trainer_init_info, weight_sender
+from oat_cpgd.learners.weights import ModelWeights
+from oat_cpgd.weight_sync import trainer_init_info, weight_sender
 
 GPU_UUID = "GPU-0a1b2c3d-0000-1111-2222-333344445555"
 HANDLE = bytes(range(64))  # a cudaIpcMemHandle_t is 64 bytes

@@ -365,6 +365,62 @@ def test_lora_checkpoint_holds_the_adapter_and_the_merged_policy(results: Path, 
         torch.testing.assert_close(merged[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize(
+    ("name", "roles"),
+    [("ppo", {"policy", "critic"}), ("grpo_lora_zero3", {"policy"}), ("cpgd_zero3_bf16", {"policy", "reference"})],
+)
+def test_zero3_models_load_the_checkpoint_exactly(results: Path, tiny_model_path: Path, name: str, roles: set) -> None:
+    """Under ZeRO-3 each rank builds its partitions inside deepspeed.zero.Init and rank 0 fills each layer
+    from the checkpoint: gathered, every weight is the checkpoint's (cast to bf16 where the run is), the
+    LoRA-wrapped policy's too (B = 0 merges to the base), and the critic's new value head is zero."""
+    loaded = result(results, name)["loaded"]
+    checkpoint = safetensors.torch.load_file(tiny_model_path / "model.safetensors")
+    assert loaded.keys() == roles
+    for role, report in loaded.items():
+        assert report["compared"] == len(checkpoint) and report["differing"] == [], (role, report)
+        assert report["new"] == ({"score.weight": 0.0, "score.bias": 0.0} if role == "critic" else {}), (role, report)
+
+
+ZERO3_LOADING = """
+import json, os, sys
+import deepspeed
+from transformers.integrations import is_deepspeed_zero3_enabled
+from oat_cpgd.args import PPOArgs
+from oat_cpgd.learners.deepspeed_config import train_config
+from oat_cpgd.learners.engines import load_critic, load_language_model
+deepspeed.init_distributed()
+out = {}
+for stage in (2, 3):
+    args = PPOArgs(pretrain=sys.argv[1], zero_stage=stage)
+    args.resolve()
+    config = train_config(args, 1, 1e-3, on_cuda=False)
+    models = [load_language_model(args.pretrain, args, config), load_critic(args, config)]
+    # A ZeRO-3 parameter built under zero.Init holds an empty tensor; its partition is in ds_tensor.
+    out[stage] = [hasattr(p, "ds_id") and p.numel() == 0 for model in models for p in model.parameters()]
+    out[f"{stage} flag left set"] = is_deepspeed_zero3_enabled()
+print(json.dumps(out))
+"""
+
+
+def test_zero3_models_are_partitioned_as_they_load(tiny_model_path: Path) -> None:
+    """Under ZeRO-3 the policy and critic come out of from_pretrained partitioned (built inside
+    deepspeed.zero.Init): no rank holds a whole model in host memory. Under ZeRO-2 they are whole,
+    and transformers' ZeRO-3 switch is cleared after each load."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", ZERO3_LOADING, str(tiny_model_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    partitioned = json.loads(done.stdout.strip().splitlines()[-1])
+    assert partitioned["3"] and all(partitioned["3"]) and not any(partitioned["2"])
+    assert not partitioned["2 flag left set"] and not partitioned["3 flag left set"]
+
+
 def test_dump_state_writes_the_last_synced_state(results: Path) -> None:
     dumped = safetensors.torch.load_file(results / "dump.safetensors")
     last = state(results, LAST_SCENARIO)

@@ -66,7 +66,7 @@ def tensor_parallel_workers(placement: Placement, actor_index: int) -> dict[str,
     """vLLM engine options that put a tensor-parallel engine's workers in this actor's bundles.
 
     vLLM's Ray executor starts a worker per GPU in the actor's placement group (captured by the
-    actor, see oat_cpgd.placement.spawn_actors), in the bundles VLLM_RAY_BUNDLE_INDICES names, each
+    actor, see oat_cpgd.cluster.spawn_actors), in the bundles VLLM_RAY_BUNDLE_INDICES names, each
     asking VLLM_RAY_PER_WORKER_GPUS of its GPU; as OpenRLHF does
     (openrlhf/trainer/ray/vllm_engine/base.py, factory.py). One GPU: the engine runs in this process.
     """

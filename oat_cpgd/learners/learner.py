@@ -48,6 +48,7 @@ from oat_cpgd.args import PPOArgs
 from oat_cpgd.learners import engines, saving
 from oat_cpgd.learners.batch import Batch, accumulation_weights, collate, micro_batches
 from oat_cpgd.learners.collectives import all_gather_cat, all_reduce_max, all_reduce_sum, mean_over_ranks
+from oat_cpgd.learners.deepspeed_config import train_config
 from oat_cpgd.learners.forward import (
     CausalLM,
     TokenRead,
@@ -57,13 +58,13 @@ from oat_cpgd.learners.forward import (
     read_response_tokens,
     takes_logits_to_keep,
 )
+from oat_cpgd.learners.weights import ModelWeights
 from oat_cpgd.types import Trajectory
 
 if TYPE_CHECKING:
     from vllm.distributed.weight_transfer.base import TrainerWeightTransferEngine, VLLMWeightSyncClient
 
     from oat_cpgd.placement import Placement
-    from oat_cpgd.weight_sync import ModelWeights
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ class Learner:
         self.shuffle_generator = torch.Generator().manual_seed(args.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain)
 
-        policy_model = engines.load_language_model(args.pretrain, args)
+        policy_config = train_config(args, world_size, args.learning_rate, placement.on_cuda)
+        policy_model = engines.load_language_model(args.pretrain, args, policy_config)
         keeps_logits = takes_logits_to_keep(policy_model)  # (a LoRA wrapper passes the keyword on)
         # Dropout makes a training forward differ from the no-gradient one the old log-probs come from.
         self.dropout_free = not has_dropout(policy_model) and args.lora_dropout == 0
@@ -107,19 +109,17 @@ class Learner:
 
             policy_model = add_lora(policy_model, args)
         policy_steps = schedule_steps * args.max_step_adjustment
-        on_cuda = placement.on_cuda
-        self.policy = engines.train_engine(policy_model, args, world_size, args.learning_rate, policy_steps, on_cuda)
+        self.policy = engines.train_engine(policy_model, args, policy_config, policy_steps)
         self.policy_lm = CausalLM(self.policy, keeps_logits, logits_are_the_output_layer(self.policy, self.device))
         self.critic: DeepSpeedEngine | None = None
         if self.algorithm.needs_critic:
             critic_steps = schedule_steps * args.critic_max_step_adjustment
-            self.critic = engines.train_engine(
-                engines.load_critic(args), args, world_size, args.critic_learning_rate, critic_steps, on_cuda
-            )
+            critic_config = train_config(args, world_size, args.critic_learning_rate, placement.on_cuda)
+            critic_model = engines.load_critic(args, critic_config)
+            self.critic = engines.train_engine(critic_model, args, critic_config, critic_steps)
         self.reference_lm: CausalLM | None = None
         if args.needs_reference:
-            reference_model = engines.load_language_model(args.ref_pretrain or args.pretrain, args)
-            reference = engines.reference_engine(reference_model, args, self.device)
+            reference = engines.load_reference(args, self.device)
             with engines.reference_on_device(reference, args, self.device):  # (off the device with --ref_offload)
                 self.reference_lm = CausalLM.of(reference, self.device)
 
@@ -483,8 +483,6 @@ class Learner:
 
     def weights(self) -> ModelWeights:
         """The policy's weights as the actors load them; every rank iterates them together (ZeRO-3 gathers)."""
-        from oat_cpgd.weight_sync import ModelWeights
-
         return ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3)
 
     def gathered_state(self) -> dict[str, Tensor] | None:

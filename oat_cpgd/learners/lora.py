@@ -19,7 +19,7 @@ from peft.tuners.lora import LoraLayer, LoraModel
 from transformers import PreTrainedModel
 
 from oat_cpgd.args import PPOArgs
-from oat_cpgd.weight_sync import NamedWeight
+from oat_cpgd.learners.weights import NamedWeight
 
 ALL_LINEAR = "all-linear"
 """peft's name for every linear layer but the output layer: attention and MLP projections."""

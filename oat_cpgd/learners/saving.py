@@ -11,14 +11,14 @@ from deepspeed import DeepSpeedEngine
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from oat_cpgd.learners.weights import ModelWeights
+
 CHECKPOINT_TAG = "state"
 
 
 def gathered_state(policy: DeepSpeedEngine, rank: int, zero3: bool) -> dict[str, Tensor] | None:
     """The policy's weights (with LoRA the merged model's) by Hugging Face name, as contiguous CPU
     tensors in the training dtype, on rank 0 (None elsewhere). Tied weights appear once, as in the checkpoint."""
-    from oat_cpgd.weight_sync import ModelWeights
-
     state = {}
     for name, tensor in ModelWeights(policy.module, zero3=zero3, tied_head=False):
         # Every rank iterates: under ZeRO-3 each layer's gather is a collective.
