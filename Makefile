@@ -51,8 +51,8 @@ bench: install
 	$(PY) benchmark/run_all.py
 
 lint: install
-	$(PY) -m ruff check oat_cpgd tests examples benchmark
-	$(PY) -m ruff format --check oat_cpgd tests examples benchmark
+	$(PY) -m ruff check oat_cpgd tests examples benchmark scripts
+	$(PY) -m ruff format --check oat_cpgd tests examples benchmark scripts
 
 clean:
 	rm -rf $(CACHE) .pytest_cache runs
