@@ -222,20 +222,22 @@ def main() -> None:
     options = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(options.threads))
 
-    if options.model != "both":
-        results = [bench_one(options.model, options)]  # a list, as for both
-    else:
-        # One process per model: an in-process vLLM engine cannot be shut down and replaced.
-        results = []
-        for name in MODELS:
-            part = options.json.with_name(f"{options.json.stem}.{name}.json")
-            command = [sys.executable, __file__, *sys.argv[1:], "--model", name, "--json", str(part)]
-            subprocess.run(command, check=True)
-            results += json.loads(part.read_text())
+    results = [bench_one(options.model, options)] if options.model != "both" else each_model(__file__, options.json)
     options.json.parent.mkdir(parents=True, exist_ok=True)
     options.json.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"results: {options.json}")
+
+
+def each_model(script: str, json_path: Path) -> list:
+    """`script` run again with this command line once per model, each in its own process (an in-process
+    vLLM engine cannot be shut down and replaced); their JSON results, joined."""
+    results = []
+    for name in MODELS:
+        part = json_path.with_name(f"{json_path.stem}.{name}.json")
+        subprocess.run([sys.executable, script, *sys.argv[1:], "--model", name, "--json", str(part)], check=True)
+        results += json.loads(part.read_text())
+    return results
 
 
 if __name__ == "__main__":

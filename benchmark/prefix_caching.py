@@ -34,11 +34,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from generation_throughput import MODELS, OUT_DIR, REPO, CpuClock, model_path  # this script's folder is on sys.path
+from generation_throughput import (  # this script's folder is on sys.path
+    OUT_DIR,
+    REPO,
+    CpuClock,
+    each_model,
+    model_path,
+)
 
 MODES = {"on": True, "off": False}
 
@@ -194,15 +198,7 @@ def main() -> None:
     options = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(options.threads))
 
-    if options.model != "both":
-        results = bench_one(options.model, options)
-    else:
-        results = []
-        for name in MODELS:  # one process per model, as in generation_throughput.py
-            part = options.json.with_name(f"{options.json.stem}.{name}.json")
-            command = [sys.executable, __file__, *sys.argv[1:], "--model", name, "--json", str(part)]
-            subprocess.run(command, check=True)
-            results += json.loads(part.read_text())
+    results = bench_one(options.model, options) if options.model != "both" else each_model(__file__, options.json)
     options.json.parent.mkdir(parents=True, exist_ok=True)
     options.json.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)

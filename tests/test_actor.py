@@ -158,14 +158,20 @@ def test_seeded_samples_of_prompts_beyond_one_engine_step(actor, tiny_model_path
     assert [t.response_ids for t in trajectories[-3:]] == [t.response_ids for t in alone]
 
 
-def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
-    before = greedy(actor, prompt_ids)
-    generator = torch.Generator().manual_seed(1)
-    # named_parameters, not state_dict: the tied lm_head must not get noise of its own.
+def perturbed(model_path, seed: int):
+    """The model with noise on every weight; through parameters(), not state_dict(), so the tied
+    lm_head gets no noise of its own."""
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.2 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+def test_update_weights_changes_generation(actor, prompt_ids, tiny_model_path):
+    before = greedy(actor, prompt_ids)
+    model = perturbed(tiny_model_path, seed=1)
     broadcast_to(actor, ModelWeights(model))
     after = greedy(actor, prompt_ids)
     assert after != before
@@ -207,11 +213,7 @@ def test_a_weight_update_resets_the_prefix_cache_and_the_probe_scores_every_toke
     cache); the sync check's probe, whose prefix is then cached, still gets every prompt token's log-prob."""
     prompts = long_prompts(tiny_model_path)
     greedy(actor, prompts)  # caches the prompts' blocks under the current weights
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.2 * torch.randn(param.shape, generator=generator))
+    model = perturbed(tiny_model_path, seed=3)
     broadcast_to(actor, ModelWeights(model))
     after = greedy(actor, prompts)
     assert_same_greedy(after, hf_greedy(model, prompts, MAX_NEW), model, MAX_NEW)
