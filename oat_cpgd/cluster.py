@@ -164,8 +164,8 @@ def reserve(placement: Placement, timeout_s: float = RESERVE_TIMEOUT_S) -> Reser
         ]
     )
     # The address Ray knows each node by (the one vLLM's Ray executor uses too).
-    addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
-    locations = [(node, addresses[node], gpus) for node, gpus in found]
+    address_of = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
+    locations = [(node, address_of[node], gpus) for node, gpus in found]
     order = by_node(placement.bundles, locations)
     renumbered = replace(
         placement,
@@ -175,11 +175,11 @@ def reserve(placement: Placement, timeout_s: float = RESERVE_TIMEOUT_S) -> Reser
     node_ids, addresses, gpu_ids = (tuple(column) for column in zip(*locations, strict=True))
     reservation = Reservation(group, renumbered, node_ids, addresses, gpu_ids)
     for j, bundles in enumerate(renumbered.actor_bundles):
-        nodes = {addresses[b] + " " + node_ids[b][:8] for b in bundles}
-        if len(nodes) > 1:
+        if len({node_ids[b] for b in bundles}) > 1:
             reservation.release()
+            nodes = sorted({f"{addresses[b]} ({node_ids[b][:8]})" for b in bundles})
             raise RuntimeError(
-                f"actor {j}'s {len(bundles)} GPUs (--vllm_tensor_parallel_size) landed on nodes {sorted(nodes)}: "
+                f"actor {j}'s {len(bundles)} GPUs (--vllm_tensor_parallel_size) landed on nodes {nodes}: "
                 "give each node a multiple of that many free GPUs."
             )
     return reservation

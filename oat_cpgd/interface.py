@@ -237,11 +237,12 @@ def _train(
             call_all(actors, "wake_up", ["weights"])
         if args.asynchronous and pending is not None:
             pending.finish(recover)
-        metrics["misc/weight_sync_time"] = sync(step) if sync_due(step) else 0.0
+        due = sync_due(step)
+        metrics["misc/weight_sync_time"] = sync(step) if due else 0.0
         if args.collocate:
             call_all(learners, "release_memory")  # the sync's gathered layers and packed buffers
             call_all(actors, "wake_up", ["kv_cache"])
-        if sync_due(step) and args.sync_check_every > 0 and syncs % args.sync_check_every == 0:
+        if due and args.sync_check_every > 0 and syncs % args.sync_check_every == 0:
             start = time.perf_counter()
             metrics["misc/sync_check_gap"] = check_sync(
                 learners, actors, prompts.prompt_ids[0], args.sync_check_tolerance

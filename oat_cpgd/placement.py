@@ -51,8 +51,7 @@ class Placement:
     @classmethod
     def learners_alone(cls, ranks: int, on_cuda: bool) -> Placement:
         """Learner ranks started by another launcher (torchrun: tests, benchmarks), a device each, no actors."""
-        bundle = {"GPU": 1.0} if on_cuda else {"CPU": CPU_SLIVER}
-        return cls(on_cuda, False, 1, (bundle,) * ranks, tuple(range(ranks)), ())
+        return cls(on_cuda, False, 1, (device_bundle(on_cuda),) * ranks, tuple(range(ranks)), ())
 
     @property
     def learner_ranks(self) -> int:
@@ -110,13 +109,11 @@ def actors_only_placement(nodes: Sequence[Mapping[str, float]], args: Args) -> P
         actors >= 1 and (not on_cuda or actors * tp <= args.gpus),
         f"--gpus {args.gpus} cannot hold {actors} engines of --vllm_tensor_parallel_size {tp} GPUs.",
     )
-    bundle = {"GPU": 1.0} if on_cuda else {"CPU": CPU_SLIVER}
-    bundles = [{**bundle} for _ in range(actors * tp)]
-    for j in range(actors):
-        add_resources(bundles[j * tp], args.actor_resources)
-    placement = Placement(
-        on_cuda, False, tp, tuple(bundles), (), tuple(tuple(range(j * tp, (j + 1) * tp)) for j in range(actors))
-    )
+    bundles = [device_bundle(on_cuda) for _ in range(actors * tp)]
+    actor_bundles = engine_bundles(0, actors, tp)
+    for own in actor_bundles:
+        add_resources(bundles[own[0]], args.actor_resources)
+    placement = Placement(on_cuda, False, tp, tuple(bundles), (), actor_bundles)
     if on_cuda:
         check_gpus(placement, nodes, total["GPU"], args)
     check_custom_resources(placement, total, args)
@@ -131,8 +128,8 @@ def cpu_placement(args: Args) -> Placement:
         "has none (vLLM's Ray executor refuses the CPU platform): use 1.",
     )
     actors = args.num_actors if args.num_actors > 0 else 1
-    learner = {"CPU": CPU_SLIVER, **args.learner_resources}
-    actor = {"CPU": CPU_SLIVER, **args.actor_resources}
+    learner = {**device_bundle(False), **args.learner_resources}
+    actor = {**device_bundle(False), **args.actor_resources}
     return Placement(
         on_cuda=False,
         collocate=args.collocate,
@@ -168,17 +165,24 @@ def gpu_placement(args: Args) -> Placement:
             f"--vllm_tensor_parallel_size {tp} = {actors * tp} GPUs; use --collocate or more --gpus.",
         )
         learner_bundles, first_actor_bundle = tuple(range(learners)), learners
-    bundle = {"GPU": 1.0}
-    bundles = [dict(bundle) for _ in range(gpus)]
+    bundles = [device_bundle(True) for _ in range(gpus)]
     # Custom resources go to the bundle of the role that asks them (an actor's: its first GPU's).
     for b in learner_bundles:
         add_resources(bundles[b], args.learner_resources)
-    actor_bundles = tuple(
-        tuple(range(first_actor_bundle + j * tp, first_actor_bundle + (j + 1) * tp)) for j in range(actors)
-    )
+    actor_bundles = engine_bundles(first_actor_bundle, actors, tp)
     for own in actor_bundles:
         add_resources(bundles[own[0]], args.actor_resources)
     return Placement(True, args.collocate, tp, tuple(bundles), learner_bundles, actor_bundles)
+
+
+def device_bundle(on_cuda: bool) -> dict[str, float]:
+    """One bundle's resources: a GPU, or on a cluster without GPUs a sliver of a CPU."""
+    return {"GPU": 1.0} if on_cuda else {"CPU": CPU_SLIVER}
+
+
+def engine_bundles(first: int, actors: int, tp: int) -> tuple[tuple[int, ...], ...]:
+    """Each of `actors` engines' `tp` consecutive bundles, from bundle `first` on."""
+    return tuple(tuple(range(first + j * tp, first + (j + 1) * tp)) for j in range(actors))
 
 
 def add_resources(bundle: dict[str, float], resources: Mapping[str, float]) -> None:
