@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --nproc_per_node 1 scripts/gpu_check.py --out DIR [--cpu]
 
-One learner rank, as tests/learner_worker.py runs learners under torchrun, on its fixed trajectories
+One learner rank, as tests/support/learner_worker.py runs learners under torchrun, on its fixed trajectories
 (4 prompts x 4 random responses) and the tiny model: ZeRO-2 and ZeRO-3 in bf16 (the same learn,
 compared), the output layer in chunks under ZeRO-3, LoRA merged for the sync, a checkpoint saved and
 loaded into a new learner, the ZeRO-3 load against the checkpoint on disk, and the device memory
@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from learner_worker import CHUNKED, ONE_STEP, loaded_weights, make_args, make_trajectories, token_logprobs  # noqa: E402
+from support.learner_worker import CHUNKED, ONE_STEP, loaded_weights, make_args, make_trajectories, token_logprobs  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from oat_cpgd.learners import Learner  # noqa: E402

@@ -53,7 +53,7 @@ def ray_cluster():
 
     from oat_cpgd.cluster import start_local_ray
 
-    # Ray workers import the test classes (loop_support, fault_support) as the driver does.
+    # Ray workers import the test classes (support.loop, support.faults) as the driver does.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
     temp_dir = start_local_ray()
     yield

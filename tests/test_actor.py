@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from greedy_support import assert_same_greedy, hf_greedy
-from sync_support import broadcast_to
+from support.greedy import assert_same_greedy, hf_greedy
+from support.sync import broadcast_to
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oat_cpgd.actors import Actor

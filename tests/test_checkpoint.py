@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ray_support import kill_cluster  # tests/ is on sys.path
+from support.ray_cluster import kill_cluster  # tests/ is on sys.path
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.checkpoint import complete_checkpoints, latest_checkpoint, load_state, save_checkpoint
@@ -60,7 +60,7 @@ def test_resume_drops_log_rows_after_the_checkpoint(tmp_path):
 # boundary (prompts 4-7 and 8-11 of the stream), one before the kill and one after it.
 FLAGS = """--gpus 2 --critic_type ppo --zero_stage 3 --asynchronous --train_split train[:5] --num_prompt_epoch 4
     --input_key nums --output_key target,nums --prompt_template countdown
-    --oracle loop_support:LengthOracle --oracle_workers 1 --num_samples 4 --rollout_batch_size 4 --rollout_batch_size_per_device 4
+    --oracle support.loop:LengthOracle --oracle_workers 1 --num_samples 4 --rollout_batch_size 4 --rollout_batch_size_per_device 4
     --train_batch_size 8 --train_batch_size_per_device 2 --generate_max_length 16 --prompt_max_length 256
     --learning_rate 1e-3 --max_step_adjustment 8 --max_steps 4 --save_steps 2 --max_save_num 3 --eval_steps -1""".split()
 
@@ -108,13 +108,13 @@ def test_a_run_killed_mid_step_resumes_exactly(tiny_model_path, shared_data, tmp
     seeded by (seed, step, position, prompt), so the resumed run samples what the straight one did.
     """
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short, and ours: what the crash leaves is found
-    # LengthOracle (tests/loop_support.py): rewards that differ within every group, so every step trains.
+    # LengthOracle (tests/support/loop.py): rewards that differ within every group, so every step trains.
     python_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": python_path}
     data = str(shared_data / "countdown" / "train_head.jsonl")
 
     def command(name: str, *extra: str) -> list[str]:
-        return [sys.executable, str(REPO / "tests" / "resume_support.py"), "--pretrain", str(tiny_model_path),
+        return [sys.executable, str(REPO / "tests" / "support" / "resume.py"), "--pretrain", str(tiny_model_path),
                 "--prompt_data", data, "--save_path", str(tmp_path), "--wb-run-name", name, *FLAGS, *extra]  # fmt: skip
 
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
@@ -123,7 +123,7 @@ def test_a_run_killed_mid_step_resumes_exactly(tiny_model_path, shared_data, tmp
         assert done.returncode == 0, done.stderr[-4000:]
 
         crashed.mkdir()
-        (crashed / "pause_at_step").write_text("3")  # tests/resume_support.py: rank 0 waits inside step 3's update
+        (crashed / "pause_at_step").write_text("3")  # tests/support/resume.py: rank 0 waits inside step 3's update
         process = subprocess.Popen(command("crashed"), env=env, cwd=REPO, start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         deadline = time.monotonic() + 300

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ray_support import cluster_processes, stop_cluster  # tests/ is on sys.path
+from support.ray_cluster import cluster_processes, stop_cluster  # tests/ is on sys.path
 
 from oat_cpgd.cluster import ray_temp_dir, worker_env
 

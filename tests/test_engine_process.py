@@ -39,7 +39,7 @@ def test_collocated_loop_with_a_restarted_actor_and_its_engine_core_in_its_own_p
 ):
     """Synced and checked after every step, and the actor SIGKILLed in step 2 and restarted: each
     start's engine core ran in a process of its own, with this checkout's weight transfer."""
-    from fault_support import EngineProcessActor
+    from support.faults import EngineProcessActor
 
     args = countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", collocate=True, max_steps=2)
     logged = run_and_check(args, tmp_path, actor_cls=EngineProcessActor)  # sync check gap < 1e-3 included

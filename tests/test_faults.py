@@ -10,7 +10,7 @@ from oat_cpgd.roles import LearnerDiedError, WeightSyncError
 
 pytestmark = pytest.mark.slow
 
-MOVING = dict(oracle="loop_support:LengthOracle", prompt_template="{nums}", output_key="target")
+MOVING = dict(oracle="support.loop:LengthOracle", prompt_template="{nums}", output_key="target")
 """A reward that differs within every group, so every update moves the policy."""
 
 
@@ -24,7 +24,7 @@ def test_a_killed_actor_is_restarted_resynced_and_its_prompts_resent(
     """SIGKILL in the middle of step 2's rollout: Ray restarts the actor, it rejoins the weight
     transfer and gets the current weights, step 2's prompts are sampled again, and every step is
     logged once. At the end the restarted actor samples exactly as the saved model does."""
-    from fault_support import KilledOnceActor
+    from support.faults import KilledOnceActor
 
     args = countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", max_steps=3, **MOVING)
     logged = run_and_check(args, tmp_path, actor_cls=KilledOnceActor)
@@ -37,7 +37,7 @@ def test_a_killed_actor_is_restarted_resynced_and_its_prompts_resent(
 
 
 def test_a_dead_learner_rank_stops_the_run_and_resume_continues(ray_cluster, tiny_model_path, shared_data, tmp_path):
-    from fault_support import DiesOnceLearner
+    from support.faults import DiesOnceLearner
 
     args = countdown_args(tiny_model_path, shared_data, tmp_path, "cpgd", max_steps=3, save_steps=1, **MOVING)
     with pytest.raises(LearnerDiedError) as died:
@@ -57,7 +57,7 @@ def test_a_dead_learner_rank_stops_the_run_and_resume_continues(ray_cluster, tin
 
 
 def test_a_sync_that_does_not_reach_the_actors_stops_the_run(ray_cluster, tiny_model_path, shared_data, tmp_path):
-    from fault_support import StaleActor
+    from support.faults import StaleActor
 
     args = countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", max_steps=4, learning_rate=2e-3, **MOVING)
     with pytest.raises(WeightSyncError, match="not sampling from the trained policy"):

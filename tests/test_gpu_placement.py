@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from placement_support import ProbeActor, ProbeLearner
+from support.placement import ProbeActor, ProbeLearner
 
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.cluster import cluster_nodes, reserve, spawn_actors, spawn_learners, start_local_ray

@@ -1,6 +1,6 @@
 """The DeepSpeed learner on 2 CPU ranks (gloo) with the tiny model, no mocks.
 
-One torchrun runs every scenario of tests/learner_worker.py (each DeepSpeed start costs
+One torchrun runs every scenario of tests/support/learner_worker.py (each DeepSpeed start costs
 seconds); the tests check what it wrote.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from greedy_support import assert_same_greedy, hf_greedy
-from learner_worker import NUM_SAMPLES, SCENARIOS  # tests/ is on sys.path (pytest's prepend import mode)
-from sync_support import StateWeights, broadcast_to
+from support.greedy import assert_same_greedy, hf_greedy
+from support.learner_worker import NUM_SAMPLES, SCENARIOS  # tests/ is on sys.path (pytest's prepend import mode)
+from support.sync import StateWeights, broadcast_to
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oat_cpgd.algorithms import group_advantages
@@ -25,7 +25,7 @@ from oat_cpgd.learners.batch import by_token_budget
 
 pytestmark = pytest.mark.slow
 
-WORKER = Path(__file__).with_name("learner_worker.py")
+WORKER = Path(__file__).parent / "support" / "learner_worker.py"
 REPO = Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
 

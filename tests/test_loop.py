@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from greedy_support import assert_same_greedy, hf_greedy
+from support.greedy import assert_same_greedy, hf_greedy
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.args import CPGDArgs
@@ -57,7 +57,7 @@ def countdown_args(model, data, tmp_path, critic_type, **overrides) -> CPGDArgs:
 def run_and_check(args: CPGDArgs, tmp_path: Path, actor_cls=None, learner_cls=None) -> list[dict]:
     """Run with the greedy-recording actor (or a subclass); check the metrics and that each actor
     samples as the saved learner model does."""
-    from loop_support import GreedyRecordingActor
+    from support.loop import GreedyRecordingActor
 
     run_dir = run(args, learner_cls=learner_cls, actor_cls=actor_cls or GreedyRecordingActor)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -132,7 +132,7 @@ def test_collocated_calls_come_in_order_with_wandb_offline(
 ):
     """The collocated sequence as the roles receive it (GPU_REVIEW items 4 and 5; on CPU sleep and
     wake_up do nothing, but they are called as on GPUs), and the metrics reach wandb."""
-    from sequence_support import RecordingActor, RecordingLearner, calls
+    from support.sequence import RecordingActor, RecordingLearner, calls
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = countdown_args(tiny_model_path, shared_data, tmp_path, "cpgd", collocate=True, use_wb=True)
@@ -173,11 +173,11 @@ def test_asynchronous_with_two_actors(ray_cluster, tiny_model_path, shared_data,
         num_actors=2,
         rollout_batch_size_per_device=2,
         # Rewards that differ within every group (CountDown's are 0 everywhere), so every update moves the policy.
-        oracle="loop_support:LengthOracle",
+        oracle="support.loop:LengthOracle",
         prompt_template="{nums}",
         output_key="target",
     )
-    from sequence_support import RecordingLearner, SlowRecordingActor, calls
+    from support.sequence import RecordingLearner, SlowRecordingActor, calls
 
     rows = run_and_check(args, tmp_path, actor_cls=SlowRecordingActor, learner_cls=RecordingLearner)
     # GPU_REVIEW item 7: no learner rank starts a sync (ZeRO-3 gathers are collectives with a timeout)
@@ -198,7 +198,7 @@ def test_asynchronous_with_two_actors(ray_cluster, tiny_model_path, shared_data,
 
 
 SEVENS_TASK = dict(
-    oracle="loop_support:SevensOracle",
+    oracle="support.loop:SevensOracle",
     prompt_template="{nums}",
     output_key="target",
     train_split="train[:512]",
@@ -343,7 +343,7 @@ def test_lora_learns_syncs_the_merged_model_and_resumes(ray_cluster, tiny_model_
     answers are those of final_model, a plain Hugging Face model (run_and_check). Resumed from its
     last checkpoint for one more step, the learner holds the trained adapter the checkpoint keeps."""
     import safetensors.torch
-    from lora_support import AdapterRecordingLearner
+    from support.lora import AdapterRecordingLearner
 
     lora = dict(SEVENS_TASK, lora_rank=8, lora_alpha=16, learning_rate=1e-2, max_steps=14)
     args = countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", **lora)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import ray
-from loop_support import GreedyRecordingActor
 from ray.cluster_utils import Cluster
-from ray_support import stop_cluster
+from support.loop import GreedyRecordingActor
+from support.ray_cluster import stop_cluster
 from test_gpu_placement import flags, gpus, place
 from test_loop import countdown_args
 

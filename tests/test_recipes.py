@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from ray_support import cluster_processes, stop_cluster  # tests/ is on sys.path
+from support.ray_cluster import cluster_processes, stop_cluster  # tests/ is on sys.path
 
 from oat_cpgd.data import render_template
 from oat_cpgd.oracles import get_oracle

@@ -1,6 +1,6 @@
 """Runs Learner scenarios on real DeepSpeed ranks, for tests/test_learner.py (not a test itself).
 
-    python -m torch.distributed.run --nproc_per_node 2 --master_port PORT tests/learner_worker.py \\
+    python -m torch.distributed.run --nproc_per_node 2 --master_port PORT tests/support/learner_worker.py \\
         --model TINY_MODEL_DIR --out DIR [--scenarios grpo ppo ...] [--dump-state FILE.safetensors]
 
 Every scenario builds a Learner, runs one `learn` on fixed trajectories (4 prompts x 4

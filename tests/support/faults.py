@@ -7,10 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-from loop_support import GreedyRecordingActor
-
 from oat_cpgd.actors import Actor
 from oat_cpgd.learners import Learner
+from support.loop import GreedyRecordingActor
 
 
 def first_time(args, name: str) -> bool:

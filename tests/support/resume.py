@@ -1,6 +1,6 @@
 """A training run whose learner pauses once mid-step, so a test can SIGKILL the run there.
 
-    python tests/resume_support.py <run_ppo flags>
+    python tests/support/resume.py <run_ppo flags>
 
 Before the run, the test writes the number of a learning step into `<run dir>/pause_at_step`.
 Rank 0's learner then deletes that file when the step's update starts (its rollout is done and,

@@ -6,9 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from loop_support import GreedyRecordingActor
-
 from oat_cpgd.learners import Learner
+from support.loop import GreedyRecordingActor
 
 CALLS = "calls.jsonl"
 
