@@ -304,6 +304,10 @@ class Args:
     """Run name (also the run folder under --save_path); default: generated."""
     plot: bool = False
     """Redraw curves.png in the run folder after every step (it is always drawn at the end)."""
+    verbose: bool = False
+    """Show every library's log on the console (vLLM, Ray workers, DeepSpeed, torch, transformers), as they print
+    it; by default they go to <run folder>/logs/ (a file per role), and the console shows the progress bar,
+    oat_cpgd's warnings and a summary."""
     dry_run: bool = False
     """Print the resolved configuration and exit without starting anything."""
 

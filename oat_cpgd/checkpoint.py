@@ -72,7 +72,7 @@ RESUMABLE_CHANGES = frozenset(
     {
         # Where and how the run is watched, and how long it goes on: not what it learns.
         "resume_dir", "ray_address", "save_path", "wb_run_name", "use_wb", "wb_org", "wb_group", "wb_project",
-        "use_tb", "plot", "dry_run", "log_samples", "max_steps", "save_steps", "max_save_num", "eval_steps",
+        "use_tb", "plot", "verbose", "dry_run", "log_samples", "max_steps", "save_steps", "max_save_num", "eval_steps",
         # Where and how the roles run: seeded samples do not depend on which actor draws them.
         "num_actors", "vllm_gpu_ratio", "vllm_cpu_kvcache_gb", "enable_prefix_caching", "oracle_workers",
         "actor_resources", "learner_resources",
