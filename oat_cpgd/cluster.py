@@ -18,6 +18,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from oat_cpgd.args import Args
+from oat_cpgd.console import register_role, role_env
 from oat_cpgd.placement import Placement, by_node, describe, learner_threads, total_resources
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,10 @@ def ray_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="ray-", dir=base)
 
 
-def start_local_ray(**resources) -> str:
+def start_local_ray(log_to_driver: bool = True, **resources) -> str:
     """Start a private single-machine cluster, all its traffic on loopback; returns its temp dir.
 
+    `log_to_driver`: Ray prints its workers' stdout and stderr on this process's console.
     `resources`: what ray.init takes to override the machine's (tests give a CPU machine `num_gpus=8`).
     """
     temp_dir = ray_temp_dir()
@@ -66,22 +68,26 @@ def start_local_ray(**resources) -> str:
         _temp_dir=temp_dir,
         _node_ip_address="127.0.0.1",
         runtime_env={"env_vars": worker_env()},
+        log_to_driver=log_to_driver,
         **resources,
     )
     return temp_dir
 
 
 @contextlib.contextmanager
-def ray_session(ray_address: str | None) -> Iterator[None]:
-    """Attach to `ray_address`, reuse a running session, or start a local cluster and tear it down."""
+def ray_session(ray_address: str | None, log_to_driver: bool = True) -> Iterator[None]:
+    """Attach to `ray_address`, reuse a running session, or start a local cluster and tear it down.
+
+    `log_to_driver`: Ray prints its workers' output on this console (a run without --verbose sends its
+    roles' output to their log files instead, oat_cpgd.console, and asks for none)."""
     if ray.is_initialized():
         yield
         return
     temp_dir = None
     if ray_address:
-        ray.init(address=ray_address, runtime_env={"env_vars": worker_env()})
+        ray.init(address=ray_address, runtime_env={"env_vars": worker_env()}, log_to_driver=log_to_driver)
     else:
-        temp_dir = start_local_ray()
+        temp_dir = start_local_ray(log_to_driver)
     try:
         yield
     finally:
@@ -203,15 +209,19 @@ def spawn_learners(args: Args, reservation: Reservation, learner_cls, schedule_s
     threads = learner_threads(args, ranks_on_node, cores)
     env = {**worker_env(), "MASTER_ADDR": address, "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(threads)}
     remote_cls = ray.remote(learner_cls)
-    return [
-        remote_cls.options(
-            num_cpus=0,
-            num_gpus=placement.gpu_share,
-            scheduling_strategy=reservation.strategy(bundle),
-            runtime_env={"env_vars": env},
-        ).remote(args, placement, rank, schedule_steps)
-        for rank, bundle in enumerate(placement.learner_bundles)
-    ]
+    learners = []
+    for rank, bundle in enumerate(placement.learner_bundles):
+        log = role_env(args, f"learner{rank}")  # its output's file (oat_cpgd.console)
+        learners.append(
+            remote_cls.options(
+                num_cpus=0,
+                num_gpus=placement.gpu_share,
+                scheduling_strategy=reservation.strategy(bundle),
+                runtime_env={"env_vars": {**env, **log}},
+            ).remote(args, placement, rank, schedule_steps)
+        )
+        register_role(learners[-1], f"learner{rank}", log)
+    return learners
 
 
 def spawn_actors(args: Args, reservation: Reservation, actor_cls) -> list:
@@ -220,13 +230,19 @@ def spawn_actors(args: Args, reservation: Reservation, actor_cls) -> list:
     placement = reservation.placement
     # A dead actor (OOM, segfault, killed) is restarted by Ray in its bundle; the loop resends its chunk.
     remote_cls = ray.remote(actor_cls)
-    return [
-        remote_cls.options(
-            num_cpus=0,
-            num_gpus=placement.actor_process_gpus,
-            scheduling_strategy=reservation.strategy(bundles[0], capture_child_tasks=True),
-            max_restarts=args.max_actor_restarts,
-            max_task_retries=0,
-        ).remote(args, placement, index)
-        for index, bundles in enumerate(placement.actor_bundles)
-    ]
+    actors = []
+    for index, bundles in enumerate(placement.actor_bundles):
+        # Its output's file (oat_cpgd.console), added to the job's environment (Ray merges env_vars).
+        log = role_env(args, f"actor{index}")
+        actors.append(
+            remote_cls.options(
+                num_cpus=0,
+                num_gpus=placement.actor_process_gpus,
+                scheduling_strategy=reservation.strategy(bundles[0], capture_child_tasks=True),
+                max_restarts=args.max_actor_restarts,
+                max_task_retries=0,
+                **({"runtime_env": {"env_vars": log}} if log else {}),
+            ).remote(args, placement, index)
+        )
+        register_role(actors[-1], f"actor{index}", log)
+    return actors

@@ -28,6 +28,7 @@ from oat_cpgd.checkpoint import (
     save_pending_rollout,
 )
 from oat_cpgd.cluster import cluster_nodes, ray_session, reserve
+from oat_cpgd.console import FORMAT, Console, run_folder
 from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, local_oracle, run_evaluation, write_eval_results
 from oat_cpgd.placement import plan_placement
@@ -44,7 +45,7 @@ from oat_cpgd.rollout import (
     prompt_order,
     start_rollout,
 )
-from oat_cpgd.run_log import RunLog, refuse_a_used_run_dir
+from oat_cpgd.run_log import RunLog, refuse_a_used_run_dir, summary
 from oat_cpgd.types import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,23 @@ def checkpoint_to_resume(args: PPOArgs, run_dir: Path, prompts: PromptSet, finge
 
 
 def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
-    """Train (or, with --resume_dir, continue); returns the run folder."""
+    """Train (or, with --resume_dir, continue); returns the run folder.
+
+    Without --verbose, what the libraries print (here and in the roles' processes) goes to
+    `<run folder>/logs/`, and the console shows the progress bar and oat_cpgd's warnings (oat_cpgd.console).
+    """
+    run_dir = run_folder(args)
+    if args.resume_dir and not run_dir.is_dir():
+        raise FileNotFoundError(f"--resume_dir {args.resume_dir}: no such folder")
+    if not args.resume_dir:
+        refuse_a_used_run_dir(run_dir)  # before anything is written there
+    with Console(run_dir, args.verbose) as console:
+        _run(args, run_dir, console, learner_cls, actor_cls)
+    return run_dir
+
+
+def _run(args: PPOArgs, run_dir: Path, console: Console, learner_cls, actor_cls) -> None:
+    # Imported here, where their import-time output goes to the driver's log.
     from oat_cpgd.actors import Actor
     from oat_cpgd.learners import Learner
     from oat_cpgd.learners.schedule import schedule_steps
@@ -114,22 +131,24 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
     steps = num_learning_steps(args, len(prompts))
     lr_steps = schedule_steps(args, len(prompts))
     warn_if_the_schedule_ends_early(args, steps, lr_steps)
-    run_dir = Path(args.resume_dir or Path(args.save_path) / args.wb_run_name)
     fingerprint = prompts_fingerprint(prompts.indices, prompts.prompts)  # saved with every checkpoint
     resume_from = checkpoint_to_resume(args, run_dir, prompts, fingerprint)
     done_steps = load_state(resume_from)["step"] if resume_from else 0
-    if not resume_from:
-        refuse_a_used_run_dir(run_dir)  # before Ray starts
 
-    with ray_session(args.ray_address):
+    with ray_session(args.ray_address, log_to_driver=args.verbose):
         # From the cluster's resources, not the driver's devices: a ConfigError here comes before any engine starts.
         reservation = reserve(plan_placement(cluster_nodes(), args))
         try:
             for line in reservation.lines():
                 logger.info(line)
-            # Only now the run folder is written: a cluster that refuses the flags leaves nothing to clear.
+            # Only now the run's files are written (logs/ aside): a cluster that refuses the flags leaves
+            # nothing to clear.
             run_log = RunLog(
-                run_dir, args, dropped_prompts=prompts.total_dropped, resume_step=done_steps if resume_from else None
+                run_dir,
+                args,
+                dropped_prompts=prompts.total_dropped,
+                resume_step=done_steps if resume_from else None,
+                console=console,
             )
             actors, learners = start_roles(args, reservation, learner_cls, actor_cls, lr_steps)
             try:
@@ -144,7 +163,6 @@ def run(args: PPOArgs, learner_cls=None, actor_cls=None) -> Path:
             reservation.release()
     run_log.close()
     plot_run(run_dir)
-    return run_dir
 
 
 def _train(
@@ -323,7 +341,9 @@ def _train(
 
 
 def main(args: PPOArgs, learner_cls=None, actor_cls=None) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose:  # every library's records on the console; otherwise oat_cpgd.console routes them
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=FORMAT)
+    start = time.monotonic()
     try:
         run_dir = run(args, learner_cls, actor_cls)
     except ConfigError as err:  # found once attached to the cluster (--ray_address): a usage error, as at parse time
@@ -333,3 +353,4 @@ def main(args: PPOArgs, learner_cls=None, actor_cls=None) -> None:
         f"run finished: metrics in {run_dir / 'metrics.jsonl'}, curves in {run_dir / 'curves.png'}, "
         f"model in {run_dir / 'final_model'}"
     )
+    print(summary(run_dir, time.monotonic() - start, args.verbose))

@@ -1,4 +1,5 @@
-"""What a run leaves behind: config.json, metrics.jsonl, samples.jsonl, wandb, TensorBoard, a progress bar."""
+"""What a run leaves behind: config.json, metrics.jsonl, samples.jsonl, wandb, TensorBoard, a progress bar,
+and the summary printed at its end."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from oat_cpgd.args import Args
+from oat_cpgd.console import Console, logs_dir
 from oat_cpgd.evaluation import AVERAGE
 from oat_cpgd.types import Trajectory
 
@@ -45,8 +47,16 @@ class RunLog:
     `<run dir>/tb/` (--use_tb).
     """
 
-    def __init__(self, run_dir: Path, args: Args, dropped_prompts: int = 0, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        args: Args,
+        dropped_prompts: int = 0,
+        resume_step: int | None = None,
+        console: Console | None = None,
+    ) -> None:
         """`resume_step`: continuing a run from that step's checkpoint; later rows (of the crashed run) go.
+        `console`: where the progress bar goes, and whose roles' warnings each step shows (default: stderr).
 
         A resumed run appends a new TensorBoard event file to `tb/`, which hides the crashed run's events
         after `resume_step` (TensorBoard's purge_step), so each step shows once, as resumed.
@@ -64,6 +74,7 @@ class RunLog:
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
         self.samples_file = open(self.run_dir / "samples.jsonl", "a")
         self.dropped_prompts = dropped_prompts
+        self.console = console
         self.bar = None
         self.eval_accuracy: float | None = None  # the latest, shown on the bar until the next evaluation
         self.tensorboard = None
@@ -87,7 +98,8 @@ class RunLog:
             )
 
     def progress(self, steps: Iterable[int], total: int, initial: int = 0) -> Iterator[int]:
-        self.bar = tqdm(steps, desc="steps", unit="step", dynamic_ncols=True, total=total, initial=initial)
+        stream = self.console.stream if self.console else None  # None: tqdm's default, stderr
+        self.bar = tqdm(steps, desc="steps", unit="step", dynamic_ncols=True, total=total, initial=initial, file=stream)
         return iter(self.bar)
 
     def log_step(
@@ -118,6 +130,8 @@ class RunLog:
             if self.eval_accuracy is not None:
                 postfix["eval_acc"] = f"{self.eval_accuracy:.3f}"
             self.bar.set_postfix(postfix)
+        if self.console is not None:
+            self.console.poll()
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
         """A row of eval metrics alone (the evaluation before the first step)."""
@@ -145,3 +159,27 @@ class RunLog:
             self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def summary(run_dir: Path, seconds: float, verbose: bool = False) -> str:
+    """The lines printed at the end of a run: its steps and time, the eval accuracy from the first
+    evaluation to the last, the run folder and its logs."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+    last_step = max((row["step"] for row in rows), default=0)
+    lines = [f"{last_step} steps in {seconds:.0f} s"]
+    evals = [(row["step"], row[EVAL_ACCURACY]) for row in rows if EVAL_ACCURACY in row]
+    if evals:
+        (first, before), (last, after) = evals[0], evals[-1]
+        lines[0] += f"; eval accuracy {before:.1%} at step {first} -> {after:.1%} at step {last}"
+    lines.append(f"run folder: {Path(run_dir).absolute()}")
+    lines.append(logs_line(run_dir, verbose))
+    return "\n".join(lines)
+
+
+def logs_line(run_dir: Path, verbose: bool = False) -> str:
+    """Where the run's logs are (vLLM's, Ray's, DeepSpeed's...): its logs folder and files."""
+    if verbose:
+        return "logs: printed on the console (--verbose)"
+    logs = logs_dir(run_dir)
+    files = " ".join(sorted(path.name for path in logs.glob("*.log")))
+    return f"logs (vLLM, Ray, DeepSpeed, torch): {logs}/ {files}".rstrip()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oat_cpgd.args import Args
+from oat_cpgd.console import send_role_output_to_log
 from oat_cpgd.oracles import oracle_from_flags
 from oat_cpgd.placement import Placement
 from oat_cpgd.types import Trajectory
@@ -88,6 +89,7 @@ class Actor:
     """Generates K responses per prompt with vLLM and scores them with the oracle."""
 
     def __init__(self, args: Args, placement: Placement, actor_index: int = 0) -> None:
+        send_role_output_to_log()  # before vLLM starts (its engine core inherits the file)
         configure_vllm_env(args, placement)
         import vllm
         from vllm.config.weight_transfer import WeightTransferConfig

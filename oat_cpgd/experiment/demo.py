@@ -1,6 +1,6 @@
 """`make demo`: CPGD teaches a small model to answer as the oracle asks, on questions it never trained on.
 
-    python -m oat_cpgd.experiment.demo [--seed 0] [--max_steps 40] [--out runs/demo] [-- run_cpgd flags]
+    python -m oat_cpgd.experiment.demo [--seed 0] [--max_steps 40] [--out runs/demo] [--verbose] [-- run_cpgd flags]
 
 1. The task: "What is 47 + 5?" (a two-digit plus a one-digit number). The `math` oracle
    (math-verify) scores the answer inside `\\boxed{}`, and nothing else. The 810 questions are
@@ -14,7 +14,8 @@
    0, every 10 steps and at the end.
 4. A summary: held-out accuracy before -> after; the share of held-out answers whose number is
    right in either style (what the warm start taught, which RL need not change); steps; time;
-   and the run's curves.png.
+   the run's curves.png; and its logs folder, where vLLM's, Ray's and DeepSpeed's output went
+   (--verbose: on the console instead).
 
 What RL learns here is a behaviour the warm start already has (box the answer), from the reward
 alone: the first thing it learns on real models too (R1-zero's format). It is not arithmetic:
@@ -34,11 +35,13 @@ from pathlib import Path
 
 from oat_cpgd.args import CPGDArgs
 from oat_cpgd.cli import parse_args
+from oat_cpgd.console import quiet
 from oat_cpgd.interface import run
 from oat_cpgd.models.sft import fine_tune
 from oat_cpgd.models.tiny import build_tiny_model
 from oat_cpgd.oracles.gsm8k import extract_answer
 from oat_cpgd.plot import read_rows
+from oat_cpgd.run_log import logs_line
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "demo"
@@ -142,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0, help="the RL run's seed (the warm start is shared)")
     parser.add_argument("--max_steps", type=int, default=40, help="CPGD steps")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="folder for the run")
+    parser.add_argument("--verbose", action="store_true", help="every library's output on the console, as printed")
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
 
     start = time.monotonic()
@@ -149,9 +153,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     data = CACHE / "data"  # a folder of split files: train.jsonl and test.jsonl
     write_jsonl(data / "train.jsonl", train)
     write_jsonl(data / "test.jsonl", held_out)
-    print(f"warm start: fine-tuning the tiny model on {len(train)} training questions (cached in {CACHE})")
-    model = warm_start(train)
-    flags = cpgd_flags(model, data, options.seed, options.max_steps, options.out)
+    log = CACHE / "warm_start.log"
+    print(f"warm start: fine-tuning the tiny model on {len(train)} training questions (cached in {CACHE}; log: {log})")
+    with quiet(log, options.verbose):  # transformers' and DeepSpeed's output
+        model = warm_start(train)
+    flags = cpgd_flags(model, data, options.seed, options.max_steps, options.out) + ["--verbose"] * options.verbose
     args = parse_args(CPGDArgs, argv=flags + extra)
     run_dir = run(args)
 
@@ -163,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"({100 * (after - before):+.1f} points)\n"
         f"right sums in either style: {right_number_share(run_dir, first_step):.1%} -> "
         f"{right_number_share(run_dir, last_step):.1%}\n"
-        f"{last_step} CPGD steps, {time.monotonic() - start:.0f} s in all; curves: {run_dir / 'curves.png'}"
+        f"{last_step} CPGD steps, {time.monotonic() - start:.0f} s in all; curves: {run_dir / 'curves.png'}\n"
+        f"{logs_line(run_dir, args.verbose)}"
     )
     return run_dir
 

@@ -45,6 +45,7 @@ from oat_cpgd.algorithms import (
     value_loss,
 )
 from oat_cpgd.args import PPOArgs
+from oat_cpgd.console import send_role_output_to_log
 from oat_cpgd.learners import engines, saving
 from oat_cpgd.learners.batch import Batch, accumulation_weights, collate, micro_batches
 from oat_cpgd.learners.collectives import all_gather_cat, all_reduce_max, all_reduce_sum, mean_over_ranks
@@ -87,6 +88,7 @@ class Learner:
         """Learner `rank` of `placement.learner_ranks`. `schedule_steps`: the optimizer steps the LR
         schedules span (oat's count, see `oat_cpgd.learners.schedule.schedule_steps`), times
         --max_step_adjustment for the policy and --critic_max_step_adjustment for the critic."""
+        send_role_output_to_log()  # DeepSpeed's, torch's and transformers' output to the rank's log (in a run)
         world_size = placement.learner_ranks
         self.args, self.placement, self.rank, self.world_size = args, placement, rank, world_size
         self.algorithm = get_algorithm(args.critic_type)
