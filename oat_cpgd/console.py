@@ -34,6 +34,8 @@ ROLE_LOG_ENV = "OAT_CPGD_ROLE_LOG"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OWN_WARNING = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) (oat_cpgd[\w.]*): (.*)$")
 """A line of a role's log that holds one of oat_cpgd's warnings (written with FORMAT)."""
+ACTOR_ID = re.compile(r"actor_id=([0-9a-f]+)")
+"""How a RayTaskError's text names the actor that raised it."""
 TAIL_LINES = 20
 """Lines of a failed role's log shown with the error."""
 
@@ -124,7 +126,10 @@ def failed_roles(error: BaseException) -> list[tuple[str, Path]]:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         actor_id = getattr(error, "actor_id", None) or getattr(error, "_actor_id", None)
-        role = ROLE_LOGS.get(actor_id) if isinstance(actor_id, str) else None
+        if not isinstance(actor_id, str):  # a role's exception as ray.get raises it names it in its text
+            named = ACTOR_ID.search(str(error))
+            actor_id = named and named.group(1)
+        role = ROLE_LOGS.get(actor_id)
         if role and role not in found:
             found.append(role)
         error = error.__cause__ or error.__context__
@@ -207,7 +212,7 @@ class Console:
     def __exit__(self, kind, error, traceback) -> None:
         if not self.verbose:
             self.poll()  # the roles' last warnings
-            if error is not None and not isinstance(error, KeyboardInterrupt):
+            if isinstance(error, Exception):  # (not an interrupt)
                 explain(error, self.logs)
         self._undo.close()
         self.stream = sys.stderr

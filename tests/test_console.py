@@ -107,6 +107,11 @@ def test_an_error_names_the_failed_role_and_shows_its_log(tmp_path, capfd):
     (note,) = raised.value.__notes__
     assert note.startswith(f"learner1 failed; its log: {log}\nits last 20 lines:\n")
     assert note.endswith("  | RuntimeError: CUDA out of memory") and "line 10" not in note
+    console.ROLE_LOGS["cd34"] = ("actor0", log.parent / "actor0.log")
+    with pytest.raises(RuntimeError) as raised:  # as ray.get raises a role's exception: the id in its text
+        with console.Console(tmp_path, verbose=False):
+            raise RuntimeError("ray::Actor.generate() (pid=1, ip=127.0.0.1, actor_id=cd34, repr=<Actor>)")
+    assert raised.value.__notes__ == [f"actor0 failed; its log: {log.parent / 'actor0.log'}"]
     with pytest.raises(ValueError) as raised:  # no role named: where the logs are
         with console.Console(tmp_path, verbose=False):
             raise ValueError("bad")
