@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.ray_cluster import cluster_processes, stop_cluster  # tests/ is on sys.path
+from support.console import check_quiet_console  # tests/ is on sys.path
+from support.ray_cluster import cluster_processes, stop_cluster
 
 from oat_cpgd.cluster import ray_temp_dir, worker_env
 
@@ -19,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli_run(model: Path, data: Path, save_path: Path, name: str, *extra: str, env: dict) -> None:
-    """One learning step of run_cpgd on GSM8K rows, as a subprocess, exactly as a user types it."""
+    """One learning step of run_cpgd on GSM8K rows, as a subprocess, exactly as a user types it; its
+    console shows no library's lines (they are in the run's logs/)."""
     flags = f"""--pretrain {model} --gpus 2 --prompt_data {data / "gsm8k"} --train_split train[:32]
         --input_key question --output_key final_answer --oracle gsm8k --num_samples 2 --rollout_batch_size 4
         --train_batch_size 8 --train_batch_size_per_device 2 --generate_max_length 8 --max_steps 1
@@ -33,6 +35,7 @@ def cli_run(model: Path, data: Path, save_path: Path, name: str, *extra: str, en
     assert [row["step"] for row in rows] == [0, 1]  # the evaluation before training, then the one step
     assert all("eval/test/accuracy" in row for row in rows)
     assert "metrics in" in done.stdout
+    check_quiet_console(done.stdout + done.stderr, save_path / name)
 
 
 def free_port() -> int:

@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support.ray_cluster import cluster_processes, stop_cluster  # tests/ is on sys.path
+from support.console import ENGINE_LINE  # tests/ is on sys.path
+from support.ray_cluster import cluster_processes, stop_cluster
 
 from oat_cpgd.data import render_template
 from oat_cpgd.oracles import get_oracle
@@ -65,19 +66,25 @@ RECIPES = {
 }  # fmt: skip
 
 
+EXTRA_FLAGS = {"gsm8k_ppo": ["--verbose"]}
+"""Flags one recipe's smoke run gets on top: its console shows every library's lines."""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_runs_in_smoke_mode(recipe, tmp_path):
     """Each recipe, and the private Ray cluster a run without --ray_address starts: nothing of it
-    (processes, session folder, shared memory) outlives the run."""
+    (processes, session folder, shared memory) outlives the run. Its engines' lines go to logs/
+    (--verbose: to the console)."""
     kept, data = RECIPES[recipe]
+    extra = EXTRA_FLAGS.get(recipe, [])
     shm_before = set(os.listdir("/dev/shm"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must stay short
     env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "DATA_ROOT": str(tmp_path / "data"),
            "RAY_TMPDIR": str(ray_tmp)}  # fmt: skip
     try:
         done = subprocess.run(
-            ["bash", f"examples/{recipe}.sh", "--save_path", str(tmp_path / "runs"), "--wb-run-name", "smoke"],
+            ["bash", f"examples/{recipe}.sh", "--save_path", str(tmp_path / "runs"), "--wb-run-name", "smoke", *extra],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=570,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-4000:]
@@ -89,6 +96,14 @@ def test_recipe_runs_in_smoke_mode(recipe, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert "metrics in" in done.stdout
     run = tmp_path / "runs" / "smoke"  # the name passed through "$@" overrides the script's own
+    if "--verbose" in extra:
+        assert (
+            ENGINE_LINE.search(done.stdout + done.stderr) and "logs: printed on the console (--verbose)" in done.stdout
+        )
+    else:  # (the console also has the recipe's own steps: its data and model made, as the user sees them)
+        logs = run / "logs"
+        assert f"logs (vLLM, Ray, DeepSpeed, torch): {logs}/ actor0.log driver.log learner0.log" in done.stdout
+        assert ENGINE_LINE.search((logs / "actor0.log").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 1]  # the evaluation before training, then the one step
     assert "eval/test/accuracy" in rows[0] and "train/pg_loss" in rows[1]
