@@ -202,6 +202,8 @@ class Console:
         if self.verbose:
             return self
         self.logs.mkdir(parents=True, exist_ok=True)
+        # A resumed run's logs hold the earlier attempt's lines: poll shows what is written from now on.
+        self._offsets = {path: path.stat().st_size for path in self.logs.glob("*.log")}
         with contextlib.ExitStack() as undo:
             self.stream = undo.enter_context(console_stream())
             undo.enter_context(output_to(self.driver_log))

@@ -73,6 +73,9 @@ def test_verbose_changes_nothing(tmp_path, capfd):
 
 def test_poll_shows_the_warnings_roles_wrote_once(tmp_path, capfd):
     logs = tmp_path / "logs"
+    logs.mkdir()
+    earlier = "2026-12-02 10:00:00,000 WARNING oat_cpgd.actors.actor: from the run this one resumes\n"
+    (logs / "learner0.log").write_text(earlier)
     with console.Console(tmp_path, verbose=False) as con:
         role_log = logs / "actor0.log"
         role_log.write_text(
