@@ -138,7 +138,8 @@ def failed_roles(error: BaseException) -> list[tuple[str, Path]]:
 
 def explain(error: BaseException, logs: Path) -> None:
     """Add to `error` (shown under its traceback) which role failed, its log file and that file's last
-    lines; or, when no role is named, where the logs are."""
+    lines (unless they end with what the error already shows: a role's exception comes with its
+    traceback); or, when no role is named, where the logs are."""
     roles = failed_roles(error)
     if not roles:
         files = sorted(path.name for path in logs.glob("*.log")) if logs.is_dir() else []
@@ -147,7 +148,7 @@ def explain(error: BaseException, logs: Path) -> None:
     for role, path in roles:
         lines = tail(path)
         note = f"{role} failed; its log: {path}"
-        if lines:
+        if lines and lines[-1].strip() not in str(error):
             note += f"\nits last {len(lines)} lines:\n" + "\n".join(f"  | {line}" for line in lines)
         error.add_note(note)
 

@@ -115,6 +115,10 @@ def test_an_error_names_the_failed_role_and_shows_its_log(tmp_path, capfd):
         with console.Console(tmp_path, verbose=False):
             raise RuntimeError("ray::Actor.generate() (pid=1, ip=127.0.0.1, actor_id=cd34, repr=<Actor>)")
     assert raised.value.__notes__ == [f"actor0 failed; its log: {log.parent / 'actor0.log'}"]
+    with pytest.raises(RuntimeError) as raised:  # its log ends with the traceback the error shows: not again
+        with console.Console(tmp_path, verbose=False):
+            raise RuntimeError("RuntimeError: CUDA out of memory") from died
+    assert raised.value.__notes__ == [f"learner1 failed; its log: {log}"]
     with pytest.raises(ValueError) as raised:  # no role named: where the logs are
         with console.Console(tmp_path, verbose=False):
             raise ValueError("bad")
