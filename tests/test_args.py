@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from oat_cpgd.args import SYNC_CHECK_TOLERANCE, ConfigError, CPGDArgs, PPOArgs
-from oat_cpgd.cli import HELP_SECTIONS, parse_args
+import oat_cpgd.args
+from oat_cpgd.args import SECTIONS, SYNC_CHECK_TOLERANCE, ConfigError, CPGDArgs, PPOArgs
+from oat_cpgd.cli import field_help, help_sections, parse_args
 from oat_cpgd.oracles import ORACLES, RewardOracle, register_oracle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,7 +352,7 @@ SECTION_OF_FLAG = {
     "--num-prompt-epoch": "data",
     "--num-samples": "generation",
     "--stop": "generation",
-    "--oracle-type": "oracle",
+    "--oracle": "oracle",
     "--format-reward": "oracle",
     "--eval-data": "evaluation",
     "--eval-n": "evaluation",
@@ -377,7 +378,7 @@ def test_help_groups_the_flags_by_section(module):
     for flag, section in expected.items():
         assert entries[flag][0] == f"{section} options", (flag, entries[flag][0])
     headings = list(dict.fromkeys(heading for heading, _ in entries.values()))
-    sections = [name.replace("_", "-") for name in HELP_SECTIONS if module.endswith("cpgd") or name != "cpgd"]
+    sections = [name.replace("_", "-") for name in SECTIONS if module.endswith("cpgd") or name != "cpgd"]
     assert headings == [f"{name} options" for name in sections]
 
 
@@ -391,3 +392,51 @@ def test_sectioned_help_keeps_flat_flags_and_the_given_defaults():
     assert args.learning_rate == 2e-6 and args.gamma == 0.9 and args.policy_drift_coeff == 0.05
     assert args.prompt_template == "r1_zero" and args.stop == ("</answer>",)  # from `default`, not the class's
     assert args.critic_type == "cpgd" and args.temperature == 1.0 and not args.bf16
+
+
+def test_every_flag_names_its_help_section():
+    # The section is each field's own (flag(section, ...)), not the first field's of a run of fields:
+    # a field without one is refused, so a new flag cannot land in its neighbour's section unseen.
+    sections = help_sections(CPGDArgs)
+    assert sorted(name for names in sections.values() for name in names) == sorted(
+        field.name for field in dataclasses.fields(CPGDArgs)
+    )
+    assert sections["oracle"][0] == "oracle" and "critic_type" in sections["algorithm"]
+
+    @dataclasses.dataclass
+    class Unsectioned(PPOArgs):
+        extra: int = 0
+
+    with pytest.raises(TypeError, match="Unsectioned.extra names no --help section"):
+        help_sections(Unsectioned)
+    with pytest.raises(ValueError, match="unknown --help section 'misc'"):
+        oat_cpgd.args.flag("misc", 0)
+
+
+def test_help_lists_come_from_the_registries(monkeypatch):
+    from oat_cpgd.algorithms import ALGORITHMS
+    from oat_cpgd.oracles import ORACLES
+
+    entries = help_entries("oat_cpgd.experiment.run_ppo")
+    critic_help, oracle_help = entries["--critic-type"][1], entries["--oracle"][1]
+    assert all(name in critic_help for name in ALGORITHMS) and "{algorithms}" not in critic_help
+    assert all(name in oracle_help for name in ORACLES) and "{oracles}" not in oracle_help
+    # A name added to a registry shows up in the help without editing any docstring.
+    monkeypatch.setitem(ALGORITHMS, "a_new_algorithm", ALGORITHMS["grpo"])
+    assert "a_new_algorithm" in field_help(PPOArgs)["critic_type"]
+
+
+@pytest.mark.parametrize(
+    "oat_flags",
+    [
+        ["--oracle_type", "reward", "--pi_buffer_maxlen_per_device", "64"],
+        ["--oracle-type=reward", "--pi-buffer-maxlen-per-device=-1"],
+    ],
+)
+def test_oats_flags_that_mean_nothing_here_are_accepted_and_named(oat_flags, capsys):
+    args = parse_args(PPOArgs, argv=[*oat_flags, "--num_samples", "4"])
+    assert (
+        args.num_samples == 4 and not hasattr(args, "oracle_type") and not hasattr(args, "pi_buffer_maxlen_per_device")
+    )
+    err = capsys.readouterr().err
+    assert "--oracle_type ignored" in err and "--pi_buffer_maxlen_per_device ignored" in err

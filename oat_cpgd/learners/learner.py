@@ -58,6 +58,7 @@ from oat_cpgd.learners.forward import (
     read_response_tokens,
     takes_logits_to_keep,
 )
+from oat_cpgd.learners.schedule import ScheduleSteps
 from oat_cpgd.learners.weights import ModelWeights
 from oat_cpgd.types import Trajectory
 
@@ -83,10 +84,9 @@ def _logprob_and_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 class Learner:
     """Policy (and for PPO a critic) trained with DeepSpeed, plus an optional frozen reference model."""
 
-    def __init__(self, args: PPOArgs, placement: Placement, rank: int, schedule_steps: float) -> None:
-        """Learner `rank` of `placement.learner_ranks`. `schedule_steps`: the optimizer steps the LR
-        schedules span (oat's count, see `oat_cpgd.learners.schedule.schedule_steps`), times
-        --max_step_adjustment for the policy and --critic_max_step_adjustment for the critic."""
+    def __init__(self, args: PPOArgs, placement: Placement, rank: int, schedule_steps: ScheduleSteps) -> None:
+        """Learner `rank` of `placement.learner_ranks`; its LR schedules span `schedule_steps` optimizer
+        steps (`oat_cpgd.learners.schedule.schedule_steps`)."""
         world_size = placement.learner_ranks
         self.args, self.placement, self.rank, self.world_size = args, placement, rank, world_size
         self.algorithm = get_algorithm(args.critic_type)
@@ -108,15 +108,13 @@ class Learner:
             from oat_cpgd.learners.lora import add_lora  # imports peft
 
             policy_model = add_lora(policy_model, args)
-        policy_steps = schedule_steps * args.max_step_adjustment
-        self.policy = engines.train_engine(policy_model, args, policy_config, policy_steps)
+        self.policy = engines.train_engine(policy_model, args, policy_config, schedule_steps.policy)
         self.policy_lm = CausalLM(self.policy, keeps_logits, logits_are_the_output_layer(self.policy, self.device))
         self.critic: DeepSpeedEngine | None = None
         if self.algorithm.needs_critic:
-            critic_steps = schedule_steps * args.critic_max_step_adjustment
             critic_config = train_config(args, world_size, args.critic_learning_rate, placement.on_cuda)
             critic_model = engines.load_critic(args, critic_config)
-            self.critic = engines.train_engine(critic_model, args, critic_config, critic_steps)
+            self.critic = engines.train_engine(critic_model, args, critic_config, schedule_steps.critic)
         self.reference_lm: CausalLM | None = None
         if args.needs_reference:
             reference = engines.load_reference(args, self.device)

@@ -36,6 +36,7 @@ from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages, kl_pena
 from oat_cpgd.args import CPGDArgs, PPOArgs
 from oat_cpgd.learners import Learner
 from oat_cpgd.learners.forward import unwrapped
+from oat_cpgd.learners.schedule import ScheduleSteps
 from oat_cpgd.learners.weights import ModelWeights
 from oat_cpgd.placement import Placement
 from oat_cpgd.types import Trajectory
@@ -205,7 +206,6 @@ def make_args(model: str, world_size: int, flags: dict[str, Any]) -> PPOArgs:
         "num_samples": NUM_SAMPLES,
         "rollout_batch_size": NUM_PROMPTS,
         "rollout_batch_size_per_device": NUM_PROMPTS // world_size,
-        "pi_buffer_maxlen_per_device": NUM_PROMPTS * NUM_SAMPLES,
         "mini_train_batch_size_per_device": 4,
         "learning_rate": 1e-3,
         "critic_learning_rate": 1e-3,
@@ -369,7 +369,12 @@ def run_scenario(
     del plain_model
 
     args = make_args(model_dir, world_size, flags)
-    learner = Learner(args, Placement.learners_alone(world_size, torch.cuda.is_available()), rank, schedule_steps=10)
+    learner = Learner(
+        args,
+        Placement.learners_alone(world_size, torch.cuda.is_available()),
+        rank,
+        schedule_steps=ScheduleSteps(10, 10),
+    )
     if scenario.check_loading:
         result["loaded"] = loaded_weights(learner, model_dir)
     per_rank = len(trajectories) // world_size
