@@ -12,6 +12,8 @@ from oat_cpgd.args import PPOArgs
 from oat_cpgd.learners.weights import ModelWeights
 from oat_cpgd.placement import local_nodes, plan_placement
 
+pytestmark = pytest.mark.slow  # every test here drives one vLLM engine
+
 MAX_NEW = 12
 
 

@@ -63,6 +63,7 @@ def dry_run(module: str, argv: list[str]) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_oat_ppo_doc_command_parses():
     config = dry_run("-m oat_cpgd.experiment.run_ppo", OAT_PPO_GSM8K)
     assert config["critic_type"] == "ppo"
@@ -74,6 +75,7 @@ def test_oat_ppo_doc_command_parses():
     assert config["rnd_seed"] is False and config["seed"] != 42  # --rnd-seed resolved into a seed
 
 
+@pytest.mark.slow
 def test_oat_r1_zero_doc_command_parses():
     config = dry_run("examples/r1_zero_math.py", OAT_R1_ZERO_COUNTDOWN)
     assert config["critic_type"] == "grpo" and config["oracle"] == "countdown"
@@ -84,6 +86,7 @@ def test_oat_r1_zero_doc_command_parses():
     assert config["tis_c"] == 2.0
 
 
+@pytest.mark.slow
 def test_cpgd_command_parses_with_cpgd_defaults():
     config = dry_run("-m oat_cpgd.experiment.run_cpgd", CPGD_COMMAND)
     assert config["critic_type"] == "cpgd" and config["cpgd_weight"] == "clip_filter"
@@ -94,6 +97,7 @@ def test_cpgd_command_parses_with_cpgd_defaults():
     assert defaults["policy_drift_coeff"] == 0.01
 
 
+@pytest.mark.slow
 def test_grpo_entry_point_defaults_to_grpo():
     assert dry_run("-m oat_cpgd.experiment.run_grpo", [])["critic_type"] == "grpo"
 
@@ -241,6 +245,7 @@ class RegisteredOracle(RewardOracle):
         return 1.0
 
 
+@pytest.mark.slow
 def test_registered_oracle_names_reach_the_ray_workers(tmp_path):
     """The registry is per process: a registered short name becomes the class's import path, which a
     fresh process (a Ray worker: the repo root and PYTHONPATH on its path) resolves to the same class."""
@@ -283,6 +288,7 @@ def test_cpgd_critic_type_needs_the_cpgd_entry_point(capsys):
     assert args.critic_type == "grpo" and args.agg_mode == "seq-mean-token-mean"
 
 
+@pytest.mark.slow
 def test_help_explains_every_flag():
     done = subprocess.run(
         [sys.executable, "-m", "oat_cpgd.experiment.run_cpgd", "--help"],

@@ -43,6 +43,7 @@ def test_r1_zero_math_registers_its_template_and_oracle():
         assert (got, info["answer"], info["format_ok"]) == (reward, answer, answer is not None), response
 
 
+@pytest.mark.slow
 def test_r1_zero_math_defaults_resolve_to_an_importable_oracle():
     # Ray workers import the oracle by name: the script's class must resolve to its module path.
     done = subprocess.run(
