@@ -13,12 +13,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from oat_cpgd.algorithms import AGG_MODES, ALGORITHMS, IS_CORRECTIONS, get_algorithm
+from oat_cpgd.algorithms import AGG_MODES, CPGD_WEIGHTS, IS_CORRECTIONS, get_algorithm
 
-CriticType = Literal[tuple(ALGORITHMS)]
 AggMode = Literal[AGG_MODES]
 ISCorrection = Literal[IS_CORRECTIONS]
 
@@ -55,15 +55,27 @@ def resolve_oracle_name(name: str) -> str:
     """
     from oat_cpgd.oracles.registry import importable_oracle_name
 
+    return _as_the_workers_import("--oracle", name, importable_oracle_name)
+
+
+def resolve_algorithm_name(name: str) -> str:
+    """--critic_type checked now, as the name the Ray workers will resolve: as `resolve_oracle_name`."""
+    from oat_cpgd.algorithms import importable_algorithm_name
+
+    return _as_the_workers_import("--critic_type", name, importable_algorithm_name)
+
+
+def _as_the_workers_import(flag: str, name: str, importable: Callable[[str], str]) -> str:
+    """`importable(name)` with the launch directory on the path, as the Ray workers have it; errors name `flag`."""
     cwd_added = os.getcwd() not in sys.path
     if cwd_added:
         sys.path.append(os.getcwd())
     try:
-        return importable_oracle_name(name)
-    except (TypeError, ValueError) as err:  # not a RewardOracle; unknown name (the known ones listed)
-        raise ConfigError(f"--oracle {name}: {err}.") from None
-    except Exception as err:  # the module or class does not import
-        raise ConfigError(f"--oracle {name} does not import: {type(err).__name__}: {err}.") from None
+        return importable(name)
+    except (TypeError, ValueError) as err:  # not the right kind of object; unknown name (the known ones listed)
+        raise ConfigError(f"{flag} {name}: {err}.") from None
+    except Exception as err:  # the module or object does not import
+        raise ConfigError(f"{flag} {name} does not import: {type(err).__name__}: {err}.") from None
     finally:
         if cwd_added:
             sys.path.remove(os.getcwd())
@@ -438,9 +450,11 @@ class Args:
 class PPOArgs(Args):
     """PPO-family arguments: PPO (critic + GAE), GRPO and Dr. GRPO."""
 
-    critic_type: CriticType = "ppo"
+    critic_type: str = "ppo"
     """ppo: critic + GAE; grpo: group-normalised advantages; drgrpo: group-centred, constant
-    normaliser; cpgd: clipped policy gradient with policy drift (use run_cpgd)."""
+    normaliser; cpgd: clipped policy gradient with policy drift (use run_cpgd); any name of
+    oat_cpgd.algorithms.algorithm_names(), or `my_module:NAME`, an Algorithm of your own (imported from
+    the launch directory)."""
     num_ppo_epochs: int = 1
     """Passes over each rollout's responses."""
     mini_train_batch_size_per_device: int = 1
@@ -464,9 +478,11 @@ class PPOArgs(Args):
     """How token losses are averaged; default: the algorithm's (token-mean for ppo and
     reinforce_pp_baseline, seq-mean-token-sum-norm for drgrpo, seq-mean-token-mean otherwise)."""
     clip_low: float | None = None
-    """Lower clip range epsilon_low of the ratio (log-ratio for CPGD); default 0.2 (GSPO: 3e-4)."""
+    """Lower clip range epsilon_low of the ratio (1: no lower bound); default: the algorithm's, 0.2 (GSPO: 3e-4;
+    CISPO: 1; GMPO: 0.4, of the log-ratio)."""
     clip_high: float | None = None
-    """Upper clip range epsilon_high; default 0.2 (GSPO: 4e-4); DAPO's clip-higher uses 0.28."""
+    """Upper clip range epsilon_high; default: the algorithm's, 0.2 (GSPO: 4e-4; CISPO: 4; GMPO: 0.4, of the
+    log-ratio); DAPO's clip-higher uses 0.28."""
     dual_clip: float | None = None
     """Dual-clip constant for negative advantages (PPO-clip losses), e.g. 3.0."""
     is_correction: ISCorrection = "tis"
@@ -511,14 +527,11 @@ class PPOArgs(Args):
     """The critic's --max_step_adjustment: its LR schedule spans the policy's count of optimizer steps times this."""
 
     def run_kind(self) -> str:
-        return self.critic_type
+        return self.critic_type.rpartition(":")[2]  # `my_module:NAME` runs are NAME-...
 
     def resolve(self) -> None:
         """Also fill the algorithm's defaults: --loss_agg_mode, --clip_low, --clip_high."""
-        need(
-            self.critic_type in ALGORITHMS,
-            f"unknown --critic_type {self.critic_type!r}; known: {', '.join(ALGORITHMS)}.",
-        )
+        self.critic_type = resolve_algorithm_name(self.critic_type)
         algorithm = get_algorithm(self.critic_type)
         self.loss_agg_mode = self.loss_agg_mode or algorithm.agg_mode
         self.clip_low = algorithm.clip[0] if self.clip_low is None else self.clip_low
@@ -534,12 +547,14 @@ class PPOArgs(Args):
     def check(self) -> None:
         super().check()
         algorithm = get_algorithm(self.critic_type)
-        missing = [flag for flag in algorithm.flags_used() if not hasattr(self, flag)]
-        need(
-            not missing,
-            f"--critic_type {self.critic_type} needs the flags {', '.join('--' + f for f in missing)}, which "
-            f"{type(self).__name__} lacks: run `python -m oat_cpgd.experiment.run_cpgd`.",
-        )
+        try:
+            algorithm.loss_options(self)
+            algorithm.advantage_options(self)
+        except AttributeError as err:
+            raise ConfigError(
+                f"--critic_type {self.critic_type} needs the flag --{err.name}, which {type(self).__name__} "
+                "lacks: run `python -m oat_cpgd.experiment.run_cpgd`."
+            ) from None
         need(
             algorithm.needs_critic or self.num_samples >= 2,
             f"--critic_type {self.critic_type} compares responses within a group: "
@@ -562,8 +577,9 @@ class PPOArgs(Args):
             f"--logprob_chunk_tokens must be >= 0 (0: no chunks), got {self.logprob_chunk_tokens}.",
         )
         need(
-            0 <= self.clip_low < 1 and self.clip_high >= 0,
-            f"--clip_low must be in [0, 1) and --clip_high >= 0, got {self.clip_low}, {self.clip_high}.",
+            0 <= self.clip_low <= 1 and self.clip_high >= 0,
+            f"--clip_low must be in [0, 1] (1: no lower bound) and --clip_high >= 0, got {self.clip_low}, "
+            f"{self.clip_high}.",
         )
         need(self.tis_c > 0, f"--tis_c must be > 0, got {self.tis_c}.")
         need(
@@ -617,12 +633,12 @@ class PPOArgs(Args):
 class CPGDArgs(PPOArgs):
     """CPGD: clipped policy gradient with policy drift (arXiv 2505.12504)."""
 
-    critic_type: CriticType = "cpgd"
+    critic_type: str = "cpgd"
     policy_drift_coeff: float = 0.01
     """alpha: weight of the policy-drift regulariser."""
     drift_clip: float = 2.0
     """c_drift: the drift gradient's ratio term min(rho - 1, c_drift)."""
-    cpgd_weight: Literal["std", "clip_filter", "equal"] = "std"
+    cpgd_weight: Literal[tuple(CPGD_WEIGHTS)] = "std"
     """Per-prompt advantage weight omega: 1/std (std), min(c_w, G/G_nonzero) (clip_filter) or 1 (equal)."""
     clip_filter_max_weight: float = 3.0
     """c_w, the cap of the clip_filter weight."""
