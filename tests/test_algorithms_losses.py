@@ -137,6 +137,16 @@ def test_cpgd_negative_advantages_and_drift_clamp():
     torch.testing.assert_close(grad_of(loss, logp), expected_grad, atol=1e-9, rtol=0)
 
 
+def test_cpgd_clip_low_1_is_no_lower_bound():
+    # One token, A = -1, u = -2 (rho = e^-2 = 0.135335), alpha = 0.01: drift grad 0.01 * (0.135335 - 1) = -0.008647.
+    # eps_low = 0.2: u < ln 0.8 is clipped, pg grad 0 -> -0.008647. eps_low = 1 (ln 0 = -inf): not clipped,
+    # pg grad -A = 1 -> 0.991353.
+    logp = t([[-2.0]]).requires_grad_()
+    batch = (torch.zeros(1, 1, dtype=F64), t([[-1.0]]), torch.ones(1, 1))
+    grads = [grad_of(cpgd_policy_loss(logp, *batch, clip_low=low)[0], logp).item() for low in (0.2, 1.0)]
+    assert grads == pytest.approx([-0.008647, 0.991353], abs=1e-6)
+
+
 @pytest.mark.parametrize("loss_fn", [cpgd_policy_loss, ppo_policy_loss, gmpo_policy_loss])
 def test_zero_advantage_tokens_are_not_counted_as_clipped(loss_fn):
     # u = [-0.5, 0.5] lies outside both clip bounds, but with A = 0 there is no gradient to clip.
