@@ -7,9 +7,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from oat_cpgd.algorithms import ALGORITHMS, get_algorithm
+from oat_cpgd.algorithms import get_algorithm
 
 if TYPE_CHECKING:
     from oat_cpgd.args import Args, CPGDArgs, PPOArgs
@@ -45,15 +46,27 @@ def resolve_oracle_name(name: str) -> str:
     """
     from oat_cpgd.oracles.registry import importable_oracle_name
 
+    return _as_the_workers_import("--oracle", name, importable_oracle_name)
+
+
+def resolve_algorithm_name(name: str) -> str:
+    """--critic_type checked now, as the name the Ray workers will resolve: as `resolve_oracle_name`."""
+    from oat_cpgd.algorithms import importable_algorithm_name
+
+    return _as_the_workers_import("--critic_type", name, importable_algorithm_name)
+
+
+def _as_the_workers_import(flag: str, name: str, importable: Callable[[str], str]) -> str:
+    """`importable(name)` with the launch directory on the path, as the Ray workers have it; errors name `flag`."""
     cwd_added = os.getcwd() not in sys.path
     if cwd_added:
         sys.path.append(os.getcwd())
     try:
-        return importable_oracle_name(name)
-    except (TypeError, ValueError) as err:  # not a RewardOracle; unknown name (the known ones listed)
-        raise ConfigError(f"--oracle {name}: {err}.") from None
-    except Exception as err:  # the module or class does not import
-        raise ConfigError(f"--oracle {name} does not import: {type(err).__name__}: {err}.") from None
+        return importable(name)
+    except (TypeError, ValueError) as err:  # not the right kind of object; unknown name (the known ones listed)
+        raise ConfigError(f"{flag} {name}: {err}.") from None
+    except Exception as err:  # the module or object does not import
+        raise ConfigError(f"{flag} {name} does not import: {type(err).__name__}: {err}.") from None
     finally:
         if cwd_added:
             sys.path.remove(os.getcwd())
@@ -183,10 +196,7 @@ def check_general(args: Args) -> None:
 
 def fill_algorithm_defaults(args: PPOArgs) -> None:
     """The algorithm's defaults, in place: --loss_agg_mode, --clip_low, --clip_high."""
-    need(
-        args.critic_type in ALGORITHMS,
-        f"unknown --critic_type {args.critic_type!r}; known: {', '.join(ALGORITHMS)}.",
-    )
+    args.critic_type = resolve_algorithm_name(args.critic_type)
     algorithm = get_algorithm(args.critic_type)
     args.loss_agg_mode = args.loss_agg_mode or algorithm.agg_mode
     args.clip_low = algorithm.clip[0] if args.clip_low is None else args.clip_low
@@ -202,12 +212,14 @@ def fill_algorithm_defaults(args: PPOArgs) -> None:
 def check_training(args: PPOArgs) -> None:
     """The algorithm, rewards, advantages and critic flags agree."""
     algorithm = get_algorithm(args.critic_type)
-    missing = [flag for flag in algorithm.flags_used() if not hasattr(args, flag)]
-    need(
-        not missing,
-        f"--critic_type {args.critic_type} needs the flags {', '.join('--' + f for f in missing)}, which "
-        f"{type(args).__name__} lacks: run `python -m oat_cpgd.experiment.run_cpgd`.",
-    )
+    try:
+        algorithm.loss_options(args)
+        algorithm.advantage_options(args)
+    except AttributeError as err:
+        raise ConfigError(
+            f"--critic_type {args.critic_type} needs the flag --{err.name}, which {type(args).__name__} "
+            "lacks: run `python -m oat_cpgd.experiment.run_cpgd`."
+        ) from None
     need(
         algorithm.needs_critic or args.num_samples >= 2,
         f"--critic_type {args.critic_type} compares responses within a group: "
@@ -230,8 +242,9 @@ def check_training(args: PPOArgs) -> None:
         f"--logprob_chunk_tokens must be >= 0 (0: no chunks), got {args.logprob_chunk_tokens}.",
     )
     need(
-        0 <= args.clip_low < 1 and args.clip_high >= 0,
-        f"--clip_low must be in [0, 1) and --clip_high >= 0, got {args.clip_low}, {args.clip_high}.",
+        0 <= args.clip_low <= 1 and args.clip_high >= 0,
+        f"--clip_low must be in [0, 1] (1: no lower bound) and --clip_high >= 0, got {args.clip_low}, "
+        f"{args.clip_high}.",
     )
     need(args.tis_c > 0, f"--tis_c must be > 0, got {args.tis_c}.")
     need(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from oat_cpgd import arg_checks
-from oat_cpgd.algorithms import AGG_MODES, IS_CORRECTIONS, get_algorithm
+from oat_cpgd.algorithms import AGG_MODES, CPGD_WEIGHTS, IS_CORRECTIONS, get_algorithm
 from oat_cpgd.arg_checks import SYNC_CHECK_TOLERANCE, ConfigError, need  # noqa: F401  (re-exported)
 
 AggMode = Literal[AGG_MODES]
@@ -304,7 +304,7 @@ class PPOArgs(Args):
 
     critic_type: str = flag("algorithm", "ppo")
     """The algorithm: {algorithms} (docs/ALGORITHMS.md; cpgd's own flags come with run_cpgd), or
-    `module:name` for an Algorithm of your own."""
+    `my_module:NAME` for an Algorithm of your own (imported from the launch directory)."""
     num_ppo_epochs: int = flag("algorithm", 1)
     """Passes over each rollout's responses."""
     mini_train_batch_size_per_device: int = flag("algorithm", 1)
@@ -328,9 +328,11 @@ class PPOArgs(Args):
     """How token losses are averaged; default: the algorithm's (token-mean for ppo and
     reinforce_pp_baseline, seq-mean-token-sum-norm for drgrpo, seq-mean-token-mean otherwise)."""
     clip_low: float | None = flag("algorithm", None)
-    """Lower clip range epsilon_low of the ratio (log-ratio for CPGD); default 0.2 (GSPO: 3e-4)."""
+    """Lower clip range epsilon_low of the ratio (1: no lower bound); default: the algorithm's, 0.2 (GSPO: 3e-4;
+    CISPO: 1; GMPO: 0.4, of the log-ratio)."""
     clip_high: float | None = flag("algorithm", None)
-    """Upper clip range epsilon_high; default 0.2 (GSPO: 4e-4); DAPO's clip-higher uses 0.28."""
+    """Upper clip range epsilon_high; default: the algorithm's, 0.2 (GSPO: 4e-4; CISPO: 4; GMPO: 0.4, of the
+    log-ratio); DAPO's clip-higher uses 0.28."""
     dual_clip: float | None = flag("algorithm", None)
     """Dual-clip constant for negative advantages (PPO-clip losses), e.g. 3.0."""
     is_correction: ISCorrection = flag("algorithm", "tis")
@@ -376,7 +378,7 @@ class PPOArgs(Args):
     spans oat's count of optimizer steps times this."""
 
     def run_kind(self) -> str:
-        return self.critic_type
+        return self.critic_type.rpartition(":")[2]  # `my_module:NAME` runs are NAME-...
 
     def resolve(self) -> None:
         arg_checks.fill_algorithm_defaults(self)
@@ -404,7 +406,7 @@ class CPGDArgs(PPOArgs):
     """alpha: weight of the policy-drift regulariser."""
     drift_clip: float = flag("cpgd", 2.0)
     """c_drift: the drift gradient's ratio term min(rho - 1, c_drift)."""
-    cpgd_weight: Literal["std", "clip_filter", "equal"] = flag("cpgd", "std")
+    cpgd_weight: Literal[tuple(CPGD_WEIGHTS)] = flag("cpgd", "std")
     """Per-prompt advantage weight omega: 1/std (std), min(c_w, G/G_nonzero) (clip_filter) or 1 (equal)."""
     clip_filter_max_weight: float = flag("cpgd", 3.0)
     """c_w, the cap of the clip_filter weight."""

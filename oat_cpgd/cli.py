@@ -42,12 +42,12 @@ def help_sections(args_cls: type[Args]) -> dict[str, list[str]]:
 
 def registry_lists() -> dict[str, str]:
     """The registries' names, which help texts list as `{algorithms}`, `{oracles}`, `{prompt_templates}`."""
-    from oat_cpgd.algorithms import ALGORITHMS
+    from oat_cpgd.algorithms import algorithm_names
     from oat_cpgd.data import PROMPT_TEMPLATES
     from oat_cpgd.oracles import ORACLES
 
     return {
-        "algorithms": ", ".join(ALGORITHMS),
+        "algorithms": ", ".join(algorithm_names()),
         "oracles": ", ".join(ORACLES),
         "prompt_templates": ", ".join(PROMPT_TEMPLATES),
     }

@@ -293,7 +293,7 @@ def test_clip_filter_weight_counts_groups_of_the_whole_batch(results: Path) -> N
     weight min(3, G / G_nonzero) is 4 / 2 = 2 over the whole batch (1 on rank 1 alone)."""
     run = result(results, "cpgd_zero3_bf16")
     advantages = group_advantages(
-        torch.tensor(run["rewards"]), NUM_SAMPLES, mode="cpgd_clip_filter", clip_filter_max_weight=3.0
+        torch.tensor(run["rewards"]), NUM_SAMPLES, weight="clip_filter", clip_filter_max_weight=3.0
     )
     lengths = torch.tensor(run["response_lengths"], dtype=torch.float)
     # Token-weighted over the whole batch's response tokens.

@@ -27,10 +27,12 @@ from torch import Tensor
 from transformers import AutoTokenizer
 
 from oat_cpgd.algorithms import (
-    ADVANTAGE_ESTIMATORS,
-    POLICY_LOSSES,
+    LOSS,
+    MAX,
+    TOKEN_MEAN,
     aggregate,
     batch_mean_var,
+    declared_stats,
     entropy_from_logits,
     explained_variance,
     get_algorithm,
@@ -68,9 +70,6 @@ if TYPE_CHECKING:
     from oat_cpgd.placement import Placement
 
 logger = logging.getLogger(__name__)
-
-LOSS_STATS = ("pg_loss", "value_loss")
-"""Stats aggregated like the loss; the others (clip_frac, policy_drift, entropy, ...) are token means."""
 
 
 def _logprob_and_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -126,14 +125,23 @@ class Learner:
 
         # seq-mean-token-sum-norm divides by the generation budget, the same for every micro-batch.
         self.max_len = args.generate_max_length
+        policy_loss = self.algorithm.loss()
         self.policy_loss = partial(
-            POLICY_LOSSES[self.algorithm.policy_loss],
+            policy_loss,
             clip_low=args.clip_low,
             clip_high=args.clip_high,
             agg_mode=args.agg_mode,
             max_len=self.max_len,
             **self.algorithm.loss_options(args),
         )
+        # How each stat is reduced over micro-batches and ranks: as the function that computes it declares.
+        self.stat_reductions = {
+            **declared_stats(policy_loss),
+            **declared_stats(importance_weights),
+            **declared_stats(value_loss),
+            "entropy": TOKEN_MEAN,
+            "ref_kl": TOKEN_MEAN,
+        }
 
     # ------------------------------------------------------------------ forward passes
 
@@ -259,7 +267,8 @@ class Learner:
         metrics["train/skipped_steps"] = sum(step["skipped_steps"] for step in steps)  # a count, not a mean
         metrics["misc/learn_time"] = time.time() - start
         metrics["misc/learner_threads"] = torch.get_num_threads()
-        return mean_over_ranks(metrics, self.device)
+        maxima = {f"train/{name}" for name, reduction in self.stat_reductions.items() if reduction == MAX}
+        return mean_over_ranks(metrics, self.device, maxima=maxima)
 
     def _one_step_from_current_weights(self, responses: int) -> bool:
         """Whether this learn is one optimizer step that needs the old log-probs only in its loss.
@@ -292,13 +301,25 @@ class Learner:
         return stats
 
     def _as_shares_of_all_tokens(self, stats: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
-        """This rank's token means (but `*_max`) times its share of all ranks' valid tokens (times the
-        world size): their mean over ranks is then the token mean over all ranks, as the loss's stats
-        (`_train_step`) are, rather than a mean of the ranks' means."""
+        """This rank's token means times its share of all ranks' valid tokens (times the world size): their
+        mean over ranks is then the token mean over all ranks, as the loss's stats (`_train_step`) are,
+        rather than a mean of the ranks' means. Stats reduced by max are left as they are."""
         _, (token_weight,) = accumulation_weights(
             [mask], self.args.agg_mode, world_size=self.world_size, reduce_sum=all_reduce_sum
         )
-        return {name: value if name.endswith("_max") else value * token_weight for name, value in stats.items()}
+        return {
+            name: value * token_weight if self._reduction(name) == TOKEN_MEAN else value
+            for name, value in stats.items()
+        }
+
+    def _reduction(self, stat: str) -> str:
+        """How `stat` is reduced (STAT_REDUCTIONS); a stat whose function did not declare it is an error."""
+        if stat not in self.stat_reductions:
+            raise TypeError(
+                f"stat {stat!r} has no declared reduction: add it to its function's declare_stats "
+                f"(declared: {', '.join(self.stat_reductions)})"
+            )
+        return self.stat_reductions[stat]
 
     def _train_mode(self, mode: bool) -> None:
         for engine in self._engines().values():
@@ -312,7 +333,7 @@ class Learner:
         """
         args, mask, data, algorithm = self.args, batch.response_mask, batch.token_data, self.algorithm
         kl = data["old_logp"] - data["ref_logp"] if args.kl_penalty_coef > 0 else None
-        estimator = ADVANTAGE_ESTIMATORS[algorithm.advantage_estimator(args)]
+        estimator = algorithm.estimator()
         out = {}
         if algorithm.needs_critic:
             shaped = token_rewards(rewards, mask, kl=kl, kl_coef=args.kl_penalty_coef)
@@ -356,12 +377,12 @@ class Learner:
                 loss, critic_stats = self._critic_loss(micro_batch)
                 self._backward(self.critic, loss * loss_weight * accumulation_steps, last)
                 micro_stats.update(critic_stats)
-            # The losses are aggregated per --loss_agg_mode, *_max stats by max, the others are means over valid tokens.
             for name, value in micro_stats.items():
-                if name.endswith("_max"):
+                reduction = self._reduction(name)
+                if reduction == MAX:
                     stats[name] = max(stats[name], float(value))
                 else:
-                    stats[name] += float(value) * (loss_weight if name in LOSS_STATS else token_weight)
+                    stats[name] += float(value) * (loss_weight if reduction == LOSS else token_weight)
         stats["grad_norm"] = float(self.policy.get_global_grad_norm())
         stats["lr"] = lr
         stats["skipped_steps"] = float(self._update_was_skipped())
@@ -453,7 +474,7 @@ class Learner:
         }
         if self.reference_lm is not None:
             ref_kl = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"]), mask)
-            metrics.update(self._as_shares_of_all_tokens({"train/ref_kl": ref_kl}, mask))
+            metrics["train/ref_kl"] = self._as_shares_of_all_tokens({"ref_kl": ref_kl}, mask)["ref_kl"]
         if self.critic is not None:
             metrics["train/explained_variance"] = explained_variance(data["old_values"], data["returns"], mask)
         return {name: float(value) for name, value in metrics.items()}

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages, kl_penalty, top_k_top_p_logprobs
+from oat_cpgd.algorithms.registry import ppo_clip_options
 from oat_cpgd.args import CPGDArgs, PPOArgs
 from oat_cpgd.learners import Learner
 from oat_cpgd.learners.forward import unwrapped
@@ -278,7 +279,7 @@ def reference_grad_norm(model: torch.nn.Module, trajectories: list[Trajectory], 
     weight = min(math.exp(-scenario.actor_logp_shift), scenario.flags.get("tis_c", 2.0))
     model.zero_grad()
     if scenario.flags["critic_type"] == "reinforce_pp_baseline":
-        centered = group_advantages(rewards, NUM_SAMPLES, mode="dr_grpo")
+        centered = group_advantages(rewards, NUM_SAMPLES, weight="unit")
         tokens = centered.repeat_interleave(lengths)
         advantages = (centered - tokens.mean()) / (tokens.var(unbiased=False) + 1e-8).sqrt()
         loss = (
@@ -289,7 +290,7 @@ def reference_grad_norm(model: torch.nn.Module, trajectories: list[Trajectory], 
             / lengths.sum()
         )
     else:
-        advantages = group_advantages(rewards, NUM_SAMPLES, mode="grpo")
+        advantages = group_advantages(rewards, NUM_SAMPLES, weight="std")
         losses = []
         for trajectory, advantage in zip(trajectories, advantages, strict=True):
             logp = token_logprobs(model, trajectory)
@@ -416,7 +417,9 @@ def main() -> None:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cli.out.mkdir(parents=True, exist_ok=True)
     # A new algorithm is one registry entry: REINFORCE with a group-mean baseline, token-mean.
-    ALGORITHMS["reinforce"] = Algorithm("dr_grpo", "ppo_clip", "token-mean", loss_flags={"dual_clip": "dual_clip"})
+    ALGORITHMS["reinforce"] = Algorithm(
+        policy_loss="ppo_clip", agg_mode="token-mean", advantage_kwargs={"weight": "unit"}, loss_kwargs=ppo_clip_options
+    )
     for name in cli.scenarios:
         state = run_scenario(name, SCENARIOS[name], cli.model, cli.out, rank, world_size)
         if rank == 0:
