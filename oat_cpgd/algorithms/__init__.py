@@ -21,7 +21,7 @@ from oat_cpgd.algorithms.losses import (
 )
 from oat_cpgd.algorithms.off_policy import IS_CORRECTIONS, importance_weights, top_k_top_p_logprobs
 from oat_cpgd.algorithms.registry import ALGORITHMS, Algorithm, get_algorithm
-from oat_cpgd.algorithms.rewards import kl_shaped_rewards, overlong_penalty, token_rewards
+from oat_cpgd.algorithms.rewards import shaped_rewards
 from oat_cpgd.algorithms.utils import (
     batch_mean_var,
     entropy_from_logits,
@@ -53,14 +53,12 @@ __all__ = [
     "gspo_policy_loss",
     "importance_weights",
     "kl_penalty",
-    "kl_shaped_rewards",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
     "masked_whiten",
-    "overlong_penalty",
     "ppo_policy_loss",
-    "token_rewards",
+    "shaped_rewards",
     "top_k_top_p_logprobs",
     "value_loss",
 ]
