@@ -58,6 +58,7 @@ from oat_cpgd.learners.forward import (
     takes_logits_to_keep,
 )
 from oat_cpgd.learners.weights import ModelWeights
+from oat_cpgd.oracles import CORRECT_REWARD
 from oat_cpgd.types import Trajectory
 
 if TYPE_CHECKING:
@@ -456,7 +457,7 @@ class Learner:
         metrics = {
             "train/reward_mean": rewards.mean(),
             "train/shaped_reward_mean": (shaped.sum(-1) if shaped.dim() == 2 else shaped).mean(),
-            "train/all_correct_groups": (groups >= 1).all(-1).float().mean(),  # 1: the oracles' correct score
+            "train/all_correct_groups": (groups >= CORRECT_REWARD).all(-1).float().mean(),
             "train/all_wrong_groups": (groups <= 0).all(-1).float().mean(),
             "train/response_len": mask.sum(-1).mean(),
             "train/adv_mean": adv_mean,
