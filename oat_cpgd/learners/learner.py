@@ -1,8 +1,9 @@
 """The DeepSpeed learner: trains any algorithm of the registry (oat_cpgd.algorithms.registry; docs/ALGORITHMS.md).
 
-One `Learner` runs on each learner rank. `learn`, `response_logprobs`, `connect_actors`,
-`sync_weights` and `save_pretrained` are collectives: every rank calls them together, `learn` with its own
-shard of the rollout (whole groups, the same number of responses on every rank).
+One `Learner` runs on each learner rank. `learn`, `connect_actors`, `sync_weights`, `probe_logprobs` and
+the saving and loading methods are collectives: every rank calls them together, `learn` with its own
+shard of the rollout (whole groups, the same number of responses on every rank). `response_logprobs`
+is a probe for the tests and scripts/gpu_check.py, not used by the loop.
 
 Per-token tensors are aligned with the labels `input_ids[:, 1:]`: position t holds what
 belongs to predicting token t + 1 (its log-prob, value, advantage, response mask).
@@ -494,10 +495,6 @@ class Learner:
     def weights(self) -> ModelWeights:
         """The policy's weights as the actors load them; every rank iterates them together (ZeRO-3 gathers)."""
         return ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3)
-
-    def gathered_state(self) -> dict[str, Tensor] | None:
-        """Collective: the policy's weights by Hugging Face name, on rank 0 (`saving.gathered_state`)."""
-        return saving.gathered_state(self.policy, self.rank, zero3=self.args.zero_stage == 3)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Collective: the DeepSpeed states (weights, optimizer, scheduler) of the policy and critic,
