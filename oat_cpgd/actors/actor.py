@@ -102,7 +102,7 @@ class Actor:
         collocated_on_gpu = self.on_cuda and placement.collocate
         self.llm = vllm.LLM(
             model=args.pretrain,
-            tokenizer=args.tokenizer or args.pretrain,
+            tokenizer=args.tokenizer,
             dtype="bfloat16" if args.bf16 else "float32",
             seed=args.seed + actor_index,
             max_model_len=args.max_model_len,

@@ -98,7 +98,7 @@ class Learner:
         self.device = torch.device(accelerator.current_device_name())
         torch.manual_seed(args.seed)
         self.shuffle_generator = torch.Generator().manual_seed(args.seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain)
+        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
 
         policy_config = train_config(args, world_size, args.learning_rate, placement.on_cuda)
         policy_model = engines.load_language_model(args.pretrain, args, policy_config)
