@@ -239,7 +239,7 @@ def check_batch_split(args: Args, learner_ranks: int) -> None:
         f"({learner_ranks}, from --gpus) so each rank gets whole groups of --num_samples responses.",
     )
     per_rank = args.rollout_batch_size * args.num_samples // learner_ranks
-    buffer = getattr(args, "pi_buffer_maxlen_per_device", -1)  # training flags (PPOArgs) only
+    buffer = args.pi_buffer_maxlen_per_device
     need(
         buffer < 0 or buffer >= per_rank,
         f"--pi_buffer_maxlen_per_device ({buffer}) is smaller than the {per_rank} responses each learner rank "
