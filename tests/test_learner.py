@@ -7,7 +7,6 @@ seconds); the tests check what it wrote.
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from support.sync import StateWeights, broadcast_to
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oat_cpgd.algorithms import group_advantages
+from oat_cpgd.cluster import free_port
 from oat_cpgd.learners.batch import by_token_budget
 
 pytestmark = pytest.mark.slow
@@ -52,12 +52,6 @@ METRICS = {
 }
 PPO_METRICS = {"train/value_loss", "train/value_clip_frac", "train/explained_variance"}
 LAST_SCENARIO = list(SCENARIOS)[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
