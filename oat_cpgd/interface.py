@@ -1,4 +1,4 @@
-"""The whole program on one screen: Ray places actors and learners, then the online loop.
+"""The whole program, top down in one file: Ray places actors and learners, then the online loop.
 
 prompts --(sampler)--> actors: vLLM generate K responses, oracle scores them
         --(whole groups)--> learner ranks: DeepSpeed learn

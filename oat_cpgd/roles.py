@@ -121,7 +121,7 @@ class ActorGroup:
         call_all(self.actors, "update_weights", update_info)
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
-        call_all(self.actors, "finish_weight_update")
+        call_all(self.actors, "finish_weight_update", weight_version)
 
 
 def connect(learners: list, actors: list) -> None:

@@ -83,7 +83,7 @@ def job_trajectories(tokenizer, data: str, response_len: int, prompts: int, samp
         for sample in range(samples):
             response = [rng.randrange(3, tokenizer.vocab_size) for _ in range(response_len)]
             reward = float(sample % 2)
-            out.append(Trajectory(index, prompt, response, [-5.0] * response_len, reward, False, oracle_reward=reward))
+            out.append(Trajectory(index, prompt, response, [-5.0] * response_len, reward, False))
     return out
 
 

@@ -37,7 +37,7 @@ from oat_cpgd.algorithms.registry import (
     importable_algorithm_name,
     register_algorithm,
 )
-from oat_cpgd.algorithms.rewards import kl_shaped_rewards, overlong_penalty, token_rewards
+from oat_cpgd.algorithms.rewards import shaped_rewards
 from oat_cpgd.algorithms.utils import (
     batch_mean_var,
     entropy_from_logits,
@@ -79,16 +79,14 @@ __all__ = [
     "importable_algorithm_name",
     "importance_weights",
     "kl_penalty",
-    "kl_shaped_rewards",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
     "masked_whiten",
-    "overlong_penalty",
     "policy_stats",
     "ppo_policy_loss",
     "register_algorithm",
-    "token_rewards",
+    "shaped_rewards",
     "top_k_top_p_logprobs",
     "value_loss",
 ]

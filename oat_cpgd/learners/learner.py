@@ -1,8 +1,9 @@
 """The DeepSpeed learner: trains any algorithm of the registry (oat_cpgd.algorithms.registry; docs/ALGORITHMS.md).
 
-One `Learner` runs on each learner rank. `learn`, `response_logprobs`, `connect_actors`,
-`sync_weights` and `save_pretrained` are collectives: every rank calls them together, `learn` with its own
-shard of the rollout (whole groups, the same number of responses on every rank).
+One `Learner` runs on each learner rank. `learn`, `connect_actors`, `sync_weights`, `probe_logprobs` and
+the saving and loading methods are collectives: every rank calls them together, `learn` with its own
+shard of the rollout (whole groups, the same number of responses on every rank). `response_logprobs`
+is a probe for the tests and scripts/gpu_check.py, not used by the loop.
 
 Per-token tensors are aligned with the labels `input_ids[:, 1:]`: position t holds what
 belongs to predicting token t + 1 (its log-prob, value, advantage, response mask).
@@ -38,11 +39,10 @@ from oat_cpgd.algorithms import (
     get_algorithm,
     importance_weights,
     kl_penalty,
-    kl_shaped_rewards,
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
-    token_rewards,
+    shaped_rewards,
     top_k_top_p_logprobs,
     value_loss,
 )
@@ -62,6 +62,7 @@ from oat_cpgd.learners.forward import (
 )
 from oat_cpgd.learners.schedule import ScheduleSteps
 from oat_cpgd.learners.weights import ModelWeights
+from oat_cpgd.oracles import CORRECT_REWARD
 from oat_cpgd.types import Trajectory
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class Learner:
         self.device = torch.device(accelerator.current_device_name())
         torch.manual_seed(args.seed)
         self.shuffle_generator = torch.Generator().manual_seed(args.seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain)
+        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
 
         policy_config = train_config(args, world_size, args.learning_rate, placement.on_cuda)
         policy_model = engines.load_language_model(args.pretrain, args, policy_config)
@@ -142,6 +143,17 @@ class Learner:
             "entropy": TOKEN_MEAN,
             "ref_kl": TOKEN_MEAN,
         }
+        # Every change training makes to the oracle's rewards, in one function: the actors report them unshaped.
+        self.shaped_rewards = partial(
+            shaped_rewards,
+            max_len=args.generate_max_length,
+            non_stop_penalty=args.non_stop_penalty,
+            overlong_buffer_len=args.overlong_buffer_len,
+            overlong_penalty_factor=args.overlong_penalty_factor,
+            reward_scale=args.reward_scale,
+            kl_coef=args.kl_penalty_coef,
+            per_token=self.algorithm.needs_critic,  # GAE's rewards are per token
+        )
 
     # ------------------------------------------------------------------ forward passes
 
@@ -244,11 +256,13 @@ class Learner:
                 data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference_lm))
         if self.critic is not None:
             data["old_values"] = self._per_token(batch, self._values)
-        rewards = torch.tensor([t.reward for t in trajectories], device=self.device)
-        data.update(self._advantages(batch, rewards * args.reward_scale))
-        oracle_rewards = torch.tensor([t.oracle_reward for t in trajectories], device=self.device)
+        rewards = torch.tensor([t.reward for t in trajectories], device=self.device)  # the oracle's
+        truncated = torch.tensor([t.truncated for t in trajectories], device=self.device)
+        kl = data["old_logp"] - data["ref_logp"] if args.kl_penalty_coef > 0 else None
+        shaped = self.shaped_rewards(rewards, batch.response_mask, truncated, kl=kl)
+        data.update(self._advantages(batch, shaped))
         metrics = {
-            **self._rollout_metrics(batch, oracle_rewards),
+            **self._rollout_metrics(batch, rewards, shaped),
             **{f"train/{k}": float(v) for k, v in is_stats.items()},
         }
 
@@ -325,24 +339,19 @@ class Learner:
         for engine in self._engines().values():
             engine.train(mode)
 
-    def _advantages(self, batch: Batch, rewards: Tensor) -> dict[str, Tensor]:
-        """Per-token advantages (and with a critic, the returns) for this rank's responses.
-
-        --kl_penalty_coef shapes the rewards first: per token for GAE, summed over each response
-        for the group estimators. Whitening is over the whole batch, on every rank alike.
+    def _advantages(self, batch: Batch, shaped: Tensor) -> dict[str, Tensor]:
+        """Per-token advantages (and with a critic, the returns) for this rank's responses, from their
+        shaped rewards (`self.shaped_rewards`: per token for GAE, per response for the group
+        estimators). Whitening is over the whole batch, on every rank alike.
         """
         args, mask, data, algorithm = self.args, batch.response_mask, batch.token_data, self.algorithm
-        kl = data["old_logp"] - data["ref_logp"] if args.kl_penalty_coef > 0 else None
         estimator = algorithm.estimator()
         out = {}
         if algorithm.needs_critic:
-            shaped = token_rewards(rewards, mask, kl=kl, kl_coef=args.kl_penalty_coef)
             advantages, out["returns"] = estimator(shaped, data["old_values"], mask, gamma=args.gamma, lam=args.lam)
         else:
-            if kl is not None:
-                rewards = kl_shaped_rewards(rewards, kl, mask, kl_coef=args.kl_penalty_coef)
             # Groups never straddle ranks, but clip_filter weighs by counts over the whole batch.
-            everyone = estimator(all_gather_cat(rewards), args.num_samples, **algorithm.advantage_options(args))
+            everyone = estimator(all_gather_cat(shaped), args.num_samples, **algorithm.advantage_options(args))
             advantages = everyone.view(self.world_size, -1)[self.rank][:, None] * mask
         if algorithm.whiten_advantages or args.whiten_adv:
             advantages = masked_whiten(advantages, mask, reduce_sum=all_reduce_sum)
@@ -457,8 +466,9 @@ class Learner:
 
     # ------------------------------------------------------------------ metrics
 
-    def _rollout_metrics(self, batch: Batch, rewards: Tensor) -> dict[str, float]:
-        """This rank's rollout statistics (raw oracle rewards; advantages over response tokens)."""
+    def _rollout_metrics(self, batch: Batch, rewards: Tensor, shaped: Tensor) -> dict[str, float]:
+        """This rank's rollout statistics: the oracle's `rewards` and the `shaped` ones the advantages
+        come from (GAE's per-token rewards summed over each response); advantages over response tokens."""
         mask, data = batch.response_mask, batch.token_data
         advantages = data["advantages"]
         # Over the whole batch's response tokens (every rank reports the same value).
@@ -466,7 +476,8 @@ class Learner:
         groups = rewards.view(-1, self.args.num_samples)
         metrics = {
             "train/reward_mean": rewards.mean(),
-            "train/all_correct_groups": (groups >= 1).all(-1).float().mean(),  # 1: the oracles' correct score
+            "train/shaped_reward_mean": (shaped.sum(-1) if shaped.dim() == 2 else shaped).mean(),
+            "train/all_correct_groups": (groups >= CORRECT_REWARD).all(-1).float().mean(),
             "train/all_wrong_groups": (groups <= 0).all(-1).float().mean(),
             "train/response_len": mask.sum(-1).mean(),
             "train/adv_mean": adv_mean,
@@ -503,10 +514,6 @@ class Learner:
     def weights(self) -> ModelWeights:
         """The policy's weights as the actors load them; every rank iterates them together (ZeRO-3 gathers)."""
         return ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3)
-
-    def gathered_state(self) -> dict[str, Tensor] | None:
-        """Collective: the policy's weights by Hugging Face name, on rank 0 (`saving.gathered_state`)."""
-        return saving.gathered_state(self.policy, self.rank, zero3=self.args.zero_stage == 3)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Collective: the DeepSpeed states (weights, optimizer, scheduler) of the policy and critic,

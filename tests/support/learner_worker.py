@@ -44,6 +44,7 @@ from oat_cpgd.types import Trajectory
 
 NUM_PROMPTS = 4
 NUM_SAMPLES = 4
+MAX_RESPONSE_LEN = 12
 TEMPERATURE = 0.7
 
 
@@ -72,8 +73,17 @@ CPGD_THREE_EPOCHS = {"critic_type": "cpgd", "cpgd_weight": "clip_filter", "num_p
 SCENARIOS: dict[str, Scenario] = {
     # One optimizer step on-policy: every response's log-prob moves with its advantage's sign.
     # PPO: rewards of +-10 dwarf the untrained critic's values, so sign(A) = sign(R); ZeRO-3 critic.
+    # The length penalties (at most -0.1 - 0.1 here) shape the rewards but keep their signs.
     "ppo": Scenario(
-        {"critic_type": "ppo", "reward_scale": 10.0, "zero_stage": 3, **ONE_STEP},
+        {
+            "critic_type": "ppo",
+            "reward_scale": 10.0,
+            "non_stop_penalty": -0.1,
+            "overlong_buffer_len": 8,
+            "overlong_penalty_factor": 0.2,
+            "zero_stage": 3,
+            **ONE_STEP,
+        },
         group_rewards=((1.0, -1.0, 1.0, -1.0),),
         check_loading=True,
     ),
@@ -261,9 +271,10 @@ def make_trajectories(
         prompt = [rng.randrange(3, vocab_size) for _ in range(rng.randint(3, 8))]
         rewards = group_rewards[prompt_index % len(group_rewards)]
         for sample in range(NUM_SAMPLES):
-            response = [rng.randrange(3, vocab_size) for _ in range(rng.randint(2, 12))]
-            reward = rewards[sample]
-            trajectories.append(Trajectory(prompt_index, prompt, response, [], reward, False, oracle_reward=reward))
+            response = [rng.randrange(3, vocab_size) for _ in range(rng.randint(2, MAX_RESPONSE_LEN))]
+            # The longest responses drawn stand for ones cut at the length limit.
+            truncated = len(response) == MAX_RESPONSE_LEN
+            trajectories.append(Trajectory(prompt_index, prompt, response, [], rewards[sample], truncated))
     with torch.no_grad():
         for trajectory in trajectories:
             trajectory.actor_logprobs = token_logprobs(model, trajectory).tolist()
@@ -357,6 +368,7 @@ def run_scenario(
     result: dict[str, Any] = {
         "rewards": [t.reward for t in trajectories],
         "response_lengths": [len(t.response_ids) for t in trajectories],
+        "truncated": [t.truncated for t in trajectories],
         "sequence_lengths": [len(t.prompt_ids) + len(t.response_ids) for t in trajectories],
     }
     if scenario.reference_grad_norm:
