@@ -41,7 +41,7 @@ endif
 test: install
 	$(PY) -m pytest
 
-# CPGD teaches a warm-started tiny model to add; held-out accuracy before -> after (README: "The demo").
+# CPGD teaches a warm-started tiny model to add; held-out accuracy before -> after (docs/RESULTS.md, "The demo").
 # The warm start is cached in .cache/demo; DEMO_FLAGS go to the demo (e.g. DEMO_FLAGS="--seed 1").
 DEMO_FLAGS ?=
 demo: install

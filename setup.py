@@ -1,4 +1,4 @@
-"""oat_cpgd: online RL of language models with rule-based rewards (PPO, GRPO, Dr. GRPO, CPGD)."""
+"""oat_cpgd: online RL of language models with rule-based rewards (PPO, GRPO, CPGD and more)."""
 
 from setuptools import find_packages, setup
 

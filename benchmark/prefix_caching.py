@@ -56,6 +56,7 @@ def bench_one(name: str, options: argparse.Namespace) -> list[dict]:
     from oat_cpgd.actors import Actor
     from oat_cpgd.args import PPOArgs
     from oat_cpgd.data import build_prompts, load_split
+    from oat_cpgd.placement import local_nodes, plan_placement
     from oat_cpgd.rollout import request_seeds
 
     path = model_path(name)
@@ -80,7 +81,7 @@ def bench_one(name: str, options: argparse.Namespace) -> list[dict]:
             oracle_workers=1,
         )
         args.resolve()
-        actors[mode] = Actor(args)
+        actors[mode] = Actor(args, plan_placement(local_nodes(), args))
 
     def rollout(mode: str, samples: int, round_: int):
         """One seeded rollout from an empty prefix cache: (outputs, seconds, cores)."""

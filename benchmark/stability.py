@@ -20,7 +20,7 @@ REWARD_COLLAPSE of the peak), an entropy collapse (below ENTROPY_FLOOR) and a re
 collapse (mean below LENGTH_FLOOR, or every answer running to the limit); the largest policy
 drift (k3 KL to the rollout's policy). One PNG overlays every run's reward and entropy. Writes
 .cache/bench/stability.json and .png; `--table FILE` reprints a saved run's table.
-Whatever it shows is what the README quotes: the setup is not tuned until CPGD wins.
+Whatever it shows is what docs/RESULTS.md quotes: the setup is not tuned until CPGD wins.
 """
 
 from __future__ import annotations

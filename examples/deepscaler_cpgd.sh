@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPGD on DeepScaleR as siiRL documents it ("DeepScaleR Example with CPGD", examples/cpgd_trainer/
-# run_qwen2_5-7b.sh): Qwen2.5-7B-Instruct, one node of 8 GPUs. The README maps each siiRL key to its flag.
+# run_qwen2_5-7b.sh): Qwen2.5-7B-Instruct, one node of 8 GPUs. docs/RECIPES.md maps each siiRL key to its flag.
 #
 #   bash examples/deepscaler_cpgd.sh [FLAG ...]           the recipe; extra flags override it
 #   SMOKE=1 bash examples/deepscaler_cpgd.sh [FLAG ...]   the same command on a CPU: tiny model, local data, 1 step

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PPO on DeepScaleR as siiRL documents it ("DeepScaleR Example with PPO", docs/examples/deepscaler_example.rst):
 # Qwen2.5-7B-Instruct as policy and critic, one node of 8 GPUs, the settings of siiRL's run_qwen2_5-7b.sh
-# with the PPO script's critic and KL-loss keys. The README maps each siiRL key to its flag.
+# with the PPO script's critic and KL-loss keys. docs/RECIPES.md maps each siiRL key to its flag.
 #
 #   bash examples/deepscaler_ppo.sh [FLAG ...]           the recipe; extra flags override it
 #   SMOKE=1 bash examples/deepscaler_ppo.sh [FLAG ...]   the same command on a CPU: tiny model, local data, 1 step

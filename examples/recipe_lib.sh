@@ -5,7 +5,16 @@ if [ ! -f oat_cpgd/__init__.py ]; then
   echo "$0: run from the repository root (oracles and examples import from there)" >&2
   exit 2
 fi
-PYTHON=${PYTHON:-python}
+# The interpreter: $PYTHON if given, else the repository's .venv (what `make install` creates; its bin/
+# goes first on PATH, as `source .venv/bin/activate` would put it), else `python` from PATH.
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then
+    PYTHON=$PWD/.venv/bin/python
+    export PATH="$PWD/.venv/bin:$PATH"
+  else
+    PYTHON=python
+  fi
+fi
 SMOKE=${SMOKE:-0}
 # Real runs prepare the hub datasets under DATA_ROOT (verl's convention: ~/data/NAME); smoke runs
 # prepare the local copies in SHARED_DATA into the work tree's cache.

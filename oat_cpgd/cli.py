@@ -14,49 +14,71 @@ import docstring_parser
 import tyro
 from typing_extensions import Doc
 
-from oat_cpgd.args import Args, ConfigError
+from oat_cpgd.args import SECTIONS, Args, ConfigError
 from oat_cpgd.cluster import cluster_nodes, ray_session, reserve
 from oat_cpgd.placement import describe_locally, local_nodes, plan_placement
 
 ArgsT = TypeVar("ArgsT", bound=Args)
 
-HELP_SECTIONS = {
-    "resources": "gpus",
-    "model": "pretrain",
-    "data": "prompt_data",
-    "generation": "num_samples",
-    "oracle": "oracle_type",
-    "evaluation": "eval_data",
-    "training": "learning_rate",
-    "saving_and_logging": "save_path",
-    "algorithm": "critic_type",
-    "rewards_and_advantages": "kl_penalty_coef",
-    "critic": "gamma",
-    "cpgd": "policy_drift_coeff",
+OAT_ONLY_FLAGS = {
+    "oracle_type": "oat's kind of feedback; every oracle here gives rule-based scalar rewards",
+    "pi_buffer_maxlen_per_device": "oat's per-device buffer; here each step's --rollout_batch_size x "
+    "--num_samples responses are split evenly over the learner ranks",
 }
-"""The `--help` sections (tyro heads each `<name> options`) and the first field of each: a section runs to
-the next one's first field, in the dataclasses' field order (a subclass's new fields follow its parent's)."""
+"""Flags of oat's documented commands that mean nothing here: accepted (with their value) and ignored,
+with one line saying why, so oat's commands run unchanged."""
 
 
 def help_sections(args_cls: type[Args]) -> dict[str, list[str]]:
-    """The field names of each `--help` section of `args_cls`, in field order."""
-    section_from_first_field = {first: section for section, first in HELP_SECTIONS.items()}
-    sections: dict[str, list[str]] = {}
+    """The field names of each `--help` section of `args_cls` (each field's `flag(section, ...)`), in
+    the order of args.SECTIONS, fields in field order."""
+    sections: dict[str, list[str]] = {section: [] for section in SECTIONS}
     for field in dataclasses.fields(args_cls):
-        if field.name in section_from_first_field:
-            names = sections[section_from_first_field[field.name]] = []
-        names.append(field.name)
-    return sections
+        if "section" not in field.metadata:
+            raise TypeError(f"{args_cls.__name__}.{field.name} names no --help section: declare it with flag()")
+        sections[field.metadata["section"]].append(field.name)
+    return {section: names for section, names in sections.items() if names}
+
+
+def registry_lists() -> dict[str, str]:
+    """The registries' names, which help texts list as `{algorithms}`, `{oracles}`, `{prompt_templates}`."""
+    from oat_cpgd.algorithms import algorithm_names
+    from oat_cpgd.data import PROMPT_TEMPLATES
+    from oat_cpgd.oracles import ORACLES
+
+    return {
+        "algorithms": ", ".join(algorithm_names()),
+        "oracles": ", ".join(ORACLES),
+        "prompt_templates": ", ".join(PROMPT_TEMPLATES),
+    }
 
 
 def field_help(args_cls: type[Args]) -> dict[str, str]:
-    """Each field's attribute docstring, a subclass's replacing its parent's (as tyro reads them)."""
+    """Each field's attribute docstring, a subclass's replacing its parent's (as tyro reads them), with
+    the registries' current names filled in."""
     docs: dict[str, str] = {}
     for cls in reversed(args_cls.__mro__[:-1]):  # base classes first; `object` has no fields
         docs.update(
             {p.arg_name: p.description for p in docstring_parser.parse_from_object(cls).params if p.description}
         )
+    for placeholder, names in registry_lists().items():
+        docs = {name: doc.replace("{" + placeholder + "}", names) for name, doc in docs.items()}
     return docs
+
+
+def without_oat_only_flags(argv: list[str]) -> list[str]:
+    """`argv` less OAT_ONLY_FLAGS (either spelling, `--flag value` or `--flag=value`), each noted on stderr."""
+    kept, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        name, has_value, _ = arg.removeprefix("--").replace("-", "_").partition("=")
+        if arg.startswith("--") and name in OAT_ONLY_FLAGS:
+            if not has_value and rest and not rest[0].startswith("--"):
+                rest.pop(0)
+            print(f"note: --{name} ignored: {OAT_ONLY_FLAGS[name]}.", file=sys.stderr)
+        else:
+            kept.append(arg)
+    return kept
 
 
 def sectioned_cli(args_cls: type[ArgsT], default: ArgsT) -> type:
@@ -93,6 +115,7 @@ def parse_args(
     (exit 2), naming the flags.
     """
     cli_cls = sectioned_cli(args_cls, args_cls() if default is None else default)
+    argv = without_oat_only_flags(sys.argv[1:] if argv is None else argv)
     parsed = tyro.cli(cli_cls, args=argv, description=args_cls.__doc__)
     args = args_cls(**{name: value for section in vars(parsed).values() for name, value in vars(section).items()})
     try:

@@ -12,6 +12,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -20,6 +21,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from oat_cpgd.args import Args
 from oat_cpgd.console import register_role, role_env
 from oat_cpgd.placement import Placement, by_node, describe, learner_threads, total_resources
+
+if TYPE_CHECKING:
+    from oat_cpgd.learners.schedule import ScheduleSteps
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +202,7 @@ def rendezvous_endpoint() -> tuple[str, int, int]:
     return ray.util.get_node_ip_address(), free_port(), len(os.sched_getaffinity(0))
 
 
-def spawn_learners(args: Args, reservation: Reservation, learner_cls, schedule_steps: float) -> list:
+def spawn_learners(args: Args, reservation: Reservation, learner_cls, schedule_steps: ScheduleSteps) -> list:
     """One Ray actor per learner rank, each in its bundle; rank 0 hosts the rendezvous."""
     placement = reservation.placement
     first = placement.learner_bundles[0]

@@ -1,7 +1,7 @@
 """Evaluation: the actors answer held-out benchmarks, the oracle scores them, and the maths turns that into metrics.
 
 Per benchmark (and averaged over benchmarks under `eval/average/`):
-- accuracy: mean correctness over the n samples of each question (correct: reward >= 1.0);
+- accuracy: mean correctness over the n samples of each question (correct: reward >= CORRECT_REWARD, 1.0);
 - pass@n: share of questions with at least one correct sample;
 - maj@n: share of questions whose majority answer (most common extracted answer, ties to the
   first seen) is correct; answers the oracle's `same_answer` finds equivalent (`0.5`, `\\frac12`)
@@ -24,10 +24,8 @@ import ray
 
 from oat_cpgd.args import Args
 from oat_cpgd.data import PromptSet, load_prompts
-from oat_cpgd.oracles import RewardOracle, oracle_from_flags
+from oat_cpgd.oracles import CORRECT_REWARD, RewardOracle, oracle_from_flags
 
-CORRECT_REWARD = 1.0
-"""The oracles' score for a correct answer; format rewards (e.g. countdown's 0.1) stay below it."""
 METRICS = ("accuracy", "pass@n", "maj@n", "response_len")
 AVERAGE = "average"
 DROPPED = "dropped_prompts"
@@ -81,24 +79,20 @@ def load_eval_sets(args: Args, tokenizer, oracle: RewardOracle | None = None) ->
     }
 
 
-def _same_text(a: str, b: str) -> bool:
-    return a.strip() == b.strip()
-
-
 def majority_answers(answers: list[str | None], same_answer: SameAnswer | None = None) -> set[str]:
     """The answers (as written) that make up the most voted answer: empty without any answer.
 
-    Each answer joins the first earlier group whose first answer `same_answer` (default: equal
-    text after strip) finds the same, or starts a group; the largest group wins, ties to the one
-    seen first. A `same_answer` that raises compares the text instead.
+    Each answer joins the first earlier group whose first answer `same_answer` (default: the base
+    oracle's, equal text after strip) finds the same, or starts a group; the largest group wins, ties
+    to the one seen first. A `same_answer` that raises compares as the base oracle's instead.
     """
-    same = same_answer or _same_text
+    same = same_answer or RewardOracle.same_answer
 
     def equivalent(a: str, b: str) -> bool:
         try:
             return bool(same(a, b))
         except Exception:
-            return _same_text(a, b)
+            return RewardOracle.same_answer(a, b)
 
     # Counter keeps first-seen order; identical texts are one answer without asking same_answer.
     groups: list[tuple[list[str], int]] = []  # (texts, votes), the first text represents the group

@@ -1,4 +1,4 @@
-"""The whole program on one screen: Ray places actors and learners, then the online loop.
+"""The whole program, top down in one file: Ray places actors and learners, then the online loop.
 
 prompts --(sampler)--> actors: vLLM generate K responses, oracle scores them
         --(whole groups)--> learner ranks: DeepSpeed learn
@@ -61,18 +61,6 @@ def num_learning_steps(args: PPOArgs, num_prompts: int) -> int:
     return min(steps, args.max_steps) if args.max_steps > 0 else steps
 
 
-def warn_if_the_schedule_ends_early(args: PPOArgs, steps: int, lr_steps: float) -> None:
-    optimizer_steps = steps * args.num_ppo_epochs * args.rollout_batch_size * args.num_samples // args.train_batch_size
-    if lr_steps * args.max_step_adjustment < optimizer_steps:
-        logger.warning(
-            "the LR schedule spans %g optimizer steps (oat's count: %d x --max_step_adjustment %g) but the run "
-            "takes %d; after that the scheduler runs past its end. Set --max_step_adjustment to "
-            "--num_samples x --num_ppo_epochs (%d) for it to end with the run.",
-            lr_steps * args.max_step_adjustment, lr_steps, args.max_step_adjustment, optimizer_steps,
-            args.num_samples * args.num_ppo_epochs,
-        )  # fmt: skip
-
-
 def checkpoint_to_resume(args: PPOArgs, run_dir: Path, prompts: PromptSet, fingerprint: str) -> Path | None:
     """With --resume_dir, its newest complete checkpoint, once the flags and data are known to match
     the saved run's (checked before any engine starts); None for a fresh run."""
@@ -119,7 +107,7 @@ def _run(args: PPOArgs, run_dir: Path, console: Console, learner_cls, actor_cls)
     # Imported here, where their import-time output goes to the driver's log.
     from oat_cpgd.actors import Actor
     from oat_cpgd.learners import Learner
-    from oat_cpgd.learners.schedule import schedule_steps
+    from oat_cpgd.learners.schedule import schedule_steps, schedule_warnings
 
     learner_cls, actor_cls = learner_cls or Learner, actor_cls or Actor
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
@@ -129,8 +117,9 @@ def _run(args: PPOArgs, run_dir: Path, console: Console, learner_cls, actor_cls)
                            check_reference=oracle.check_reference)  # fmt: skip
     eval_sets = load_eval_sets(args, tokenizer, oracle) if args.eval_steps > 0 else {}
     steps = num_learning_steps(args, len(prompts))
-    lr_steps = schedule_steps(args, len(prompts))
-    warn_if_the_schedule_ends_early(args, steps, lr_steps)
+    lr_steps = schedule_steps(args, len(prompts), steps)
+    for warning in schedule_warnings(args, lr_steps, steps):
+        logger.warning(warning)
     fingerprint = prompts_fingerprint(prompts.indices, prompts.prompts)  # saved with every checkpoint
     resume_from = checkpoint_to_resume(args, run_dir, prompts, fingerprint)
     done_steps = load_state(resume_from)["step"] if resume_from else 0

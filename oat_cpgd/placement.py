@@ -238,13 +238,6 @@ def check_batch_split(args: Args, learner_ranks: int) -> None:
         f"--rollout_batch_size ({args.rollout_batch_size}) must be divisible by the learner ranks "
         f"({learner_ranks}, from --gpus) so each rank gets whole groups of --num_samples responses.",
     )
-    per_rank = args.rollout_batch_size * args.num_samples // learner_ranks
-    buffer = getattr(args, "pi_buffer_maxlen_per_device", -1)  # training flags (PPOArgs) only
-    need(
-        buffer < 0 or buffer >= per_rank,
-        f"--pi_buffer_maxlen_per_device ({buffer}) is smaller than the {per_rank} responses each learner rank "
-        f"receives per step (--rollout_batch_size x --num_samples / learner ranks).",
-    )
 
 
 def local_nodes() -> list[dict[str, float]]:

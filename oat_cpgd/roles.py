@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
@@ -16,6 +16,9 @@ from oat_cpgd.args import PPOArgs
 from oat_cpgd.checkpoint import latest_checkpoint
 from oat_cpgd.cluster import Reservation, spawn_actors, spawn_learners
 from oat_cpgd.rollout import Chunk, send
+
+if TYPE_CHECKING:
+    from oat_cpgd.learners.schedule import ScheduleSteps
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ def call_all(handles: list, method: str, *args: Any) -> list:
 
 
 def start_roles(
-    args: PPOArgs, reservation: Reservation, learner_cls, actor_cls, schedule_steps: float
+    args: PPOArgs, reservation: Reservation, learner_cls, actor_cls, schedule_steps: ScheduleSteps
 ) -> tuple[list, list]:
     """The actors and the learner ranks, started in the order collocated GPUs need:
     1. the vLLM engines start, and the loop waits for them: each sizes its KV cache from its GPU's
@@ -118,7 +121,7 @@ class ActorGroup:
         call_all(self.actors, "update_weights", update_info)
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
-        call_all(self.actors, "finish_weight_update")
+        call_all(self.actors, "finish_weight_update", weight_version)
 
 
 def connect(learners: list, actors: list) -> None:

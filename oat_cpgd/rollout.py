@@ -54,8 +54,9 @@ def request_seeds(seed: int, step: int, draw: int, indices: list[int]) -> list[i
 
 
 def is_informative(group: list[Trajectory]) -> bool:
-    """A group whose oracle rewards are not all equal: its advantages are not all 0."""
-    return len({t.oracle_reward for t in group}) > 1
+    """A group whose oracle rewards (`Trajectory.reward`, before the learner's shaping) are not all
+    equal: DAPO's test of a group that carries a signal."""
+    return len({t.reward for t in group}) > 1
 
 
 def groups_of(trajectories: list[Trajectory], size: int) -> list[list[Trajectory]]:

@@ -20,11 +20,10 @@ class Trajectory:
     actor_logprobs: list[float]
     """vLLM's log-prob of each sampled response token (under the sampling temperature)."""
     reward: float
-    """Oracle reward, plus --non_stop_penalty when truncated and the overlong punishment."""
+    """The oracle's reward, unshaped: the learner adds the training penalties
+    (`oat_cpgd.algorithms.shaped_rewards`), and dynamic sampling keeps the groups where it varies."""
     truncated: bool
-    """The response hit --generate_max_length without a stop token."""
-    oracle_reward: float = 0.0
-    """The oracle's reward alone (dynamic sampling keeps groups where it varies)."""
+    """The response hit --generate_max_length without a stop token (--non_stop_penalty's condition)."""
     weight_version: int = 0
     """Learning steps behind the weights that sampled it (0: the initial policy)."""
     prompt: str = ""

@@ -78,7 +78,7 @@ def trainer_init_info(backend: str, rank: int, world_size: int, source: WeightSo
         return IPCTrainerInitInfo(
             rank=rank, packed=True, packed_buffer_size_bytes=max(DEFAULT_PACKED_BUFFER_SIZE_BYTES, largest)
         )
-    address, port = rendezvous_endpoint() if rank == 0 else ("", 0)
+    address, port = broadcast_endpoint() if rank == 0 else ("", 0)
     if backend == "nccl":
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
@@ -86,8 +86,8 @@ def trainer_init_info(backend: str, rank: int, world_size: int, source: WeightSo
     return GlooTrainerInitInfo(master_address=address, master_port=port, world_size=world_size, rank=rank)
 
 
-def rendezvous_endpoint() -> tuple[str, int]:
-    """This host's address as other hosts reach it, and a free port."""
+def broadcast_endpoint() -> tuple[str, int]:
+    """Where the weight broadcast group meets: this host's address as other hosts reach it, and a free port."""
     import ray
 
     from oat_cpgd.cluster import free_port

@@ -30,6 +30,7 @@ from support.learner_worker import CHUNKED, ONE_STEP, loaded_weights, make_args,
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from oat_cpgd.learners import Learner  # noqa: E402
+from oat_cpgd.learners.schedule import ScheduleSteps  # noqa: E402
 from oat_cpgd.models.tiny import build_tiny_model  # noqa: E402
 from oat_cpgd.placement import Placement  # noqa: E402
 
@@ -77,7 +78,7 @@ def run_scenario(name: str, model: Path, trajectories, out: Path, on_cuda: bool)
     args, placement = make_args(str(model), 1, flags), Placement.learners_alone(1, on_cuda)
     peaks = Peaks(on_cuda)
     with peaks.phase("init"):
-        learner = Learner(args, placement, 0, schedule_steps=10)
+        learner = Learner(args, placement, 0, schedule_steps=ScheduleSteps(10, 10))
     result: dict = {"rewards": [t.reward for t in trajectories]}
     if flags["zero_stage"] == 3:
         result["loaded"] = loaded_weights(learner, str(model))
@@ -92,7 +93,7 @@ def run_scenario(name: str, model: Path, trajectories, out: Path, on_cuda: bool)
         learner.save_checkpoint(checkpoint)
     del learner
     gc.collect()
-    restored = Learner(args, placement, 0, schedule_steps=10)
+    restored = Learner(args, placement, 0, schedule_steps=ScheduleSteps(10, 10))
     with peaks.phase("load_checkpoint"):
         restored.load_checkpoint(checkpoint)
     result["restored_equal"] = all(torch.equal(tensor.cpu(), state[name]) for name, tensor in restored.weights())

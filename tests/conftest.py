@@ -37,7 +37,7 @@ def tiny_model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """/work/shared/data: the real datasets (GSM8K, MATH-500, countdown, ...) next to the repo."""
+    """shared/data in the repository's parent folder: the real datasets (GSM8K, MATH-500, countdown, ...)."""
     path = REPO.parent / "shared" / "data"
     if not path.is_dir():
         pytest.fail(f"shared data folder {path} is missing: tests need the datasets there")

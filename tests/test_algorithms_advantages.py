@@ -10,7 +10,7 @@ from oat_cpgd.algorithms import (
     group_advantages,
 )
 
-GROUP_MODES = list(GROUP_WEIGHTS)
+WEIGHTS = list(GROUP_WEIGHTS)
 
 # Two groups of 4: [1, 0, 0, 1] and [1, 0, 0, 0].
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0])
@@ -18,17 +18,19 @@ REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0])
 CENTERED = torch.tensor([0.5, -0.5, -0.5, 0.5, 0.75, -0.25, -0.25, -0.25])
 
 
-def test_grpo_hand_computed():
+def test_std_weight_hand_computed():
+    """GRPO's (and CPGD's `--cpgd_weight std`)."""
     # Unbiased stds: group 1 sqrt(4 * 0.25 / 3) = 0.577350; group 2 sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5.
     # 0.5 / 0.577351 = 0.866024; 0.75 / 0.500001 = 1.499997; 0.25 / 0.500001 = 0.499999.
     expected = torch.tensor([0.866024, -0.866024, -0.866024, 0.866024, 1.499997, -0.499999, -0.499999, -0.499999])
-    torch.testing.assert_close(group_advantages(REWARDS, 4, mode="grpo"), expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(group_advantages(REWARDS, 4, mode="cpgd_std"), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(group_advantages(REWARDS, 4, weight="std"), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(group_advantages(REWARDS, 4), expected, atol=1e-6, rtol=0)  # the default
 
 
-@pytest.mark.parametrize("mode", ["dr_grpo", "cpgd_equal"])
-def test_unit_weight_modes_only_center(mode):
-    assert torch.equal(group_advantages(REWARDS, 4, mode=mode), CENTERED)
+def test_unit_weight_only_centers():
+    """Dr. GRPO's, CPGD's `--cpgd_weight equal` and REINFORCE++-baseline's (which the learner then whitens
+    over the batch, test_algorithms_utils)."""
+    assert torch.equal(group_advantages(REWARDS, 4, weight="unit"), CENTERED)
 
 
 def test_clip_filter_counts_groups_not_responses():
@@ -37,46 +39,46 @@ def test_clip_filter_counts_groups_not_responses():
     # min(3, 6 / 2) = 3. Centered group 1: [-0.5, 0.5, 0] -> times 2: [-1, 1, 0].
     rewards = torch.tensor([0.0, 1.0, 0.5, 0.0, 0.0, 0.0])
     expected = torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
-    assert torch.equal(group_advantages(rewards, 3, mode="cpgd_clip_filter"), expected)
+    assert torch.equal(group_advantages(rewards, 3, weight="clip_filter"), expected)
 
 
 def test_clip_filter_cap():
     # Groups [1, 0], [0, 0], [1, 1], [0, 0]: G / G_nonzero = 4 / 1, capped at c_w = 3; centered [0.5, -0.5].
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
-    advantages = group_advantages(rewards, 2, mode="cpgd_clip_filter")
+    advantages = group_advantages(rewards, 2, weight="clip_filter")
     assert torch.equal(advantages, torch.tensor([1.5, -1.5, 0, 0, 0, 0, 0, 0]))
     # A looser cap of 10 lets omega = 4 through: [2, -2].
-    advantages = group_advantages(rewards, 2, mode="cpgd_clip_filter", clip_filter_max_weight=10.0)
+    advantages = group_advantages(rewards, 2, weight="clip_filter", clip_filter_max_weight=10.0)
     assert torch.equal(advantages, torch.tensor([2.0, -2.0, 0, 0, 0, 0, 0, 0]))
 
 
-@pytest.mark.parametrize("mode", GROUP_MODES)
-def test_all_equal_rewards_give_exactly_zero(mode):
+@pytest.mark.parametrize("weight", WEIGHTS)
+def test_all_equal_rewards_give_exactly_zero(weight):
     # float32 mean of eight 0.7s is an ulp (6e-8) off 0.7; divided by std + 1e-6 that would be 0.056.
     rewards = torch.cat([torch.full((8,), 0.7), torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])])
-    advantages = group_advantages(rewards, 8, mode=mode)
+    advantages = group_advantages(rewards, 8, weight=weight)
     assert torch.equal(advantages[:8], torch.zeros(8))
     assert advantages[8] > 0
     # No group with a signal at all: zeros, no NaN (clip_filter's G / 0).
-    assert torch.equal(group_advantages(torch.full((8,), 0.7), 4, mode=mode), torch.zeros(8))
+    assert torch.equal(group_advantages(torch.full((8,), 0.7), 4, weight=weight), torch.zeros(8))
 
 
-@pytest.mark.parametrize("mode", GROUP_MODES)
-def test_single_response_groups_give_zero(mode):
-    assert torch.equal(group_advantages(torch.tensor([1.0, 0.0, 1.0]), 1, mode=mode), torch.zeros(3))
+@pytest.mark.parametrize("weight", WEIGHTS)
+def test_single_response_groups_give_zero(weight):
+    assert torch.equal(group_advantages(torch.tensor([1.0, 0.0, 1.0]), 1, weight=weight), torch.zeros(3))
 
 
 def test_integer_rewards_are_accepted():
-    assert torch.equal(group_advantages(torch.tensor([1, 0, 0, 0]), 2, mode="dr_grpo"), torch.tensor([0.5, -0.5, 0, 0]))
+    assert torch.equal(group_advantages(torch.tensor([1, 0, 0, 0]), 2, weight="unit"), torch.tensor([0.5, -0.5, 0, 0]))
 
 
 def test_group_advantages_rejects_bad_input():
-    with pytest.raises(ValueError, match="grpo, dr_grpo, cpgd_std, cpgd_clip_filter, cpgd_equal, rloo"):
-        group_advantages(REWARDS, 4, mode="rank")
+    with pytest.raises(ValueError, match="unknown group weight 'rank'; known: std, unit, leave_one_out, clip_filter"):
+        group_advantages(REWARDS, 4, weight="rank")
     with pytest.raises(ValueError, match="n_prompts"):
-        group_advantages(REWARDS, 3, mode="grpo")
+        group_advantages(REWARDS, 3)
     with pytest.raises(ValueError, match="n_prompts"):
-        group_advantages(REWARDS.view(2, 4), 4, mode="grpo")
+        group_advantages(REWARDS.view(2, 4), 4)
 
 
 def test_gae_hand_computed():
@@ -115,22 +117,17 @@ def test_gae_defaults_are_reward_to_go_minus_value():
     torch.testing.assert_close(returns, torch.ones(1, 3))
 
 
-def test_rloo_hand_computed():
+def test_leave_one_out_weight_hand_computed():
+    """RLOO's."""
     # Leave-one-out: group 1 [1, 0, 0, 1]: 1 - (0 + 0 + 1) / 3 = 2/3, 0 - 2/3 = -2/3;
     # group 2 [1, 0, 0, 0]: 1 - 0 = 1, 0 - 1/3 = -1/3.
     expected = torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 1.0, -1 / 3, -1 / 3, -1 / 3])
-    torch.testing.assert_close(group_advantages(REWARDS, 4, mode="rloo"), expected)
+    torch.testing.assert_close(group_advantages(REWARDS, 4, weight="leave_one_out"), expected)
     # Pairs: R_1 - R_2 and R_2 - R_1.
-    assert torch.equal(group_advantages(torch.tensor([0.25, 1.0]), 2, mode="rloo"), torch.tensor([-0.75, 0.75]))
-
-
-def test_reinforce_pp_baseline_centers_before_its_batch_whitening():
-    # The group part is R - mean_g R; the learner then whitens it over the batch (test_algorithms_utils).
-    assert torch.equal(group_advantages(REWARDS, 4, mode="reinforce_pp_baseline"), CENTERED)
+    assert torch.equal(
+        group_advantages(torch.tensor([0.25, 1.0]), 2, weight="leave_one_out"), torch.tensor([-0.75, 0.75])
+    )
 
 
 def test_estimator_registry():
-    assert ADVANTAGE_ESTIMATORS["gae"] is gae_advantages
-    assert set(ADVANTAGE_ESTIMATORS) == {"gae", *GROUP_WEIGHTS}
-    for mode in GROUP_WEIGHTS:
-        assert torch.equal(ADVANTAGE_ESTIMATORS[mode](REWARDS, 4), group_advantages(REWARDS, 4, mode=mode))
+    assert ADVANTAGE_ESTIMATORS == {"gae": gae_advantages, "group": group_advantages}

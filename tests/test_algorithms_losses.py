@@ -1,4 +1,4 @@
-"""Losses, KL estimators and aggregation: hand-computed values, gradients and micro-batch accumulation."""
+"""Losses, the reference-KL estimate and aggregation: hand-computed values, gradients and micro-batch accumulation."""
 
 import itertools
 import math
@@ -12,7 +12,11 @@ from oat_cpgd.algorithms import (
     POLICY_LOSSES,
     aggregate,
     aggregation_units,
+    cispo_policy_loss,
     cpgd_policy_loss,
+    declare_stats,
+    declared_stats,
+    gmpo_policy_loss,
     gspo_policy_loss,
     kl_penalty,
     ppo_policy_loss,
@@ -22,7 +26,10 @@ from oat_cpgd.algorithms import (
 F64 = torch.float64
 MAX_LEN = 9  # generate_max_length for seq-mean-token-sum-norm; longer than any test sequence
 LENGTHS = [7, 3, 0, 5, 1, 6]  # valid tokens per sequence, one of them empty
-POLICY_LOSS_FNS = [ppo_policy_loss, cpgd_policy_loss, gspo_policy_loss]
+TOKEN_LEVEL_LOSS_FNS = [ppo_policy_loss, cpgd_policy_loss, gspo_policy_loss, cispo_policy_loss]
+"""Policy losses whose gradient on-policy is REINFORCE's for any advantages, and whose importance weights
+multiply each token's loss (GMPO's are sequence-level: its own tests below)."""
+POLICY_LOSS_FNS = [*TOKEN_LEVEL_LOSS_FNS, gmpo_policy_loss]
 
 
 def t(values) -> torch.Tensor:
@@ -130,7 +137,17 @@ def test_cpgd_negative_advantages_and_drift_clamp():
     torch.testing.assert_close(grad_of(loss, logp), expected_grad, atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("loss_fn", [cpgd_policy_loss, ppo_policy_loss])
+def test_cpgd_clip_low_1_is_no_lower_bound():
+    # One token, A = -1, u = -2 (rho = e^-2 = 0.135335), alpha = 0.01: drift grad 0.01 * (0.135335 - 1) = -0.008647.
+    # eps_low = 0.2: u < ln 0.8 is clipped, pg grad 0 -> -0.008647. eps_low = 1 (ln 0 = -inf): not clipped,
+    # pg grad -A = 1 -> 0.991353.
+    logp = t([[-2.0]]).requires_grad_()
+    batch = (torch.zeros(1, 1, dtype=F64), t([[-1.0]]), torch.ones(1, 1))
+    grads = [grad_of(cpgd_policy_loss(logp, *batch, clip_low=low)[0], logp).item() for low in (0.2, 1.0)]
+    assert grads == pytest.approx([-0.008647, 0.991353], abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", [cpgd_policy_loss, ppo_policy_loss, gmpo_policy_loss])
 def test_zero_advantage_tokens_are_not_counted_as_clipped(loss_fn):
     # u = [-0.5, 0.5] lies outside both clip bounds, but with A = 0 there is no gradient to clip.
     _, stats = loss_fn(t([[-1.5, -0.5]]), t([[-1.0, -1.0]]), torch.zeros(1, 2, dtype=F64), torch.ones(1, 2))
@@ -168,7 +185,7 @@ def test_cpgd_pg_term_against_finite_differences(mode):
     assert gradcheck(pg, (logp,))
 
 
-@pytest.mark.parametrize("loss_fn", POLICY_LOSS_FNS)
+@pytest.mark.parametrize("loss_fn", TOKEN_LEVEL_LOSS_FNS)
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_on_policy_gradient_is_reinforce(loss_fn, mode):
     batch = random_batch(seed=2)
@@ -177,9 +194,10 @@ def test_on_policy_gradient_is_reinforce(loss_fn, mode):
     loss, stats = loss_fn(**batch, agg_mode=mode, max_len=MAX_LEN)
     reinforce = aggregate(-batch["advantages"] * logp, batch["mask"], mode, max_len=MAX_LEN)
     torch.testing.assert_close(grad_of(loss, logp), grad_of(reinforce, logp), atol=1e-12, rtol=0)
-    # CPGD's pg is -A * u = 0 on-policy; PPO's and GSPO's -A * ratio = -A.
+    # CPGD's and CISPO's pg is -A * w * u = 0 on-policy; PPO's and GSPO's -A * ratio = -A.
     ppo_pg = aggregate(-batch["advantages"], batch["mask"], mode, max_len=MAX_LEN).item()
-    assert stats["pg_loss"].item() == pytest.approx(0.0 if loss_fn is cpgd_policy_loss else ppo_pg, abs=1e-12)
+    in_log_ratios = loss_fn in (cpgd_policy_loss, cispo_policy_loss)
+    assert stats["pg_loss"].item() == pytest.approx(0.0 if in_log_ratios else ppo_pg, abs=1e-12)
     assert stats["clip_frac"].item() == 0.0 and stats["policy_drift"].item() == 0.0
 
 
@@ -217,8 +235,6 @@ def test_ppo_dual_clip():
     loss, stats = ppo_policy_loss(logp, old_logp, advantages, mask, dual_clip=3.0)
     assert loss.item() == pytest.approx(2.5) and stats["clip_frac"].item() == 0.5
     torch.testing.assert_close(grad_of(loss, logp), t([[0.0, 1.0]]))
-    with pytest.raises(ValueError, match="dual_clip"):
-        ppo_policy_loss(logp, old_logp, advantages, mask, dual_clip=1.0)
 
 
 @pytest.mark.parametrize("dual_clip", [None, 1.3])
@@ -284,10 +300,100 @@ def test_gspo_sequence_log_ratio_is_clamped_at_10():
     assert loss.item() == pytest.approx(math.exp(10))
 
 
+# --- CISPO ---------------------------------------------------------------------------------
+
+# rho = [2, 8, 0.5], A = [1, 1, -1]: u = [ln 2, ln 8, ln 0.5] = [0.693147, 2.079442, -0.693147].
+CISPO_LOGP, CISPO_ADV = [[math.log(2), math.log(8), math.log(0.5)]], [[1.0, 1.0, -1.0]]
+
+
+def test_cispo_hand_computed_with_the_paper_defaults():
+    """Defaults (1, 4): w = clip(rho, 0, 5) = [2, 5, 0.5], token 1's clipped.
+
+    pg_t = -w A u = [-2 * 0.693147, -5 * 2.079442, -0.5 * -1 * -0.693147] = [-1.386294, -10.397208, -0.346574];
+    token-mean: -12.130076 / 3 = -4.043359. grad = -w A / 3 = [-0.666667, -1.666667, 0.166667]: token 1
+    keeps its gradient, at the capped weight 5. k3 = rho - 1 - u = [0.306853, 4.920558, 0.193147] -> 1.806853.
+    """
+    logp = t(CISPO_LOGP).requires_grad_()
+    loss, stats = cispo_policy_loss(logp, torch.zeros(1, 3, dtype=F64), t(CISPO_ADV), torch.ones(1, 3))
+    assert loss.item() == pytest.approx(-4.043359, abs=1e-6)
+    assert stats["pg_loss"].item() == pytest.approx(-4.043359, abs=1e-6)
+    assert stats["clip_frac"].item() == pytest.approx(1 / 3)
+    assert stats["policy_drift"].item() == pytest.approx(1.806853, abs=1e-6)
+    torch.testing.assert_close(grad_of(loss, logp), t([[-2.0, -5.0, 0.5]]) / 3)
+
+
+def test_cispo_lower_bound():
+    # clip_low = 0.2: token 2's weight 0.5 is raised to 0.8: grad -w A / 3 = 0.8 / 3 = 0.266667.
+    logp = t(CISPO_LOGP).requires_grad_()
+    loss, stats = cispo_policy_loss(logp, torch.zeros(1, 3, dtype=F64), t(CISPO_ADV), torch.ones(1, 3), clip_low=0.2)
+    torch.testing.assert_close(grad_of(loss, logp), t([[-2.0, -5.0, 0.8]]) / 3)
+    assert stats["clip_frac"].item() == pytest.approx(2 / 3)
+
+
+def test_cispo_keeps_the_gradient_of_clipped_tokens_where_ppo_drops_it():
+    batch = random_batch(seed=9)
+    logp = batch.pop("logp").requires_grad_()
+    cispo, cispo_stats = cispo_policy_loss(logp, **batch, clip_low=0.2, clip_high=0.2)
+    ppo, ppo_stats = ppo_policy_loss(logp, **batch, clip_low=0.2, clip_high=0.2)
+    live = batch["mask"].bool() & (batch["advantages"] != 0)
+    assert cispo_stats["clip_frac"] > 0 and ppo_stats["clip_frac"] > 0
+    assert (grad_of(cispo, logp)[live] != 0).all()
+    assert (grad_of(ppo, logp)[live] == 0).any()
+
+
+# --- GMPO ----------------------------------------------------------------------------------
+
+# Sequence 0: A = 1, u = [0.6, -0.2]; sequence 1: A = -2, u = [-0.5, 0.3] and a padding token.
+GMPO_LOGP, GMPO_ADV = [[0.6, -0.2, 0.0], [-0.5, 0.3, 7.0]], [[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]]
+GMPO_MASK = torch.tensor([[1, 1, 0], [1, 1, 0]])
+
+
+def test_gmpo_hand_computed_with_the_paper_defaults():
+    """Defaults (0.4, 0.4), in log space, one-sided by the sign of A, seq-mean-token-mean.
+
+    Seq 0 (A > 0): cu = [min(0.6, 0.4), -0.2] = [0.4, -0.2] (token 0 clipped), s0 = e^0.1 = 1.105171,
+    loss -A s0 = -1.105171. Seq 1 (A < 0): cu = [max(-0.5, -0.4), 0.3] = [-0.4, 0.3] (token 0 clipped),
+    s1 = e^-0.05 = 0.951229, loss 2 s1 = 1.902459. Mean over sequences: 0.398644. Gradient on the unclipped
+    tokens -A s / L / 2 sequences: seq 0 -1.105171 / 4 = -0.276293, seq 1 2 * 0.951229 / 4 = 0.475615.
+    clip_frac 2 / 4; k3 of u = [0.222119, 0.018731, 0.106531, 0.049859] -> 0.099310.
+    """
+    logp = t(GMPO_LOGP).requires_grad_()
+    loss, stats = gmpo_policy_loss(logp, torch.zeros(2, 3, dtype=F64), t(GMPO_ADV), GMPO_MASK)
+    assert loss.item() == pytest.approx(0.398644, abs=1e-6)
+    assert stats["clip_frac"].item() == 0.5
+    assert stats["policy_drift"].item() == pytest.approx(0.099310, abs=1e-6)
+    expected = t([[0.0, -0.276293, 0.0], [0.0, 0.475615, 0.0]])
+    torch.testing.assert_close(grad_of(loss, logp), expected, atol=1e-6, rtol=0)
+
+
+def test_gmpo_importance_weights_are_one_per_sequence():
+    """The geometric mean of each sequence's token weights: seq 0 [2, 0.5] -> 1, seq 1 [4, 1] -> 2 (its
+    padding's weight is 0, as `importance_weights` gives it): (-1.105171 + 2 * 1.902459) / 2 = 1.349873, seq 1's
+    gradient doubled to 0.951229. A token weighed 0 (masked by mis) drops its sequence: seq 0 alone then,
+    1.902459 / 2 = 0.951229, without NaN."""
+    logp = t(GMPO_LOGP).requires_grad_()
+    batch = {"old_logp": torch.zeros(2, 3, dtype=F64), "advantages": t(GMPO_ADV), "mask": GMPO_MASK}
+    loss, _ = gmpo_policy_loss(logp, **batch, is_weights=t([[2.0, 0.5, 0.0], [4.0, 1.0, 0.0]]))
+    assert loss.item() == pytest.approx(1.349873, abs=1e-6)
+    expected = t([[0.0, -0.276293, 0.0], [0.0, 0.951229, 0.0]])
+    torch.testing.assert_close(grad_of(loss, logp), expected, atol=1e-6, rtol=0)
+    loss, _ = gmpo_policy_loss(logp, **batch, is_weights=t([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+    assert loss.item() == pytest.approx(0.951229, abs=1e-6)
+    assert torch.isfinite(grad_of(loss, logp)).all()
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_gmpo_against_finite_differences(mode):
+    batch = random_batch(seed=10)
+    batch["advantages"] = batch["advantages"][:, :1].expand_as(batch["logp"])  # one advantage per sequence
+    logp = batch.pop("logp").requires_grad_()
+    assert gradcheck(lambda logp: gmpo_policy_loss(logp, **batch, agg_mode=mode, max_len=MAX_LEN)[0], (logp,))
+
+
 # --- importance weights in every policy loss ------------------------------------------------
 
 
-@pytest.mark.parametrize("loss_fn", POLICY_LOSS_FNS)
+@pytest.mark.parametrize("loss_fn", TOKEN_LEVEL_LOSS_FNS)
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_is_weights_multiply_each_token_loss_before_aggregation(loss_fn, mode):
     """Each token's gradient is scaled by its weight; the weights themselves get no gradient."""
@@ -338,30 +444,24 @@ def test_value_loss_against_finite_differences(mode):
 
 
 def test_kl_penalty_hand_computed():
-    # logp = -1, ref = -1.5, d = logp - ref = 0.5:
-    # k1 = 0.5; k2 = 0.5 * 0.25 = 0.125; k3 = e^-0.5 - (-0.5) - 1 = 0.606531 + 0.5 - 1 = 0.106531
+    # logp = -1, ref = -1.5, d = logp - ref = 0.5: k3 = e^-0.5 - (-0.5) - 1 = 0.606531 + 0.5 - 1 = 0.106531
     logp, ref_logp = t([-1.0]), t([-1.5])
-    assert kl_penalty(logp, ref_logp, kind="k1").item() == pytest.approx(0.5)
-    assert kl_penalty(logp, ref_logp, kind="k2").item() == pytest.approx(0.125)
     assert kl_penalty(logp, ref_logp).item() == pytest.approx(0.106531, abs=1e-6)
     # k3 is clamped to 10: e^20 + ... for d = -20, and e^-20 + 20 - 1 = 19 for d = 20.
     assert torch.equal(kl_penalty(t([-20.0, 0.0]), t([0.0, -20.0])), t([10.0, 10.0]))
-    with pytest.raises(ValueError, match="k1, k2, k3"):
-        kl_penalty(logp, ref_logp, kind="k4")
 
 
-@pytest.mark.parametrize("kind", ["k1", "k2", "k3"])
-def test_kl_penalty_against_finite_differences(kind):
+def test_kl_penalty_against_finite_differences():
     logp = t([-1.0, -0.2, -3.0, -20.0]).requires_grad_()
     ref_logp = t([-1.5, -0.4, -1.0, 0.0])  # the last token is in k3's clamp
-    assert gradcheck(lambda logp: kl_penalty(logp, ref_logp, kind=kind), (logp,))
+    assert gradcheck(lambda logp: kl_penalty(logp, ref_logp), (logp,))
 
 
 # --- micro-batches, stats, registries ------------------------------------------------------
 
 
 @pytest.mark.parametrize("split", [(2, 4), (1, 2, 3), (3, 1, 1, 1)])
-@pytest.mark.parametrize("loss_name", ["ppo_clip", "cpgd", "value"])
+@pytest.mark.parametrize("loss_name", ["ppo_clip", "cpgd", "cispo", "gmpo", "value"])
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_micro_batch_accumulation_is_exact(mode, loss_name, split):
     """Micro-batches, each cut to its own longest sequence and weighted by units / total units,
@@ -391,19 +491,35 @@ def test_micro_batch_accumulation_is_exact(mode, loss_name, split):
 def test_stats_are_detached_0_dim_tensors():
     batch = random_batch(seed=6)
     batch["logp"].requires_grad_()
-    results = [
-        ppo_policy_loss(**batch),
-        cpgd_policy_loss(**batch),
-        value_loss(batch["logp"], batch["old_logp"], batch["advantages"], batch["mask"]),
-    ]
-    for loss, stats in results:
+    results = {
+        **{loss_fn: loss_fn(**batch) for loss_fn in POLICY_LOSS_FNS},
+        value_loss: value_loss(batch["logp"], batch["old_logp"], batch["advantages"], batch["mask"]),
+    }
+    for loss_fn, (loss, stats) in results.items():
         assert loss.requires_grad
         for value in stats.values():
             assert isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad
-    assert set(results[0][1]) == set(results[1][1]) == {"pg_loss", "clip_frac", "policy_drift"}
-    assert set(gspo_policy_loss(**batch)[1]) == {"pg_loss", "clip_frac", "policy_drift"}
-    assert set(results[2][1]) == {"value_loss", "value_clip_frac"}
+        assert set(stats) == set(declared_stats(loss_fn))  # what the learner reduces (declare_stats)
+    assert declared_stats(ppo_policy_loss) == {
+        "pg_loss": "loss",
+        "clip_frac": "token_mean",
+        "policy_drift": "token_mean",
+    }
+    assert declared_stats(value_loss) == {"value_loss": "loss", "value_clip_frac": "token_mean"}
+
+
+def test_a_function_without_declared_stats_is_refused():
+    with pytest.raises(TypeError, match="declare_stats"):
+        declared_stats(lambda logp, old_logp, advantages, mask, **_: (logp.sum(), {}))
+    with pytest.raises(ValueError, match="reduction of the stat 'drift_loss'"):
+        declare_stats(drift_loss="mean")
 
 
 def test_policy_loss_registry():
-    assert POLICY_LOSSES == {"ppo_clip": ppo_policy_loss, "cpgd": cpgd_policy_loss, "gspo": gspo_policy_loss}
+    assert POLICY_LOSSES == {
+        "ppo_clip": ppo_policy_loss,
+        "cpgd": cpgd_policy_loss,
+        "gspo": gspo_policy_loss,
+        "cispo": cispo_policy_loss,
+        "gmpo": gmpo_policy_loss,
+    }

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from oat_cpgd.args import SYNC_CHECK_TOLERANCE, ConfigError, CPGDArgs, PPOArgs
-from oat_cpgd.cli import HELP_SECTIONS, parse_args
+import oat_cpgd.args
+from oat_cpgd.args import SECTIONS, SYNC_CHECK_TOLERANCE, ConfigError, CPGDArgs, PPOArgs
+from oat_cpgd.cli import field_help, help_sections, parse_args
 from oat_cpgd.oracles import ORACLES, RewardOracle, register_oracle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +63,7 @@ def dry_run(module: str, argv: list[str]) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_oat_ppo_doc_command_parses():
     config = dry_run("-m oat_cpgd.experiment.run_ppo", OAT_PPO_GSM8K)
     assert config["critic_type"] == "ppo"
@@ -73,6 +75,7 @@ def test_oat_ppo_doc_command_parses():
     assert config["rnd_seed"] is False and config["seed"] != 42  # --rnd-seed resolved into a seed
 
 
+@pytest.mark.slow
 def test_oat_r1_zero_doc_command_parses():
     config = dry_run("examples/r1_zero_math.py", OAT_R1_ZERO_COUNTDOWN)
     assert config["critic_type"] == "grpo" and config["oracle"] == "countdown"
@@ -83,6 +86,7 @@ def test_oat_r1_zero_doc_command_parses():
     assert config["tis_c"] == 2.0
 
 
+@pytest.mark.slow
 def test_cpgd_command_parses_with_cpgd_defaults():
     config = dry_run("-m oat_cpgd.experiment.run_cpgd", CPGD_COMMAND)
     assert config["critic_type"] == "cpgd" and config["cpgd_weight"] == "clip_filter"
@@ -93,6 +97,7 @@ def test_cpgd_command_parses_with_cpgd_defaults():
     assert defaults["policy_drift_coeff"] == 0.01
 
 
+@pytest.mark.slow
 def test_grpo_entry_point_defaults_to_grpo():
     assert dry_run("-m oat_cpgd.experiment.run_grpo", [])["critic_type"] == "grpo"
 
@@ -240,6 +245,7 @@ class RegisteredOracle(RewardOracle):
         return 1.0
 
 
+@pytest.mark.slow
 def test_registered_oracle_names_reach_the_ray_workers(tmp_path):
     """The registry is per process: a registered short name becomes the class's import path, which a
     fresh process (a Ray worker: the repo root and PYTHONPATH on its path) resolves to the same class."""
@@ -282,6 +288,7 @@ def test_cpgd_critic_type_needs_the_cpgd_entry_point(capsys):
     assert args.critic_type == "grpo" and args.agg_mode == "seq-mean-token-mean"
 
 
+@pytest.mark.slow
 def test_help_explains_every_flag():
     done = subprocess.run(
         [sys.executable, "-m", "oat_cpgd.experiment.run_cpgd", "--help"],
@@ -351,7 +358,7 @@ SECTION_OF_FLAG = {
     "--num-prompt-epoch": "data",
     "--num-samples": "generation",
     "--stop": "generation",
-    "--oracle-type": "oracle",
+    "--oracle": "oracle",
     "--format-reward": "oracle",
     "--eval-data": "evaluation",
     "--eval-n": "evaluation",
@@ -377,7 +384,7 @@ def test_help_groups_the_flags_by_section(module):
     for flag, section in expected.items():
         assert entries[flag][0] == f"{section} options", (flag, entries[flag][0])
     headings = list(dict.fromkeys(heading for heading, _ in entries.values()))
-    sections = [name.replace("_", "-") for name in HELP_SECTIONS if module.endswith("cpgd") or name != "cpgd"]
+    sections = [name.replace("_", "-") for name in SECTIONS if module.endswith("cpgd") or name != "cpgd"]
     assert headings == [f"{name} options" for name in sections]
 
 
@@ -391,3 +398,51 @@ def test_sectioned_help_keeps_flat_flags_and_the_given_defaults():
     assert args.learning_rate == 2e-6 and args.gamma == 0.9 and args.policy_drift_coeff == 0.05
     assert args.prompt_template == "r1_zero" and args.stop == ("</answer>",)  # from `default`, not the class's
     assert args.critic_type == "cpgd" and args.temperature == 1.0 and not args.bf16
+
+
+def test_every_flag_names_its_help_section():
+    # The section is each field's own (flag(section, ...)), not the first field's of a run of fields:
+    # a field without one is refused, so a new flag cannot land in its neighbour's section unseen.
+    sections = help_sections(CPGDArgs)
+    assert sorted(name for names in sections.values() for name in names) == sorted(
+        field.name for field in dataclasses.fields(CPGDArgs)
+    )
+    assert sections["oracle"][0] == "oracle" and "critic_type" in sections["algorithm"]
+
+    @dataclasses.dataclass
+    class Unsectioned(PPOArgs):
+        extra: int = 0
+
+    with pytest.raises(TypeError, match="Unsectioned.extra names no --help section"):
+        help_sections(Unsectioned)
+    with pytest.raises(ValueError, match="unknown --help section 'misc'"):
+        oat_cpgd.args.flag("misc", 0)
+
+
+def test_help_lists_come_from_the_registries(monkeypatch):
+    from oat_cpgd.algorithms import ALGORITHMS
+    from oat_cpgd.oracles import ORACLES
+
+    entries = help_entries("oat_cpgd.experiment.run_ppo")
+    critic_help, oracle_help = entries["--critic-type"][1], entries["--oracle"][1]
+    assert all(name in critic_help for name in ALGORITHMS) and "{algorithms}" not in critic_help
+    assert all(name in oracle_help for name in ORACLES) and "{oracles}" not in oracle_help
+    # A name added to a registry shows up in the help without editing any docstring.
+    monkeypatch.setitem(ALGORITHMS, "a_new_algorithm", ALGORITHMS["grpo"])
+    assert "a_new_algorithm" in field_help(PPOArgs)["critic_type"]
+
+
+@pytest.mark.parametrize(
+    "oat_flags",
+    [
+        ["--oracle_type", "reward", "--pi_buffer_maxlen_per_device", "64"],
+        ["--oracle-type=reward", "--pi-buffer-maxlen-per-device=-1"],
+    ],
+)
+def test_oats_flags_that_mean_nothing_here_are_accepted_and_named(oat_flags, capsys):
+    args = parse_args(PPOArgs, argv=[*oat_flags, "--num_samples", "4"])
+    assert (
+        args.num_samples == 4 and not hasattr(args, "oracle_type") and not hasattr(args, "pi_buffer_maxlen_per_device")
+    )
+    err = capsys.readouterr().err
+    assert "--oracle_type ignored" in err and "--pi_buffer_maxlen_per_device ignored" in err

@@ -20,7 +20,7 @@ def trajectories(count: int, seed: int = 0) -> list[Trajectory]:
         prompt = [rng.randrange(3, 50) for _ in range(rng.randint(2, 9))]
         response = [rng.randrange(3, 50) for _ in range(rng.randint(1, MAX_LEN))]
         logp = [-rng.random() for _ in response]
-        out.append(Trajectory(index // 4, prompt, response, logp, float(index % 2), False, oracle_reward=0.0))
+        out.append(Trajectory(index // 4, prompt, response, logp, float(index % 2), False))
     return out
 
 

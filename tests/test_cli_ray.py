@@ -4,7 +4,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from support.console import check_quiet_console  # tests/ is on sys.path
 from support.ray_cluster import cluster_processes, stop_cluster
 
-from oat_cpgd.cluster import ray_temp_dir, worker_env
+from oat_cpgd.cluster import free_port, ray_temp_dir, worker_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -36,12 +35,6 @@ def cli_run(model: Path, data: Path, save_path: Path, name: str, *extra: str, en
     assert all("eval/test/accuracy" in row for row in rows)
     assert "metrics in" in done.stdout
     check_quiet_console(done.stdout + done.stderr, save_path / name)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_attach_to_a_running_cluster(tiny_model_path, shared_data, tmp_path):

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,7 @@ def without(rows: list[dict], column: str) -> list[dict]:
     return [{k: v for k, v in row.items() if k != column} for row in rows]
 
 
+@pytest.mark.slow
 def test_gsm8k_adds_final_answer_as_the_shared_files_have_it(shared_data, tmp_path):
     # openai/gsm8k's columns are question and answer; final_answer (commas removed in 93 rows) is the script's.
     shared = {split: read_rows(shared_data / "gsm8k" / f"{split}.jsonl") for split in ("train", "test")}
@@ -55,6 +57,7 @@ def test_gsm8k_adds_final_answer_as_the_shared_files_have_it(shared_data, tmp_pa
         assert read_rows(tmp_path / "out" / f"{split}.jsonl") == rows
 
 
+@pytest.mark.slow
 def test_countdown_splits_by_row_and_numbers_the_hub_rows(shared_data, tmp_path):
     # The hub's rows have target and nums; hf_row is the script's. 10,240 + 1,024 is the local head's split.
     shared = read_rows(shared_data / "countdown" / "train_head.jsonl")
@@ -71,6 +74,7 @@ def test_countdown_splits_by_row_and_numbers_the_hub_rows(shared_data, tmp_path)
     assert not (tmp_path / "short" / "test.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_deepscaler_holds_out_siirls_split(shared_data, tmp_path):
     source = shared_data / "deepscaler" / "train_partial.jsonl.gz"
     done = prepare("deepscaler", tmp_path / "out", "--input", str(source))
@@ -84,6 +88,7 @@ def test_deepscaler_holds_out_siirls_split(shared_data, tmp_path):
     assert test == expected["test"].to_list() and train == expected["train"].to_list()
 
 
+@pytest.mark.slow
 def test_math500_keeps_the_rows(shared_data, tmp_path):
     done = prepare("math500", tmp_path / "out", "--input", str(shared_data / "math500"))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,6 +15,7 @@ from support.placement import ProbeActor, ProbeLearner
 
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.cluster import cluster_nodes, reserve, spawn_actors, spawn_learners, start_local_ray
+from oat_cpgd.learners.schedule import ScheduleSteps
 from oat_cpgd.placement import plan_placement
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def place(args: PPOArgs) -> tuple[list[dict], list[dict]]:
     reservation = reserve(plan_placement(cluster_nodes(), args))
     try:
         actors = spawn_actors(args, reservation, ProbeActor)
-        learners = spawn_learners(args, reservation, ProbeLearner, schedule_steps=1)
+        learners = spawn_learners(args, reservation, ProbeLearner, schedule_steps=ScheduleSteps(1, 1))
         try:
             return ray.get([r.where.remote() for r in learners]), ray.get([a.where.remote() for a in actors])
         finally:

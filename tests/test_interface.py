@@ -26,7 +26,7 @@ def test_number_of_learning_steps():
 
 
 def trajectory(reward: float, prompt_index: int) -> Trajectory:
-    return Trajectory(prompt_index, [1], [2], [0.0], reward, truncated=False, oracle_reward=reward)
+    return Trajectory(prompt_index, [1], [2], [0.0], reward, truncated=False)
 
 
 def group(prompt_index: int, *rewards: float) -> list[Trajectory]:

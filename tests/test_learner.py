@@ -7,7 +7,6 @@ seconds); the tests check what it wrote.
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from support.sync import StateWeights, broadcast_to
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oat_cpgd.algorithms import group_advantages
+from oat_cpgd.cluster import free_port
 from oat_cpgd.learners.batch import by_token_budget
 
 pytestmark = pytest.mark.slow
@@ -38,6 +38,7 @@ METRICS = {
     "train/adv_mean",
     "train/adv_std",
     "train/reward_mean",
+    "train/shaped_reward_mean",
     "train/all_correct_groups",
     "train/all_wrong_groups",
     "train/response_len",
@@ -51,12 +52,6 @@ METRICS = {
 }
 PPO_METRICS = {"train/value_loss", "train/value_clip_frac", "train/explained_variance"}
 LAST_SCENARIO = list(SCENARIOS)[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +186,22 @@ def test_kl_penalty_shapes_the_group_rewards(results: Path) -> None:
     assert metrics["train/ref_kl"] > 1e-3
     assert metrics["train/adv_std"] > 0.1 and metrics["train/grad_norm"] > 0
     assert metrics["train/reward_mean"] == 1.0  # the oracle's rewards, as logged, are unshaped
+    assert abs(metrics["train/shaped_reward_mean"] - 1.0) > 1e-3  # the ones the advantages come from are
+
+
+def test_the_learner_shapes_the_oracle_rewards_with_the_length_penalties(results: Path) -> None:
+    """Scenario "ppo": --reward_scale 10 times (the oracle's reward, --non_stop_penalty -0.1 when truncated,
+    and DAPO's overlong punishment -0.2 * (L - 8) / 8 beyond 8 of the 16 tokens). train/reward_mean
+    stays the oracle's; train/shaped_reward_mean sums GAE's per-token rewards over each response."""
+    run = result(results, "ppo")
+    lengths, truncated = run["response_lengths"], run["truncated"]
+    assert any(truncated) and max(lengths) > 8  # both penalties apply somewhere
+    expected = [
+        10 * (reward - 0.1 * cut + min(0.0, -0.2 * (length - 8) / 8))
+        for reward, cut, length in zip(run["rewards"], truncated, lengths, strict=True)
+    ]
+    assert run["metrics"]["train/shaped_reward_mean"] == pytest.approx(sum(expected) / len(expected))
+    assert run["metrics"]["train/reward_mean"] == pytest.approx(sum(run["rewards"]) / len(run["rewards"]))
 
 
 def assert_token_mean_differs_from_mean_of_rank_means(per_response: list[list[float]]) -> float:
@@ -293,7 +304,7 @@ def test_clip_filter_weight_counts_groups_of_the_whole_batch(results: Path) -> N
     weight min(3, G / G_nonzero) is 4 / 2 = 2 over the whole batch (1 on rank 1 alone)."""
     run = result(results, "cpgd_zero3_bf16")
     advantages = group_advantages(
-        torch.tensor(run["rewards"]), NUM_SAMPLES, mode="cpgd_clip_filter", clip_filter_max_weight=3.0
+        torch.tensor(run["rewards"]), NUM_SAMPLES, weight="clip_filter", clip_filter_max_weight=3.0
     )
     lengths = torch.tensor(run["response_lengths"], dtype=torch.float)
     # Token-weighted over the whole batch's response tokens.

@@ -39,7 +39,7 @@ class NodeRecordingActor(GreedyRecordingActor):
 
 
 class NodeRecordingLearner(Learner):
-    def __init__(self, args, placement, rank: int, schedule_steps: float) -> None:
+    def __init__(self, args, placement, rank: int, schedule_steps) -> None:
         super().__init__(args, placement, rank, schedule_steps)
         record_node(args, f"learner_{rank}")
 

@@ -6,6 +6,8 @@ from fractions import Fraction
 from itertools import combinations
 from pathlib import Path
 
+import pytest
+
 from oat_cpgd.oracles import get_oracle
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -72,6 +74,7 @@ KNOWN_GOLD_FAILURES: dict[str, list[int]] = {path: [] for path in MATH_SETS}
 EQUIVALENT_NEXT_ANSWERS = {"math500/test.jsonl": [22], "deepscaler_eval/math.jsonl": [22]}
 
 
+@pytest.mark.slow
 def test_math_boxed_gold_answers_score_one_and_other_answers_zero():
     responses, references, checks = [], [], []
     for path in MATH_SETS:

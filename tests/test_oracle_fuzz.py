@@ -207,6 +207,7 @@ FUZZ_SETTINGS = settings(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "timeout_s", "heavy", "light_depth", "timeouts_allowed"),
     [

@@ -1,7 +1,9 @@
 """The recipe scripts (examples/*.sh) and oat's extension example (examples/r1_zero_math.py).
 
-The slow test runs each recipe with SMOKE=1 as a user would: data prepared from ../shared/data, the tiny
-model, one learning step on the CPU; the recipe's own flags must reach the run next to the smoke overrides.
+The slow test runs each recipe with SMOKE=1 as the README says, after `make install` and nothing else: no
+PYTHON override, no activated venv (the script must find the repository's .venv/bin/python itself); data
+prepared from ../shared/data, the tiny model, one learning step on the CPU; the recipe's own flags must reach
+the run next to the smoke overrides.
 """
 
 import json
@@ -42,6 +44,7 @@ def test_r1_zero_math_registers_its_template_and_oracle():
         assert (got, info["answer"], info["format_ok"]) == (reward, answer, answer is not None), response
 
 
+@pytest.mark.slow
 def test_r1_zero_math_defaults_resolve_to_an_importable_oracle():
     # Ray workers import the oracle by name: the script's class must resolve to its module path.
     done = subprocess.run(
@@ -66,11 +69,32 @@ RECIPES = {
 }  # fmt: skip
 
 
+VENV = REPO / ".venv"
+
+
+def user_environment(shims: Path) -> dict:
+    """os.environ as a user's shell has it after `make install`: no PYTHON, no activated venv (neither the
+    repository's nor the one running the tests on PATH), and a `python` first on PATH that fails loudly and
+    leaves a mark, so a script that fell back to it cannot pass."""
+    shims.mkdir()
+    shim = shims / "python"
+    shim.write_text(f'#!/bin/sh\ntouch "{shims}/used"\necho "python from PATH, not .venv/bin/python" >&2\nexit 97\n')
+    shim.chmod(0o755)
+    venvs = {VENV.resolve(), Path(sys.prefix).resolve()}
+    path = [str(shims)] + [
+        entry for entry in os.environ["PATH"].split(os.pathsep)
+        if entry and not any(Path(entry).resolve().is_relative_to(venv) for venv in venvs)
+    ]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHON", "VIRTUAL_ENV")}
+    return {**env, "PATH": os.pathsep.join(path)}
+
+
 EXTRA_FLAGS = {"gsm8k_ppo": ["--verbose"]}
 """Flags one recipe's smoke run gets on top: its console shows every library's lines."""
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (VENV / "bin" / "python").exists(), reason="no .venv here: `make install` creates it")
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_runs_in_smoke_mode(recipe, tmp_path):
     """Each recipe, and the private Ray cluster a run without --ray_address starts: nothing of it
@@ -80,13 +104,14 @@ def test_recipe_runs_in_smoke_mode(recipe, tmp_path):
     extra = EXTRA_FLAGS.get(recipe, [])
     shm_before = set(os.listdir("/dev/shm"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must stay short
-    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "DATA_ROOT": str(tmp_path / "data"),
+    env = {**user_environment(tmp_path / "shims"), "SMOKE": "1", "DATA_ROOT": str(tmp_path / "data"),
            "RAY_TMPDIR": str(ray_tmp)}  # fmt: skip
     try:
         done = subprocess.run(
             ["bash", f"examples/{recipe}.sh", "--save_path", str(tmp_path / "runs"), "--wb-run-name", "smoke", *extra],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=570,
         )  # fmt: skip
+        assert not (tmp_path / "shims" / "used").exists(), "the script ran `python` from PATH"
         assert done.returncode == 0, done.stderr[-4000:]
         assert list(ray_tmp.iterdir()) == []  # the session folder is gone
         assert not cluster_processes(str(ray_tmp))

@@ -10,7 +10,14 @@ from transformers import get_scheduler
 from oat_cpgd.args import CPGDArgs, PPOArgs
 from oat_cpgd.cli import parse_args
 from oat_cpgd.interface import num_learning_steps
-from oat_cpgd.learners.schedule import lr_scheduler, schedule_steps
+from oat_cpgd.learners.schedule import (
+    ScheduleSteps,
+    lr_scheduler,
+    oat_schedule_steps,
+    run_optimizer_steps,
+    schedule_steps,
+    schedule_warnings,
+)
 
 
 def optimizer(lr: float) -> torch.optim.Optimizer:
@@ -60,7 +67,7 @@ def test_oat_commands_schedule_the_lr_as_oat(args_cls, argv, num_prompts):
         // args.train_batch_size
     )
     ours = lr_scheduler(
-        optimizer(args.learning_rate), args, schedule_steps(args, num_prompts) * args.max_step_adjustment
+        optimizer(args.learning_rate), args, oat_schedule_steps(args, num_prompts) * args.max_step_adjustment
     )
     assert lrs(ours, optimizer_steps) == lrs(oat_scheduler(args, num_prompts), optimizer_steps)
 
@@ -70,7 +77,7 @@ def test_oat_ppo_command_by_hand():
     # steps (oat's default ratio); polynomial decay to 1e-7 at step 11136.
     args = parse_args(PPOArgs, argv=OAT_PPO_GSM8K)
     assert args.lr_scheduler == "polynomial" and args.lr_warmup_ratio == 0.03
-    total = schedule_steps(args, 7473) * args.max_step_adjustment
+    total = oat_schedule_steps(args, 7473) * args.max_step_adjustment
     assert total == 11136
     seen = lrs(lr_scheduler(optimizer(1e-6), args, total), 11137)
     assert seen[0] == 0 and seen[334] < 1e-6 and seen[335] == pytest.approx(1e-6)
@@ -80,7 +87,7 @@ def test_oat_ppo_command_by_hand():
 def test_oat_r1_zero_command_uses_oats_default_scheduler():
     # No --lr_scheduler: oat's default cosine_with_min_lr, ending at 10% of 1e-6.
     args = parse_args(CPGDArgs, argv=OAT_R1_ZERO_COUNTDOWN)
-    total = schedule_steps(args, 490364) * args.max_step_adjustment  # floor(490364 / 128) = 3830 x 8 = 30640
+    total = oat_schedule_steps(args, 490364) * args.max_step_adjustment  # floor(490364 / 128) = 3830 x 8 = 30640
     assert args.lr_scheduler == "cosine_with_min_lr" and total == 30640
     seen = lrs(lr_scheduler(optimizer(1e-6), args, total), 30641)
     assert seen[0] == 0 and seen[1] == pytest.approx(1e-6)  # ceil(30640 x 1e-7) = 1 warm-up step
@@ -100,5 +107,50 @@ def test_warmup_applies_under_every_scheduler(scheduler):
 def test_max_steps_shortens_the_count():
     args = PPOArgs(train_batch_size=8, rollout_batch_size=4, num_prompt_epoch=2, max_steps=10)
     # Without --max_steps: 2 epochs x floor(100 / 8) = 24; 10 steps draw 40 prompts: 5.
-    assert schedule_steps(PPOArgs(train_batch_size=8, num_prompt_epoch=2), 100) == 24
-    assert schedule_steps(args, 100) == 5
+    assert oat_schedule_steps(PPOArgs(train_batch_size=8, num_prompt_epoch=2), 100) == 24
+    assert oat_schedule_steps(args, 100) == 5
+
+
+# The user-oracle run of the first-contact report: 320 prompts, 8 per step, K = 8, 64 responses per optimizer
+# step: 40 learning steps of one optimizer step each. oat's count is floor(320 / 64) = 5.
+USER_RUN = dict(rollout_batch_size=8, num_samples=8, train_batch_size=64, learning_rate=1.0)
+
+
+def test_the_default_schedule_ends_with_the_run():
+    args = PPOArgs(**USER_RUN)
+    lengths = schedule_steps(args, 320, num_learning_steps(args, 320))
+    assert run_optimizer_steps(args, 40) == 40 and lengths == ScheduleSteps(40, 40)
+    assert schedule_warnings(args, lengths, 40) == []
+    seen = lrs(lr_scheduler(optimizer(1.0), args, lengths.policy), 41)
+    # Warm-up ceil(0.03 x 40) = 2 steps (0, 1/2); then cosine over steps 2..40 down to 10% of the peak at
+    # the run's end, never rising: step s has 0.1 + 0.9 x (1 + cos(pi (s - 2) / 38)) / 2.
+    assert seen[:3] == pytest.approx([0.0, 0.5, 1.0])
+    assert all(later <= earlier for earlier, later in zip(seen[2:], seen[3:], strict=False))
+    assert seen[20] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 18 / 38)))
+    assert seen[40] == pytest.approx(0.1)
+
+
+def test_ppo_epochs_lengthen_the_default_schedule():
+    args = PPOArgs(**USER_RUN, num_ppo_epochs=3, train_batch_size_per_device=1)
+    assert schedule_steps(args, 320, 40) == ScheduleSteps(120, 120)
+
+
+def test_a_given_adjustment_keeps_oats_meaning_and_a_short_schedule_is_named():
+    args = PPOArgs(**USER_RUN, max_step_adjustment=1.0, critic_max_step_adjustment=2.0)
+    lengths = schedule_steps(args, 320, 40)
+    assert lengths == ScheduleSteps(5, 10)  # oat's count (5) times each adjustment
+    warnings = schedule_warnings(args, lengths, 40)
+    assert len(warnings) == 2 and "policy" in warnings[0] and "critic" in warnings[1]
+    assert "after 5 of the run's 40" in warnings[0] and "--max_step_adjustment 1.0" in warnings[0]
+    # A group method trains no critic: its schedule is not worth a warning.
+    grpo = PPOArgs(**USER_RUN, critic_type="grpo", max_step_adjustment=1.0, critic_max_step_adjustment=2.0)
+    assert len(schedule_warnings(grpo, schedule_steps(grpo, 320, 40), 40)) == 1
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "cosine", "cosine_with_min_lr", "polynomial"])
+def test_a_schedule_holds_its_final_lr_after_its_end(scheduler):
+    # transformers' cosine rises again after its last step (oat's runs past it did); ours holds.
+    args = PPOArgs(lr_scheduler=scheduler, lr_warmup_ratio=0.0, learning_rate=1.0)
+    seen = lrs(lr_scheduler(optimizer(1.0), args, 10), 30)
+    assert seen[10:] == pytest.approx([seen[10]] * 20)
+    assert seen[10] == pytest.approx({"cosine_with_min_lr": 0.1, "polynomial": 1e-7}.get(scheduler, 0.0))

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -26,6 +27,7 @@ def greedy(model_dir, prompt: str) -> str:
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
+@pytest.mark.slow
 def test_fine_tune_learns_its_pairs_and_is_cached(tiny_model_path, tmp_path):
     out = tmp_path / "sft"
     assert all(greedy(tiny_model_path, prompt) != response for prompt, response in PAIRS)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -65,6 +66,7 @@ def test_weights_are_gathered_one_layer_at_a_time(tiny_model_path):
         assert {name for name, _ in model.named_parameters() if name.startswith(f"model.layers.{i}.")} == set(group)
 
 
+@pytest.mark.slow
 def test_the_learner_side_imports_without_vllm_or_ray():
     """The learner trains, merges LoRA and saves where vLLM and Ray are not installed (scripts/gpu_check.sh)."""
     blocker = (

@@ -41,6 +41,7 @@ from oat_cpgd.args import PPOArgs  # noqa: E402
 from oat_cpgd.learners import Learner  # noqa: E402
 from oat_cpgd.learners.batch import collate  # noqa: E402
 from oat_cpgd.learners.deepspeed_config import param_groups, train_config  # noqa: E402
+from oat_cpgd.learners.schedule import ScheduleSteps
 from oat_cpgd.placement import Placement  # noqa: E402
 from oat_cpgd.types import Trajectory  # noqa: E402
 
@@ -82,7 +83,7 @@ def job_trajectories(tokenizer, data: str, response_len: int, prompts: int, samp
         for sample in range(samples):
             response = [rng.randrange(3, tokenizer.vocab_size) for _ in range(response_len)]
             reward = float(sample % 2)
-            out.append(Trajectory(index, prompt, response, [-5.0] * response_len, reward, False, oracle_reward=reward))
+            out.append(Trajectory(index, prompt, response, [-5.0] * response_len, reward, False))
     return out
 
 
@@ -140,9 +141,12 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(options.model)
     trajectories = job_trajectories(tokenizer, options.data, NEW_TOKENS, PROMPTS, SAMPLES)
     result["tokens"] = sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
-    learner = Learner(job_args(options.model), ONE_RANK, 0, schedule_steps=100)
+    learner = Learner(job_args(options.model), ONE_RANK, 0, schedule_steps=ScheduleSteps(100, 100))
     packed = Learner(
-        job_args(options.model, packing=True, train_max_tokens_per_device=4096), ONE_RANK, 0, schedule_steps=100
+        job_args(options.model, packing=True, train_max_tokens_per_device=4096),
+        ONE_RANK,
+        0,
+        schedule_steps=ScheduleSteps(100, 100),
     )
     bare = bare_loop(job_args(options.model), trajectories, tokenizer)
     runs = {
@@ -194,7 +198,12 @@ def memory_rows(model: str, data: str) -> list[dict]:
     # Checkpointed layers keep only their inputs, so what the loss keeps of the vocabulary shows.
     flags |= dict(gradient_checkpointing=True)
     for chunk_tokens in (0, 256):
-        learner = Learner(job_args(model, logprob_chunk_tokens=chunk_tokens, **flags), ONE_RANK, 0, schedule_steps=100)
+        learner = Learner(
+            job_args(model, logprob_chunk_tokens=chunk_tokens, **flags),
+            ONE_RANK,
+            0,
+            schedule_steps=ScheduleSteps(100, 100),
+        )
         learner.learn(job_trajectories(tokenizer, data, 16, 1, RESPONSES))  # optimizer states allocated
         for length in lengths:
             trajectories = job_trajectories(tokenizer, data, length, 1, RESPONSES)

@@ -104,7 +104,7 @@ class Actor:
         collocated_on_gpu = self.on_cuda and placement.collocate
         self.llm = vllm.LLM(
             model=args.pretrain,
-            tokenizer=args.tokenizer or args.pretrain,
+            tokenizer=args.tokenizer,
             dtype="bfloat16" if args.bf16 else "float32",
             seed=args.seed + actor_index,
             max_model_len=args.max_model_len,
@@ -217,24 +217,31 @@ class Actor:
         flat, rewards, infos = self.score(samples, prompts, references)
         verify_time = time.perf_counter() - start
 
-        penalties = self.length_penalties(flat)
+        # The oracle's rewards, unshaped: the learner adds the penalties (oat_cpgd.algorithms.shaped_rewards)
+        # from each response's truncation and length.
         trajectories = [
             Trajectory(
                 prompt_index=prompt_indices[i],
                 prompt_ids=list(prompt_ids[i]),
                 response_ids=s.token_ids,
                 actor_logprobs=s.logprobs,
-                reward=reward + penalty,
+                reward=reward,
                 truncated=s.truncated,
-                oracle_reward=reward,
                 weight_version=self.weight_version,
                 prompt=prompts[i],
                 response=s.text,
                 info=info,
             )
-            for (i, s), reward, penalty, info in zip(flat, rewards, penalties, infos, strict=True)
+            for (i, s), reward, info in zip(flat, rewards, infos, strict=True)
         ]
         generated = sum(len(s.token_ids) for _, s in flat)
+        # The oracle's counts of timeouts, errors and well-formed responses; its reward mean and
+        # verify time are the actor's own reward_mean (the oracle's rewards) and verify_time.
+        oracle_counts = {
+            k.replace("oracle/", "actor/oracle_"): v
+            for k, v in self.oracle.last_metrics.items()
+            if k not in ("oracle/reward_mean", "oracle/verify_time")
+        }
         metrics = {
             "actor/generate_time": generate_time,
             "actor/verify_time": verify_time,
@@ -243,25 +250,9 @@ class Actor:
             "actor/reward_mean": sum(rewards) / max(len(rewards), 1),
             "actor/truncated_frac": sum(s.truncated for _, s in flat) / max(len(flat), 1),
             "actor/response_len": generated / max(len(flat), 1),
-            **{k.replace("oracle/", "actor/oracle_"): v for k, v in self.oracle.last_metrics.items()},
+            **oracle_counts,
         }
         return trajectories, metrics
-
-    def length_penalties(self, flat: list[tuple[int, Sample]]) -> list[float]:
-        """--non_stop_penalty for truncated responses plus DAPO's overlong punishment (--overlong_buffer_len)."""
-        import torch
-
-        from oat_cpgd.algorithms import overlong_penalty
-
-        args = self.args
-        non_stop = getattr(args, "non_stop_penalty", 0.0)  # training flags (PPOArgs): absent when only evaluating
-        overlong = overlong_penalty(
-            torch.tensor([len(s.token_ids) for _, s in flat]),
-            max_len=args.generate_max_length,
-            buffer_len=getattr(args, "overlong_buffer_len", 0),
-            factor=getattr(args, "overlong_penalty_factor", 0.0),
-        )
-        return [(non_stop if s.truncated else 0.0) + float(p) for (_, s), p in zip(flat, overlong, strict=True)]
 
     def evaluate(
         self,

@@ -6,7 +6,6 @@ per token with a critic.
 """
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
@@ -24,18 +23,19 @@ def _has_signal(grouped: Tensor) -> Tensor:
 
 
 def std_weight(grouped: Tensor, max_weight: float) -> Tensor:
-    """1 / (std_g + 1e-6), unbiased std (GRPO, CPGD `std`)."""
+    """1 / (std_g + 1e-6), unbiased std (GRPO, GSPO, CPGD's `--cpgd_weight std`)."""
     return 1 / (grouped.std(-1, keepdim=True) + 1e-6)
 
 
 def clip_filter_weight(grouped: Tensor, max_weight: float) -> Tensor:
-    """min(c_w, G / G_nonzero), one weight for the whole batch; G counts groups, not responses."""
+    """min(c_w, G / G_nonzero), one weight for the whole batch; G counts groups, not responses (CPGD's
+    `--cpgd_weight clip_filter`)."""
     # No group with signal: G / 0 = inf, clamped to c_w (all advantages are 0 anyway).
     return (grouped.shape[0] / _has_signal(grouped).sum()).clamp(max=max_weight)
 
 
 def unit_weight(grouped: Tensor, max_weight: float) -> Tensor:
-    """1 (Dr. GRPO, CPGD `equal`, REINFORCE++-baseline before its batch whitening)."""
+    """1 (Dr. GRPO, CPGD's `--cpgd_weight equal`, REINFORCE++-baseline before its batch whitening)."""
     return grouped.new_ones(())
 
 
@@ -46,24 +46,23 @@ def leave_one_out_weight(grouped: Tensor, max_weight: float) -> Tensor:
 
 
 GROUP_WEIGHTS: dict[str, GroupWeight] = {
-    "grpo": std_weight,
-    "dr_grpo": unit_weight,
-    "cpgd_std": std_weight,
-    "cpgd_clip_filter": clip_filter_weight,
-    "cpgd_equal": unit_weight,
-    "rloo": leave_one_out_weight,
-    # R - mean_g R; the algorithm then whitens it over the whole batch's tokens (registry: whiten_advantages).
-    "reinforce_pp_baseline": unit_weight,
+    "std": std_weight,
+    "unit": unit_weight,
+    "leave_one_out": leave_one_out_weight,
+    "clip_filter": clip_filter_weight,
 }
+"""omega(x) by what it is; an algorithm (oat_cpgd.algorithms.registry) names the one it uses."""
 
 
-def group_advantages(rewards: Tensor, group_size: int, *, mode: str, clip_filter_max_weight: float = 3.0) -> Tensor:
+def group_advantages(
+    rewards: Tensor, group_size: int, *, weight: str = "std", clip_filter_max_weight: float = 3.0
+) -> Tensor:
     """omega(x) * (R - mean_g R) for `n_prompts * group_size` rewards, each group contiguous.
 
-    omega per `GROUP_WEIGHTS[mode]`; `cpgd_clip_filter` weighs by the whole batch, so pass
+    omega per `GROUP_WEIGHTS[weight]`; `clip_filter` weighs by the whole batch, so pass
     all of it. A group whose rewards are all equal, or of size 1, gets exactly 0.
     """
-    weight = GROUP_WEIGHTS[check_name(mode, GROUP_WEIGHTS, "group advantage mode")]
+    omega = GROUP_WEIGHTS[check_name(weight, GROUP_WEIGHTS, "group weight")]
     if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size:
         raise ValueError(f"expected a 1-D tensor of n_prompts * {group_size} rewards, got shape {tuple(rewards.shape)}")
     if not rewards.is_floating_point():
@@ -74,7 +73,7 @@ def group_advantages(rewards: Tensor, group_size: int, *, mode: str, clip_filter
     # Exactly 0 where all rewards are equal: their float mean can be an ulp off, and 1/std
     # would blow that up to a spurious advantage of a few percent.
     centered = torch.where(_has_signal(grouped)[:, None], grouped - grouped.mean(-1, keepdim=True), 0)
-    return (weight(grouped, clip_filter_max_weight) * centered).view_as(rewards)
+    return (omega(grouped, clip_filter_max_weight) * centered).view_as(rewards)
 
 
 @torch.no_grad()
@@ -103,6 +102,7 @@ def gae_advantages(
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Any]] = {
     "gae": gae_advantages,
-    **{mode: partial(group_advantages, mode=mode) for mode in GROUP_WEIGHTS},
+    "group": group_advantages,
 }
-"""name -> estimator: `gae` takes (rewards, values, mask), the others (rewards, group_size)."""
+"""name -> estimator: `gae` takes (rewards, values, mask, gamma, lam) and needs a critic; the outcome
+estimators take (rewards, group_size, **the algorithm's advantage_options)."""

@@ -1,4 +1,4 @@
-"""Policy and value losses, reference-KL estimators and loss aggregation (docs/ALGORITHMS.md).
+"""Policy and value losses, the reference-KL estimate and loss aggregation (docs/ALGORITHMS.md).
 
 `logp`, `old_logp`, `advantages` and `mask` are [batch, seq] (advantages broadcast to tokens).
 Losses return `(loss, stats)`; stats are 0-dim detached tensors, ready to all-reduce.
@@ -6,11 +6,14 @@ Losses return `(loss, stats)`; stats are 0-dim detached tensors, ready to all-re
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from oat_cpgd.algorithms.utils import check_name, masked_mean, masked_sum
+
+F = TypeVar("F", bound=Callable)
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -45,20 +48,49 @@ def aggregate(loss_per_token: Tensor, mask: Tensor, mode: str, *, max_len: int |
     return per_seq.sum() / units.clamp(min=1)
 
 
-KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {
-    "k1": lambda log_ratio: log_ratio,
-    "k2": lambda log_ratio: 0.5 * log_ratio**2,
-    "k3": lambda log_ratio: (torch.expm1(-log_ratio) + log_ratio).clamp(-10, 10),
-}
-"""Estimators of KL(pi_theta || pi_ref) from log_ratio = logp - ref_logp (k3 = e^-d + d - 1)."""
+def kl_penalty(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 estimate of KL(pi_theta || pi_ref), e^-d + d - 1 with d = logp - ref_logp, clamped to [-10, 10]."""
+    log_ratio = logp - ref_logp
+    return (torch.expm1(-log_ratio) + log_ratio).clamp(-10, 10)
 
 
-def kl_penalty(logp: Tensor, ref_logp: Tensor, *, kind: str = "k3") -> Tensor:
-    """Per-token reference KL estimate (k1, k2 or k3, the last clamped to [-10, 10])."""
-    return KL_ESTIMATORS[check_name(kind, KL_ESTIMATORS, "KL estimator")](logp - ref_logp)
+LOSS, TOKEN_MEAN, MAX = "loss", "token_mean", "max"
+STAT_REDUCTIONS = (LOSS, TOKEN_MEAN, MAX)
+"""How the learner reduces a statistic over micro-batches and ranks: `loss` weighs each micro-batch's value
+as the loss does (its share of the --loss_agg_mode units), `token_mean` by its share of the valid tokens
+(a mean over the whole batch's tokens), `max` takes the largest."""
 
 
-def _policy_stats(pg_loss: Tensor, log_ratio: Tensor, is_clipped: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def declare_stats(**reductions: str) -> Callable[[F], F]:
+    """Decorator: how the learner reduces each stat `fn` returns (STAT_REDUCTIONS), e.g.
+    `@declare_stats(pg_loss=LOSS, clip_frac=TOKEN_MEAN)`. The learner refuses a stat not declared."""
+    for name, reduction in reductions.items():
+        check_name(reduction, STAT_REDUCTIONS, f"reduction of the stat {name!r}")
+
+    def declare(fn: F) -> F:
+        fn.stat_reductions = dict(reductions)
+        return fn
+
+    return declare
+
+
+def declared_stats(fn: Callable) -> dict[str, str]:
+    """The stat reductions `fn` declared with `declare_stats`; a TypeError if it declared none."""
+    reductions = getattr(fn, "stat_reductions", None)
+    if reductions is None:
+        raise TypeError(
+            f"{getattr(fn, '__qualname__', fn)} does not say how its stats are reduced over micro-batches and "
+            "ranks: decorate it with oat_cpgd.algorithms.declare_stats(stat_name=LOSS | TOKEN_MEAN | MAX, ...)"
+        )
+    return reductions
+
+
+POLICY_STATS = {"pg_loss": LOSS, "clip_frac": TOKEN_MEAN, "policy_drift": TOKEN_MEAN}
+"""The reductions of `policy_stats`, which every built-in policy loss reports."""
+
+
+def policy_stats(pg_loss: Tensor, log_ratio: Tensor, is_clipped: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """pg_loss, clip_frac (share of valid tokens clipped) and policy_drift (k3 estimate of KL(pi_old || pi_theta))."""
     log_ratio = log_ratio.detach()
     return {
         "pg_loss": pg_loss.detach(),
@@ -77,6 +109,7 @@ def _weighted(loss_per_token: Tensor, is_weights: Tensor | None) -> Tensor:
     return loss_per_token if is_weights is None else loss_per_token * is_weights.detach()
 
 
+@declare_stats(**POLICY_STATS)
 def ppo_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -104,16 +137,16 @@ def ppo_policy_loss(
     loss = torch.maximum(unclipped, clipped)
     is_clipped = clipped > unclipped
     if dual_clip is not None:
-        if dual_clip <= 1:
-            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        assert dual_clip > 1, dual_clip  # --dual_clip's check (oat_cpgd.args) says why
         dual_bound = -advantages * dual_clip
         dual_clipped = (advantages < 0) & (loss > dual_bound)
         loss = torch.where(dual_clipped, dual_bound, loss)
         is_clipped = is_clipped | dual_clipped
     pg_loss = aggregate(_weighted(loss, is_weights), mask, agg_mode, max_len=max_len)
-    return pg_loss, _policy_stats(pg_loss, log_ratio, is_clipped, mask)
+    return pg_loss, policy_stats(pg_loss, log_ratio, is_clipped, mask)
 
 
+@declare_stats(**POLICY_STATS)
 def cpgd_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -141,16 +174,17 @@ def cpgd_policy_loss(
     clipped_log_ratio = torch.where(
         advantages > 0,
         log_ratio.clamp(max=math.log1p(clip_high)),
-        log_ratio.clamp(min=math.log1p(-clip_low)),
+        log_ratio.clamp(min=math.log1p(-clip_low) if clip_low < 1 else -math.inf),  # clip_low = 1: no lower bound
     )
     pg_loss = aggregate(_weighted(-advantages * clipped_log_ratio, is_weights), mask, agg_mode, max_len=max_len)
     drift_weight = torch.expm1(log_ratio.detach().clamp(max=LOG_RATIO_CLAMP)).clamp(max=drift_clip)
     drift = aggregate(_weighted(drift_weight * logp, is_weights), mask, agg_mode, max_len=max_len)
     # As in PPO's count, an A = 0 token has no gradient to clip.
     is_clipped = (clipped_log_ratio != log_ratio) & (advantages != 0)
-    return pg_loss + drift_coef * drift, _policy_stats(pg_loss, log_ratio, is_clipped, mask)
+    return pg_loss + drift_coef * drift, policy_stats(pg_loss, log_ratio, is_clipped, mask)
 
 
+@declare_stats(**POLICY_STATS)
 def gspo_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -178,9 +212,80 @@ def gspo_policy_loss(
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
     pg_loss = aggregate(_weighted(torch.maximum(unclipped, clipped), is_weights), mask, agg_mode, max_len=max_len)
-    return pg_loss, _policy_stats(pg_loss, log_ratio, clipped > unclipped, mask)
+    return pg_loss, policy_stats(pg_loss, log_ratio, clipped > unclipped, mask)
 
 
+@declare_stats(**POLICY_STATS)
+def cispo_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 1.0,
+    clip_high: float = 4.0,
+    agg_mode: str = "token-mean",
+    max_len: int | None = None,
+    is_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): the ratio clipped and detached, as a weight of the policy gradient.
+
+    pg_t = -sg(clip(rho_t, 1 - eps_low, 1 + eps_high)) * A_t * u_t. There is no min with an unclipped
+    term, so every token keeps its gradient -A_t w_t grad logp_t: the clip bounds the weight w_t, it never
+    zeroes a token's update (PPO-clip zeroes those that left the trust region). The paper's loss has logp_t
+    where this has u_t = logp_t - old_logp_t: the same gradient, and 0 on-policy as CPGD's pg term.
+    Defaults: no lower bound (eps_low = 1: w >= 0), as the paper; the upper one, the only one it tunes, not
+    published: 1 + eps_high = 5, TRL's recommended cap for cispo. clip_frac counts tokens whose weight was
+    clipped (their gradient is not).
+    """
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio.detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    weight = ratio.clamp(1 - clip_low, 1 + clip_high)
+    pg_loss = aggregate(_weighted(-advantages * weight * log_ratio, is_weights), mask, agg_mode, max_len=max_len)
+    is_clipped = (weight != ratio) & (advantages != 0)
+    return pg_loss, policy_stats(pg_loss, log_ratio, is_clipped, mask)
+
+
+@declare_stats(**POLICY_STATS)
+def gmpo_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 0.4,
+    clip_high: float = 0.4,
+    agg_mode: str = "seq-mean-token-mean",
+    max_len: int | None = None,
+    is_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GMPO (arXiv 2507.20673; verl's `geo_mean` loss): PPO on the geometric mean of a sequence's token ratios.
+
+    Each token's log-ratio is clipped in log space, one-sided by the sign of A as in CPGD: cu_t =
+    min(u_t, eps_high) if A_t > 0, else max(u_t, -eps_low). Sequence k's loss is -A_k exp(mean_t cu_t)
+    (A_k: its mean advantage), spread over its tokens so that --loss_agg_mode applies; the default,
+    seq-mean-token-mean, is the paper's mean over sequences. Its gradient is -A_k s_k / L_k grad logp_t on
+    the unclipped tokens (s_k the geometric-mean ratio, L_k the length). Defaults: the paper's (0.4, 0.4),
+    ratios within [e^-0.4, e^0.4]. Importance weights enter as one per sequence, their geometric mean (a
+    token that --is_correction mis masks drops its sequence).
+    """
+    valid = mask.bool()
+    log_ratio = logp - old_logp
+    clipped_log_ratio = torch.where(
+        advantages > 0, log_ratio.clamp(max=clip_high), log_ratio.clamp(min=-clip_low)
+    ).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    sequence_ratio = torch.exp(masked_mean(clipped_log_ratio, mask, dim=-1))
+    sequence_loss = -masked_mean(advantages, mask, dim=-1) * sequence_ratio
+    if is_weights is not None:
+        sequence_loss = sequence_loss * torch.exp(
+            masked_mean(torch.where(valid, is_weights.detach().log(), 0), mask, -1)
+        )
+    pg_loss = aggregate(sequence_loss[:, None].expand_as(logp), mask, agg_mode, max_len=max_len)
+    is_clipped = (clipped_log_ratio != log_ratio) & (advantages != 0)
+    return pg_loss, policy_stats(pg_loss, log_ratio, is_clipped, mask)
+
+
+@declare_stats(value_loss=LOSS, value_clip_frac=TOKEN_MEAN)
 def value_loss(
     values: Tensor,
     old_values: Tensor,
@@ -210,5 +315,8 @@ POLICY_LOSSES: dict[str, PolicyLoss] = {
     "ppo_clip": ppo_policy_loss,
     "cpgd": cpgd_policy_loss,
     "gspo": gspo_policy_loss,
+    "cispo": cispo_policy_loss,
+    "gmpo": gmpo_policy_loss,
 }
-"""Policy losses by name; an algorithm (oat_cpgd.algorithms.registry) names the one it uses."""
+"""Policy losses by name; an algorithm (oat_cpgd.algorithms.registry) names the one it uses. Each declares
+its stats' reductions (`declare_stats`)."""

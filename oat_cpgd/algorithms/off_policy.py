@@ -9,13 +9,16 @@ policy loss for it.
 import torch
 from torch import Tensor
 
-from oat_cpgd.algorithms.losses import LOG_RATIO_CLAMP
+from oat_cpgd.algorithms.losses import LOG_RATIO_CLAMP, MAX, TOKEN_MEAN, declare_stats
 from oat_cpgd.algorithms.utils import check_name, masked_mean
 
 IS_CORRECTIONS = ("none", "tis", "mis")
 """none: weight 1; tis: min(w, C) (truncated IS, oat's tis_c); mis: w where w <= C, else the token is masked (0)."""
 
 
+@declare_stats(
+    is_weight_mean=TOKEN_MEAN, is_weight_max=MAX, is_capped_frac=TOKEN_MEAN, logprob_gap_actor_learner=TOKEN_MEAN
+)
 @torch.no_grad()
 def importance_weights(
     old_logp: Tensor, actor_logp: Tensor, mask: Tensor, *, mode: str, cap: float
@@ -57,8 +60,6 @@ def top_k_top_p_logprobs(logits: Tensor, labels: Tensor, *, top_k: int = -1, top
     `logits` [..., V] (already divided by the temperature); a label outside the kept set gets -inf.
     """
     logits = logits.float()
-    if top_k <= 0 and top_p >= 1:
-        return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     sorted_logits, order = logits.sort(dim=-1)  # ascending, as vLLM
     if top_k > 0:
         kth_largest = sorted_logits[..., -min(top_k, logits.shape[-1])].unsqueeze(-1)

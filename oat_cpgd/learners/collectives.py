@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -28,10 +30,12 @@ def all_gather_cat(tensor: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-def mean_over_ranks(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
-    """The mean over ranks; the maximum for `*_max` metrics."""
-    means = sorted(name for name in metrics if not name.endswith("_max"))
-    maxima = sorted(name for name in metrics if name.endswith("_max"))
+def mean_over_ranks(
+    metrics: dict[str, float], device: torch.device, *, maxima: Collection[str] = ()
+) -> dict[str, float]:
+    """The mean over ranks; the maximum for the metrics named in `maxima`."""
+    means = sorted(name for name in metrics if name not in maxima)
+    maxima = sorted(name for name in metrics if name in maxima)
     summed = all_reduce_sum(torch.tensor([metrics[n] for n in means], device=device, dtype=torch.float64))
     world_size = dist.get_world_size()
     reduced = {name: value / world_size for name, value in zip(means, summed.tolist(), strict=True)}

@@ -20,14 +20,10 @@ def _offload(enabled: bool, on_cuda: bool) -> dict[str, Any]:
 def train_config(args: PPOArgs, world_size: int, learning_rate: float, on_cuda: bool) -> dict[str, Any]:
     """A trained engine (policy or critic): ZeRO, AdamW, clipping, batch sizes; `on_cuda` from the placement.
 
-    DeepSpeed checks train_batch_size = micro-batch x accumulation steps x ranks.
+    DeepSpeed checks train_batch_size = micro-batch x accumulation steps x ranks; that they divide
+    was checked, naming the flags, before any role started (`oat_cpgd.placement.check_batch_split`).
     """
     micro_batch = args.train_batch_size_per_device
-    if args.train_batch_size % (micro_batch * world_size):
-        raise ValueError(
-            f"--train_batch_size ({args.train_batch_size}) must be divisible by --train_batch_size_per_device "
-            f"({micro_batch}) x learner ranks ({world_size})."
-        )
     return {
         "train_batch_size": args.train_batch_size,
         "train_micro_batch_size_per_gpu": micro_batch,

@@ -89,7 +89,7 @@ def load_language_model(path: str, args: PPOArgs, config: dict | None) -> PreTra
 
 def load_critic(args: PPOArgs, config: dict | None) -> PreTrainedModel:
     """A value head on the policy's architecture; no dropout, so old and new values agree."""
-    path = args.critic_pretrain or args.pretrain
+    path = args.critic_pretrain
     model_config = AutoConfig.from_pretrained(path, num_labels=1)
     model_config.classifier_dropout = 0.0  # (transformers 5 ignores it as a from_pretrained kwarg)
     with zero3_init(config):
@@ -128,7 +128,7 @@ def load_reference(args: PPOArgs, device: torch.device) -> Model:
     """Frozen; partitioned like the policy under ZeRO-3 (as it loads), otherwise a plain module (off the
     device with --ref_offload)."""
     config = reference_config(args, device.type == "cuda") if args.zero_stage == 3 else None
-    model = load_language_model(args.ref_pretrain or args.pretrain, args, config).eval().requires_grad_(False)
+    model = load_language_model(args.ref_pretrain, args, config).eval().requires_grad_(False)
     if config is not None:
         engine, *_ = deepspeed.initialize(model=model, config=config)
         return engine

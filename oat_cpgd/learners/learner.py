@@ -1,8 +1,9 @@
 """The DeepSpeed learner: trains any algorithm of the registry (oat_cpgd.algorithms.registry; docs/ALGORITHMS.md).
 
-One `Learner` runs on each learner rank. `learn`, `response_logprobs`, `connect_actors`,
-`sync_weights` and `save_pretrained` are collectives: every rank calls them together, `learn` with its own
-shard of the rollout (whole groups, the same number of responses on every rank).
+One `Learner` runs on each learner rank. `learn`, `connect_actors`, `sync_weights`, `probe_logprobs` and
+the saving and loading methods are collectives: every rank calls them together, `learn` with its own
+shard of the rollout (whole groups, the same number of responses on every rank). `response_logprobs`
+is a probe for the tests and scripts/gpu_check.py, not used by the loop.
 
 Per-token tensors are aligned with the labels `input_ids[:, 1:]`: position t holds what
 belongs to predicting token t + 1 (its log-prob, value, advantage, response mask).
@@ -27,20 +28,21 @@ from torch import Tensor
 from transformers import AutoTokenizer
 
 from oat_cpgd.algorithms import (
-    ADVANTAGE_ESTIMATORS,
-    POLICY_LOSSES,
+    LOSS,
+    MAX,
+    TOKEN_MEAN,
     aggregate,
     batch_mean_var,
+    declared_stats,
     entropy_from_logits,
     explained_variance,
     get_algorithm,
     importance_weights,
     kl_penalty,
-    kl_shaped_rewards,
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
-    token_rewards,
+    shaped_rewards,
     top_k_top_p_logprobs,
     value_loss,
 )
@@ -59,7 +61,9 @@ from oat_cpgd.learners.forward import (
     read_response_tokens,
     takes_logits_to_keep,
 )
+from oat_cpgd.learners.schedule import ScheduleSteps
 from oat_cpgd.learners.weights import ModelWeights
+from oat_cpgd.oracles import CORRECT_REWARD
 from oat_cpgd.types import Trajectory
 
 if TYPE_CHECKING:
@@ -68,9 +72,6 @@ if TYPE_CHECKING:
     from oat_cpgd.placement import Placement
 
 logger = logging.getLogger(__name__)
-
-LOSS_STATS = ("pg_loss", "value_loss")
-"""Stats aggregated like the loss; the others (clip_frac, policy_drift, entropy, ...) are token means."""
 
 
 def _logprob_and_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -84,10 +85,9 @@ def _logprob_and_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 class Learner:
     """Policy (and for PPO a critic) trained with DeepSpeed, plus an optional frozen reference model."""
 
-    def __init__(self, args: PPOArgs, placement: Placement, rank: int, schedule_steps: float) -> None:
-        """Learner `rank` of `placement.learner_ranks`. `schedule_steps`: the optimizer steps the LR
-        schedules span (oat's count, see `oat_cpgd.learners.schedule.schedule_steps`), times
-        --max_step_adjustment for the policy and --critic_max_step_adjustment for the critic."""
+    def __init__(self, args: PPOArgs, placement: Placement, rank: int, schedule_steps: ScheduleSteps) -> None:
+        """Learner `rank` of `placement.learner_ranks`; its LR schedules span `schedule_steps` optimizer
+        steps (`oat_cpgd.learners.schedule.schedule_steps`)."""
         send_role_output_to_log()  # DeepSpeed's, torch's and transformers' output to the rank's log (in a run)
         world_size = placement.learner_ranks
         self.args, self.placement, self.rank, self.world_size = args, placement, rank, world_size
@@ -99,7 +99,7 @@ class Learner:
         self.device = torch.device(accelerator.current_device_name())
         torch.manual_seed(args.seed)
         self.shuffle_generator = torch.Generator().manual_seed(args.seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain)
+        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
 
         policy_config = train_config(args, world_size, args.learning_rate, placement.on_cuda)
         policy_model = engines.load_language_model(args.pretrain, args, policy_config)
@@ -110,15 +110,13 @@ class Learner:
             from oat_cpgd.learners.lora import add_lora  # imports peft
 
             policy_model = add_lora(policy_model, args)
-        policy_steps = schedule_steps * args.max_step_adjustment
-        self.policy = engines.train_engine(policy_model, args, policy_config, policy_steps)
+        self.policy = engines.train_engine(policy_model, args, policy_config, schedule_steps.policy)
         self.policy_lm = CausalLM(self.policy, keeps_logits, logits_are_the_output_layer(self.policy, self.device))
         self.critic: DeepSpeedEngine | None = None
         if self.algorithm.needs_critic:
-            critic_steps = schedule_steps * args.critic_max_step_adjustment
             critic_config = train_config(args, world_size, args.critic_learning_rate, placement.on_cuda)
             critic_model = engines.load_critic(args, critic_config)
-            self.critic = engines.train_engine(critic_model, args, critic_config, critic_steps)
+            self.critic = engines.train_engine(critic_model, args, critic_config, schedule_steps.critic)
         self.reference_lm: CausalLM | None = None
         if args.needs_reference:
             reference = engines.load_reference(args, self.device)
@@ -130,13 +128,33 @@ class Learner:
 
         # seq-mean-token-sum-norm divides by the generation budget, the same for every micro-batch.
         self.max_len = args.generate_max_length
+        policy_loss = self.algorithm.loss()
         self.policy_loss = partial(
-            POLICY_LOSSES[self.algorithm.policy_loss],
+            policy_loss,
             clip_low=args.clip_low,
             clip_high=args.clip_high,
             agg_mode=args.agg_mode,
             max_len=self.max_len,
             **self.algorithm.loss_options(args),
+        )
+        # How each stat is reduced over micro-batches and ranks: as the function that computes it declares.
+        self.stat_reductions = {
+            **declared_stats(policy_loss),
+            **declared_stats(importance_weights),
+            **declared_stats(value_loss),
+            "entropy": TOKEN_MEAN,
+            "ref_kl": TOKEN_MEAN,
+        }
+        # Every change training makes to the oracle's rewards, in one function: the actors report them unshaped.
+        self.shaped_rewards = partial(
+            shaped_rewards,
+            max_len=args.generate_max_length,
+            non_stop_penalty=args.non_stop_penalty,
+            overlong_buffer_len=args.overlong_buffer_len,
+            overlong_penalty_factor=args.overlong_penalty_factor,
+            reward_scale=args.reward_scale,
+            kl_coef=args.kl_penalty_coef,
+            per_token=self.algorithm.needs_critic,  # GAE's rewards are per token
         )
 
     # ------------------------------------------------------------------ forward passes
@@ -240,11 +258,13 @@ class Learner:
                 data["ref_logp"] = self._per_token(batch, partial(self._logprobs, self.reference_lm))
         if self.critic is not None:
             data["old_values"] = self._per_token(batch, self._values)
-        rewards = torch.tensor([t.reward for t in trajectories], device=self.device)
-        data.update(self._advantages(batch, rewards * args.reward_scale))
-        oracle_rewards = torch.tensor([t.oracle_reward for t in trajectories], device=self.device)
+        rewards = torch.tensor([t.reward for t in trajectories], device=self.device)  # the oracle's
+        truncated = torch.tensor([t.truncated for t in trajectories], device=self.device)
+        kl = data["old_logp"] - data["ref_logp"] if args.kl_penalty_coef > 0 else None
+        shaped = self.shaped_rewards(rewards, batch.response_mask, truncated, kl=kl)
+        data.update(self._advantages(batch, shaped))
         metrics = {
-            **self._rollout_metrics(batch, oracle_rewards),
+            **self._rollout_metrics(batch, rewards, shaped),
             **{f"train/{k}": float(v) for k, v in is_stats.items()},
         }
 
@@ -263,7 +283,8 @@ class Learner:
         metrics["train/skipped_steps"] = sum(step["skipped_steps"] for step in steps)  # a count, not a mean
         metrics["misc/learn_time"] = time.time() - start
         metrics["misc/learner_threads"] = torch.get_num_threads()
-        return mean_over_ranks(metrics, self.device)
+        maxima = {f"train/{name}" for name, reduction in self.stat_reductions.items() if reduction == MAX}
+        return mean_over_ranks(metrics, self.device, maxima=maxima)
 
     def _one_step_from_current_weights(self, responses: int) -> bool:
         """Whether this learn is one optimizer step that needs the old log-probs only in its loss.
@@ -296,36 +317,43 @@ class Learner:
         return stats
 
     def _as_shares_of_all_tokens(self, stats: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
-        """This rank's token means (but `*_max`) times its share of all ranks' valid tokens (times the
-        world size): their mean over ranks is then the token mean over all ranks, as the loss's stats
-        (`_train_step`) are, rather than a mean of the ranks' means."""
+        """This rank's token means times its share of all ranks' valid tokens (times the world size): their
+        mean over ranks is then the token mean over all ranks, as the loss's stats (`_train_step`) are,
+        rather than a mean of the ranks' means. Stats reduced by max are left as they are."""
         _, (token_weight,) = accumulation_weights(
             [mask], self.args.agg_mode, world_size=self.world_size, reduce_sum=all_reduce_sum
         )
-        return {name: value if name.endswith("_max") else value * token_weight for name, value in stats.items()}
+        return {
+            name: value * token_weight if self._reduction(name) == TOKEN_MEAN else value
+            for name, value in stats.items()
+        }
+
+    def _reduction(self, stat: str) -> str:
+        """How `stat` is reduced (STAT_REDUCTIONS); a stat whose function did not declare it is an error."""
+        if stat not in self.stat_reductions:
+            raise TypeError(
+                f"stat {stat!r} has no declared reduction: add it to its function's declare_stats "
+                f"(declared: {', '.join(self.stat_reductions)})"
+            )
+        return self.stat_reductions[stat]
 
     def _train_mode(self, mode: bool) -> None:
         for engine in self._engines().values():
             engine.train(mode)
 
-    def _advantages(self, batch: Batch, rewards: Tensor) -> dict[str, Tensor]:
-        """Per-token advantages (and with a critic, the returns) for this rank's responses.
-
-        --kl_penalty_coef shapes the rewards first: per token for GAE, summed over each response
-        for the group estimators. Whitening is over the whole batch, on every rank alike.
+    def _advantages(self, batch: Batch, shaped: Tensor) -> dict[str, Tensor]:
+        """Per-token advantages (and with a critic, the returns) for this rank's responses, from their
+        shaped rewards (`self.shaped_rewards`: per token for GAE, per response for the group
+        estimators). Whitening is over the whole batch, on every rank alike.
         """
         args, mask, data, algorithm = self.args, batch.response_mask, batch.token_data, self.algorithm
-        kl = data["old_logp"] - data["ref_logp"] if args.kl_penalty_coef > 0 else None
-        estimator = ADVANTAGE_ESTIMATORS[algorithm.advantage_estimator(args)]
+        estimator = algorithm.estimator()
         out = {}
         if algorithm.needs_critic:
-            shaped = token_rewards(rewards, mask, kl=kl, kl_coef=args.kl_penalty_coef)
             advantages, out["returns"] = estimator(shaped, data["old_values"], mask, gamma=args.gamma, lam=args.lam)
         else:
-            if kl is not None:
-                rewards = kl_shaped_rewards(rewards, kl, mask, kl_coef=args.kl_penalty_coef)
             # Groups never straddle ranks, but clip_filter weighs by counts over the whole batch.
-            everyone = estimator(all_gather_cat(rewards), args.num_samples, **algorithm.advantage_options(args))
+            everyone = estimator(all_gather_cat(shaped), args.num_samples, **algorithm.advantage_options(args))
             advantages = everyone.view(self.world_size, -1)[self.rank][:, None] * mask
         if algorithm.whiten_advantages or args.whiten_adv:
             advantages = masked_whiten(advantages, mask, reduce_sum=all_reduce_sum)
@@ -360,12 +388,12 @@ class Learner:
                 loss, critic_stats = self._critic_loss(micro_batch)
                 self._backward(self.critic, loss * loss_weight * accumulation_steps, last)
                 micro_stats.update(critic_stats)
-            # The losses are aggregated per --loss_agg_mode, *_max stats by max, the others are means over valid tokens.
             for name, value in micro_stats.items():
-                if name.endswith("_max"):
+                reduction = self._reduction(name)
+                if reduction == MAX:
                     stats[name] = max(stats[name], float(value))
                 else:
-                    stats[name] += float(value) * (loss_weight if name in LOSS_STATS else token_weight)
+                    stats[name] += float(value) * (loss_weight if reduction == LOSS else token_weight)
         stats["grad_norm"] = float(self.policy.get_global_grad_norm())
         stats["lr"] = lr
         stats["skipped_steps"] = float(self._update_was_skipped())
@@ -440,8 +468,9 @@ class Learner:
 
     # ------------------------------------------------------------------ metrics
 
-    def _rollout_metrics(self, batch: Batch, rewards: Tensor) -> dict[str, float]:
-        """This rank's rollout statistics (raw oracle rewards; advantages over response tokens)."""
+    def _rollout_metrics(self, batch: Batch, rewards: Tensor, shaped: Tensor) -> dict[str, float]:
+        """This rank's rollout statistics: the oracle's `rewards` and the `shaped` ones the advantages
+        come from (GAE's per-token rewards summed over each response); advantages over response tokens."""
         mask, data = batch.response_mask, batch.token_data
         advantages = data["advantages"]
         # Over the whole batch's response tokens (every rank reports the same value).
@@ -449,7 +478,8 @@ class Learner:
         groups = rewards.view(-1, self.args.num_samples)
         metrics = {
             "train/reward_mean": rewards.mean(),
-            "train/all_correct_groups": (groups >= 1).all(-1).float().mean(),  # 1: the oracles' correct score
+            "train/shaped_reward_mean": (shaped.sum(-1) if shaped.dim() == 2 else shaped).mean(),
+            "train/all_correct_groups": (groups >= CORRECT_REWARD).all(-1).float().mean(),
             "train/all_wrong_groups": (groups <= 0).all(-1).float().mean(),
             "train/response_len": mask.sum(-1).mean(),
             "train/adv_mean": adv_mean,
@@ -457,7 +487,7 @@ class Learner:
         }
         if self.reference_lm is not None:
             ref_kl = masked_mean(kl_penalty(data["old_logp"], data["ref_logp"]), mask)
-            metrics.update(self._as_shares_of_all_tokens({"train/ref_kl": ref_kl}, mask))
+            metrics["train/ref_kl"] = self._as_shares_of_all_tokens({"ref_kl": ref_kl}, mask)["ref_kl"]
         if self.critic is not None:
             metrics["train/explained_variance"] = explained_variance(data["old_values"], data["returns"], mask)
         return {name: float(value) for name, value in metrics.items()}
@@ -486,10 +516,6 @@ class Learner:
     def weights(self) -> ModelWeights:
         """The policy's weights as the actors load them; every rank iterates them together (ZeRO-3 gathers)."""
         return ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3)
-
-    def gathered_state(self) -> dict[str, Tensor] | None:
-        """Collective: the policy's weights by Hugging Face name, on rank 0 (`saving.gathered_state`)."""
-        return saving.gathered_state(self.policy, self.rank, zero3=self.args.zero_stage == 3)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Collective: the DeepSpeed states (weights, optimizer, scheduler) of the policy and critic,

@@ -20,6 +20,9 @@ from typing import Any
 from pebble import ProcessFuture, ProcessPool
 
 Info = dict[str, Any]
+CORRECT_REWARD = 1.0
+"""The score of a correct answer: evaluation counts a reward >= it as correct, and the learner's
+train/all_correct_groups too; format rewards (e.g. countdown's 0.1) stay below it."""
 _POOL_ATTRIBUTES = ("_pool", "_pool_finalizer", "_pool_lock")
 
 
@@ -67,18 +70,20 @@ class RewardOracle:
         """
         return True
 
-    def same_answer(self, a: str, b: str) -> bool:
+    @staticmethod
+    def same_answer(a: str, b: str) -> bool:
         """Whether two extracted answers (the info's `answer`) are the same answer, for maj@n votes.
 
-        By default: equal text after stripping whitespace. Called in the driver, with no worker
-        time limit, only on answers whose `reward` check finished in time.
+        By default: equal text after stripping whitespace (static, so that evaluation can compare
+        text without an oracle); subclasses override it with an ordinary method. Called in the
+        driver, with no worker time limit, only on answers whose `reward` check finished in time.
         """
         return a.strip() == b.strip()
 
     def score(self, correct: bool, format_ok: bool) -> float:
-        """1.0 if correct, else `format_reward` if well-formed, else `incorrect_reward`."""
+        """CORRECT_REWARD (1.0) if correct, else `format_reward` if well-formed, else `incorrect_reward`."""
         if correct:
-            return 1.0
+            return CORRECT_REWARD
         return self.format_reward if format_ok else self.incorrect_reward
 
     def check(self, prompt: str, response: str, reference: Any) -> tuple[float, Info]:

@@ -33,15 +33,18 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from oat_cpgd.algorithms import ALGORITHMS, Algorithm, group_advantages, kl_penalty, top_k_top_p_logprobs
+from oat_cpgd.algorithms.registry import ppo_clip_options
 from oat_cpgd.args import CPGDArgs, PPOArgs
 from oat_cpgd.learners import Learner
 from oat_cpgd.learners.forward import unwrapped
+from oat_cpgd.learners.schedule import ScheduleSteps
 from oat_cpgd.learners.weights import ModelWeights
 from oat_cpgd.placement import Placement
 from oat_cpgd.types import Trajectory
 
 NUM_PROMPTS = 4
 NUM_SAMPLES = 4
+MAX_RESPONSE_LEN = 12
 TEMPERATURE = 0.7
 
 
@@ -70,8 +73,17 @@ CPGD_THREE_EPOCHS = {"critic_type": "cpgd", "cpgd_weight": "clip_filter", "num_p
 SCENARIOS: dict[str, Scenario] = {
     # One optimizer step on-policy: every response's log-prob moves with its advantage's sign.
     # PPO: rewards of +-10 dwarf the untrained critic's values, so sign(A) = sign(R); ZeRO-3 critic.
+    # The length penalties (at most -0.1 - 0.1 here) shape the rewards but keep their signs.
     "ppo": Scenario(
-        {"critic_type": "ppo", "reward_scale": 10.0, "zero_stage": 3, **ONE_STEP},
+        {
+            "critic_type": "ppo",
+            "reward_scale": 10.0,
+            "non_stop_penalty": -0.1,
+            "overlong_buffer_len": 8,
+            "overlong_penalty_factor": 0.2,
+            "zero_stage": 3,
+            **ONE_STEP,
+        },
         group_rewards=((1.0, -1.0, 1.0, -1.0),),
         check_loading=True,
     ),
@@ -205,7 +217,6 @@ def make_args(model: str, world_size: int, flags: dict[str, Any]) -> PPOArgs:
         "num_samples": NUM_SAMPLES,
         "rollout_batch_size": NUM_PROMPTS,
         "rollout_batch_size_per_device": NUM_PROMPTS // world_size,
-        "pi_buffer_maxlen_per_device": NUM_PROMPTS * NUM_SAMPLES,
         "mini_train_batch_size_per_device": 4,
         "learning_rate": 1e-3,
         "critic_learning_rate": 1e-3,
@@ -260,9 +271,10 @@ def make_trajectories(
         prompt = [rng.randrange(3, vocab_size) for _ in range(rng.randint(3, 8))]
         rewards = group_rewards[prompt_index % len(group_rewards)]
         for sample in range(NUM_SAMPLES):
-            response = [rng.randrange(3, vocab_size) for _ in range(rng.randint(2, 12))]
-            reward = rewards[sample]
-            trajectories.append(Trajectory(prompt_index, prompt, response, [], reward, False, oracle_reward=reward))
+            response = [rng.randrange(3, vocab_size) for _ in range(rng.randint(2, MAX_RESPONSE_LEN))]
+            # The longest responses drawn stand for ones cut at the length limit.
+            truncated = len(response) == MAX_RESPONSE_LEN
+            trajectories.append(Trajectory(prompt_index, prompt, response, [], rewards[sample], truncated))
     with torch.no_grad():
         for trajectory in trajectories:
             trajectory.actor_logprobs = token_logprobs(model, trajectory).tolist()
@@ -278,7 +290,7 @@ def reference_grad_norm(model: torch.nn.Module, trajectories: list[Trajectory], 
     weight = min(math.exp(-scenario.actor_logp_shift), scenario.flags.get("tis_c", 2.0))
     model.zero_grad()
     if scenario.flags["critic_type"] == "reinforce_pp_baseline":
-        centered = group_advantages(rewards, NUM_SAMPLES, mode="dr_grpo")
+        centered = group_advantages(rewards, NUM_SAMPLES, weight="unit")
         tokens = centered.repeat_interleave(lengths)
         advantages = (centered - tokens.mean()) / (tokens.var(unbiased=False) + 1e-8).sqrt()
         loss = (
@@ -289,7 +301,7 @@ def reference_grad_norm(model: torch.nn.Module, trajectories: list[Trajectory], 
             / lengths.sum()
         )
     else:
-        advantages = group_advantages(rewards, NUM_SAMPLES, mode="grpo")
+        advantages = group_advantages(rewards, NUM_SAMPLES, weight="std")
         losses = []
         for trajectory, advantage in zip(trajectories, advantages, strict=True):
             logp = token_logprobs(model, trajectory)
@@ -356,6 +368,7 @@ def run_scenario(
     result: dict[str, Any] = {
         "rewards": [t.reward for t in trajectories],
         "response_lengths": [len(t.response_ids) for t in trajectories],
+        "truncated": [t.truncated for t in trajectories],
         "sequence_lengths": [len(t.prompt_ids) + len(t.response_ids) for t in trajectories],
     }
     if scenario.reference_grad_norm:
@@ -369,7 +382,12 @@ def run_scenario(
     del plain_model
 
     args = make_args(model_dir, world_size, flags)
-    learner = Learner(args, Placement.learners_alone(world_size, torch.cuda.is_available()), rank, schedule_steps=10)
+    learner = Learner(
+        args,
+        Placement.learners_alone(world_size, torch.cuda.is_available()),
+        rank,
+        schedule_steps=ScheduleSteps(10, 10),
+    )
     if scenario.check_loading:
         result["loaded"] = loaded_weights(learner, model_dir)
     per_rank = len(trajectories) // world_size
@@ -411,7 +429,9 @@ def main() -> None:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cli.out.mkdir(parents=True, exist_ok=True)
     # A new algorithm is one registry entry: REINFORCE with a group-mean baseline, token-mean.
-    ALGORITHMS["reinforce"] = Algorithm("dr_grpo", "ppo_clip", "token-mean", loss_flags={"dual_clip": "dual_clip"})
+    ALGORITHMS["reinforce"] = Algorithm(
+        policy_loss="ppo_clip", agg_mode="token-mean", advantage_kwargs={"weight": "unit"}, loss_kwargs=ppo_clip_options
+    )
     for name in cli.scenarios:
         state = run_scenario(name, SCENARIOS[name], cli.model, cli.out, rank, world_size)
         if rank == 0:

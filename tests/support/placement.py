@@ -24,7 +24,7 @@ def vllm_worker() -> dict:
 class ProbeLearner:
     """Takes a learner rank's arguments (oat_cpgd.placement.spawn_learners)."""
 
-    def __init__(self, args, placement, rank: int, schedule_steps: float) -> None:
+    def __init__(self, args, placement, rank: int, schedule_steps) -> None:
         self.master = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
 
     def where(self) -> dict:

@@ -51,7 +51,7 @@ class RecordingActor(recorded(GreedyRecordingActor, "actor", ACTOR_CALLS)):
 
 
 class RecordingLearner(recorded(Learner, "learner", ("learn", "release_memory", "sync_weights"))):
-    def __init__(self, args, placement, rank: int, schedule_steps: float) -> None:
+    def __init__(self, args, placement, rank: int, schedule_steps) -> None:
         record(args, "learner", "__init__:start")
         super().__init__(args, placement, rank, schedule_steps)
         record(args, "learner", "__init__:end")
