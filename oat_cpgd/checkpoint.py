@@ -92,12 +92,13 @@ def resume_differences(
     """What keeps a run from continuing the one saved: flags that differ (beyond RESUMABLE_CHANGES), or other data.
 
     A flag the saved run did not have (it was saved by an older version) counts as its default there,
-    so upgrading oat_cpgd does not strand a run that the new flags, left at their defaults, continue.
+    so upgrading oat_cpgd does not strand a run that the new flags, left at their defaults, continue;
+    a flag the saved run had that no longer exists (oracle_type, say) does not count.
     """
     saved_config = {**{name: value for name, value in defaults.items() if name not in saved_config}, **saved_config}
     differences = [
         f"--{name}: {saved_config.get(name)!r} in the saved run, {config.get(name)!r} now"
-        for name in sorted(set(saved_config) | set(config))
+        for name in sorted(config)
         if name not in RESUMABLE_CHANGES and saved_config.get(name) != config.get(name)
     ]
     if saved_state.get("num_prompts") != num_prompts:

@@ -51,6 +51,12 @@ def test_a_run_saved_before_a_flag_existed_resumes_when_the_flag_keeps_its_defau
     assert line == "--seeded_sampling: True in the saved run, False now"
 
 
+def test_a_run_saved_with_a_flag_since_removed_resumes():
+    """oracle_type and pi_buffer_maxlen_per_device were flags until 2026-12-03; nothing read them."""
+    older = {**config(), "oracle_type": "reward", "pi_buffer_maxlen_per_device": 64}
+    assert resume_differences(older, config(), STATE, 10, STATE["prompts_fingerprint"], DEFAULTS) == []
+
+
 def test_other_prompts_are_refused():
     assert resume_differences(config(), config(), STATE, 11, "x", DEFAULTS) == [
         "training prompts: 10 in the saved run, 11 now"
