@@ -19,7 +19,7 @@
 
 What RL learns here is a behaviour the warm start already has (box the answer), from the reward
 alone: the first thing it learns on real models too (R1-zero's format). It is not arithmetic:
-see the README's "The demo" for what happened when RL had to improve the sums themselves.
+see docs/RESULTS.md, "The demo", for what happened when RL had to improve the sums themselves.
 Flags after `--` go to run_cpgd as they are (they override the demo's).
 """
 
