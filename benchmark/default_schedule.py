@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from oat_cpgd.oracles import RewardOracle
+from oat_cpgd.plot import read_rows
 from oat_cpgd.run_log import EVAL_ACCURACY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def run_one(schedule: str, seed: int, steps: int, model: Path, out: Path) -> dic
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
-    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    rows = read_rows(out / name)
     train = [row["actor/reward_mean"] for row in rows if "actor/reward_mean" in row]
     held_out = [row[EVAL_ACCURACY] for row in rows if EVAL_ACCURACY in row]
     return {

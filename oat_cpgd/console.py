@@ -49,6 +49,15 @@ def logs_dir(run_dir: Path) -> Path:
     return Path(run_dir).absolute() / LOGS
 
 
+def logs_line(run_dir: Path, verbose: bool = False) -> str:
+    """Where the run's logs are (vLLM's, Ray's, DeepSpeed's...): its logs folder and files."""
+    if verbose:
+        return "logs: printed on the console (--verbose)"
+    logs = logs_dir(run_dir)
+    files = " ".join(sorted(path.name for path in logs.glob("*.log")))
+    return f"logs (vLLM, Ray, DeepSpeed, torch): {logs}/ {files}".rstrip()
+
+
 # ---------------------------------------------------------------------------- role processes
 ROLE_LOGS: dict[str, tuple[str, Path]] = {}
 """Ray actor id (hex) -> (role name, its log file), for the roles this driver started: an error names them."""
@@ -142,8 +151,7 @@ def explain(error: BaseException, logs: Path) -> None:
     traceback); or, when no role is named, where the logs are."""
     roles = failed_roles(error)
     if not roles:
-        files = sorted(path.name for path in logs.glob("*.log")) if logs.is_dir() else []
-        error.add_note(f"the run's logs (vLLM, Ray, DeepSpeed): {logs}/ {' '.join(files)}".rstrip())
+        error.add_note(logs_line(logs.parent))
         return
     for role, path in roles:
         lines = tail(path)

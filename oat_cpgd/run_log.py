@@ -10,8 +10,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from oat_cpgd.args import Args
-from oat_cpgd.console import Console, logs_dir
+from oat_cpgd.console import Console, logs_line
 from oat_cpgd.evaluation import AVERAGE
+from oat_cpgd.plot import read_rows
 from oat_cpgd.types import Trajectory
 
 EVAL_ACCURACY = f"eval/{AVERAGE}/accuracy"
@@ -164,7 +165,7 @@ class RunLog:
 def summary(run_dir: Path, seconds: float, verbose: bool = False) -> str:
     """The lines printed at the end of a run: its steps and time, the eval accuracy from the first
     evaluation to the last, the run folder and its logs."""
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+    rows = read_rows(run_dir)
     last_step = max((row["step"] for row in rows), default=0)
     lines = [f"{last_step} steps in {seconds:.0f} s"]
     evals = [(row["step"], row[EVAL_ACCURACY]) for row in rows if EVAL_ACCURACY in row]
@@ -174,12 +175,3 @@ def summary(run_dir: Path, seconds: float, verbose: bool = False) -> str:
     lines.append(f"run folder: {Path(run_dir).absolute()}")
     lines.append(logs_line(run_dir, verbose))
     return "\n".join(lines)
-
-
-def logs_line(run_dir: Path, verbose: bool = False) -> str:
-    """Where the run's logs are (vLLM's, Ray's, DeepSpeed's...): its logs folder and files."""
-    if verbose:
-        return "logs: printed on the console (--verbose)"
-    logs = logs_dir(run_dir)
-    files = " ".join(sorted(path.name for path in logs.glob("*.log")))
-    return f"logs (vLLM, Ray, DeepSpeed, torch): {logs}/ {files}".rstrip()

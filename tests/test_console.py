@@ -122,7 +122,7 @@ def test_an_error_names_the_failed_role_and_shows_its_log(tmp_path, capfd):
     with pytest.raises(ValueError) as raised:  # no role named: where the logs are
         with console.Console(tmp_path, verbose=False):
             raise ValueError("bad")
-    assert raised.value.__notes__ == [f"the run's logs (vLLM, Ray, DeepSpeed): {log.parent}/ driver.log learner1.log"]
+    assert raised.value.__notes__ == [f"logs (vLLM, Ray, DeepSpeed, torch): {log.parent}/ driver.log learner1.log"]
 
 
 def test_a_role_sends_its_output_and_its_children_output_to_its_log(tmp_path):

@@ -199,14 +199,14 @@ def importable_algorithm_name(name: str) -> str:
     `register_algorithm` becomes `module:name`, the module that registered it (importing it there
     registers it again). Raises as `get_algorithm`, or ValueError where no other process can import it.
     """
-    from oat_cpgd.oracles.registry import _main_module_name  # (how the launch directory names a script)
+    from oat_cpgd.oracles.registry import main_module_name  # (how the launch directory names a script)
 
     get_algorithm(name)
     module_name = REGISTERED_BY.get(name)
     if module_name is None:
         return name
     if module_name == "__main__":
-        module_name = _main_module_name()
+        module_name = main_module_name()
     if module_name is None:
         raise ValueError(
             f"algorithm {name!r} is registered by a script other processes cannot import: register it in a "

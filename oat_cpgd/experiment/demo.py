@@ -35,13 +35,12 @@ from pathlib import Path
 
 from oat_cpgd.args import CPGDArgs
 from oat_cpgd.cli import parse_args
-from oat_cpgd.console import quiet
+from oat_cpgd.console import logs_line, quiet
 from oat_cpgd.interface import run
 from oat_cpgd.models.sft import fine_tune
 from oat_cpgd.models.tiny import build_tiny_model
 from oat_cpgd.oracles.gsm8k import extract_answer
 from oat_cpgd.plot import read_rows
-from oat_cpgd.run_log import logs_line
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "demo"

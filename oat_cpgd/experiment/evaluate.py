@@ -16,10 +16,9 @@ from oat_cpgd.actors import Actor
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.cli import parse_args
 from oat_cpgd.cluster import cluster_nodes, ray_session, reserve, spawn_actors
-from oat_cpgd.console import Console
+from oat_cpgd.console import Console, logs_line
 from oat_cpgd.evaluation import load_eval_sets, metrics_table, run_evaluation, write_eval_results
 from oat_cpgd.placement import actors_only_placement
-from oat_cpgd.run_log import logs_line
 
 
 def evaluate(args: PPOArgs) -> Path:

@@ -329,7 +329,7 @@ class Learner:
         }
 
     def _reduction(self, stat: str) -> str:
-        """How `stat` is reduced (STAT_REDUCTIONS); a stat whose function did not declare it is an error."""
+        """How `stat` is reduced (`self.stat_reductions`); a stat whose function did not declare it is an error."""
         if stat not in self.stat_reductions:
             raise TypeError(
                 f"stat {stat!r} has no declared reduction: add it to its function's declare_stats "

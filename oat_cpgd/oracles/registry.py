@@ -43,8 +43,10 @@ BUILT_IN_PACKAGE = "oat_cpgd.oracles."
 """Names registered by classes of this package resolve alike in every process that imports it."""
 
 
-def _main_module_name() -> str | None:
-    """The importable name of the `__main__` module (`python -m pkg.mod` or a script under the cwd), if any."""
+def main_module_name() -> str | None:
+    """The importable name of the `__main__` module (`python -m pkg.mod` or a script under the cwd), if any:
+    how the Ray workers, which import from the launch directory, name what a script registered (oracles
+    here, and oat_cpgd.algorithms.registry's algorithms)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name and spec.name != "__main__":
@@ -76,7 +78,7 @@ def importable_oracle_name(name: str) -> str:
     cls = oracle_class(name)
     if name not in ORACLES or cls.__module__.startswith(BUILT_IN_PACKAGE):
         return name
-    module_name = _main_module_name() if cls.__module__ == "__main__" else cls.__module__
+    module_name = main_module_name() if cls.__module__ == "__main__" else cls.__module__
     if module_name is None or "." in cls.__qualname__ or "<" in cls.__qualname__:
         raise ValueError(
             f"oracle {name!r} ({cls.__module__}.{cls.__qualname__}) is registered in this process only and other "
