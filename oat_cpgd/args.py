@@ -56,7 +56,13 @@ class Args:
     """vLLM actor engines. -1: one per GPU with --collocate, half the GPUs otherwise; one on CPU."""
     max_actor_restarts: int = flag("resources", 3)
     """Times Ray restarts an actor whose process died (OOM, segfault, killed); its lost prompts are
-    resent after it rejoins the weight transfer and gets the current weights (misc/actor_restarts)."""
+    redone after it rejoins the weight transfer and gets the current weights (misc/actor_restarts)."""
+    max_learner_restarts: int = flag("resources", 3)
+    """Times the learner ranks are started again after one died or stalled; they load the latest
+    checkpoint and the steps since are replayed (misc/learner_restarts, misc/steps_replayed)."""
+    role_timeout: float = flag("resources", 1800.0)
+    """Seconds the loop waits for any one call on a role (a rollout chunk, a learning step, a sync)
+    before it counts the role as stalled and restarts it."""
     collocate: bool = flag("resources", False)
     """Actors and learners share the same devices; on CUDA the vLLM engine sleeps while the learner trains."""
     asynchronous: bool = flag("resources", False)

@@ -18,13 +18,16 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import ray
 
 from oat_cpgd.args import Args
 from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.oracles import CORRECT_REWARD, RewardOracle, oracle_from_flags
+
+if TYPE_CHECKING:
+    from oat_cpgd.roles import ActorCall, Roles
 
 METRICS = ("accuracy", "pass@n", "maj@n", "response_len")
 AVERAGE = "average"
@@ -152,7 +155,7 @@ def eval_metrics(
 
 
 def run_evaluation(
-    actors: list, eval_sets: dict[str, PromptSet], args: Args, oracle: RewardOracle | None = None
+    roles: Roles, eval_sets: dict[str, PromptSet], args: Args, oracle: RewardOracle | None = None
 ) -> tuple[dict[str, float], dict[str, list[dict]]]:
     """Answer every benchmark with the actors; returns the metrics and the per-question results.
 
@@ -167,22 +170,27 @@ def run_evaluation(
         "max_tokens": args.eval_generate_max_length,
     }
     size = args.eval_batch_size
-    futures: dict[str, list] = {}
+    calls: dict[str, list[ActorCall]] = {}
     dealt = 0
     for bench, prompts in eval_sets.items():
-        futures[bench] = []
+        calls[bench] = []
         for start in range(0, len(prompts), size):
             chunk = slice(start, start + size)
-            futures[bench].append(
-                actors[dealt % len(actors)].evaluate.remote(
-                    prompts.prompt_ids[chunk], prompts.prompts[chunk], prompts.references[chunk], **sampling
+            calls[bench].append(
+                roles.submit(
+                    dealt % len(roles.actors),
+                    "evaluate",
+                    prompts.prompt_ids[chunk],
+                    prompts.prompts[chunk],
+                    prompts.references[chunk],
+                    **sampling,
                 )
             )
             dealt += 1
 
     per_bench = {}
     for bench, prompts in eval_sets.items():
-        answered = [result for chunk in ray.get(futures[bench]) for result in chunk]
+        answered = [result for chunk in roles.results(calls[bench]) for result in chunk]
         per_bench[bench] = [
             {"index": index, "prompt": prompt, "reference": reference, **result}
             for index, prompt, reference, result in zip(

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import ray
 from transformers import AutoTokenizer
 
 from oat_cpgd.args import ConfigError, PPOArgs
@@ -33,7 +32,7 @@ from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, local_oracle, run_evaluation, write_eval_results
 from oat_cpgd.placement import plan_placement
 from oat_cpgd.plot import plot_run
-from oat_cpgd.roles import ActorRecovery, call_all, check_sync, connect, gather_learners, start_roles, sync_weights
+from oat_cpgd.roles import LearnersLost, Roles
 from oat_cpgd.rollout import (
     Rollout,
     extra_prompt_order,
@@ -139,14 +138,23 @@ def _run(args: PPOArgs, run_dir: Path, console: Console, learner_cls, actor_cls)
                 resume_step=done_steps if resume_from else None,
                 console=console,
             )
-            actors, learners = start_roles(args, reservation, learner_cls, actor_cls, lr_steps)
+            roles = Roles.start(args, reservation, learner_cls, actor_cls, lr_steps, run_dir)
             try:
-                _train(args, actors, learners, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps,
-                       resume_from, done_steps)  # fmt: skip
+                checkpoint = resume_from
+                while True:
+                    try:
+                        _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps,
+                               checkpoint)  # fmt: skip
+                        break
+                    except LearnersLost as lost:
+                        # The learner ranks start again from the latest checkpoint; the steps since are replayed.
+                        roles.restart_learners(lost)
+                        checkpoint = latest_checkpoint(run_dir)
+                        roles.events["misc/steps_replayed"] += run_log.rewind(
+                            load_state(checkpoint)["step"] if checkpoint else 0
+                        )
             except BaseException:
-                # Stop this run's own roles (a rank left waiting in a collective would never return).
-                for handle in actors + learners:
-                    ray.kill(handle)
+                roles.kill()
                 raise
         finally:
             reservation.release()
@@ -154,29 +162,30 @@ def _run(args: PPOArgs, run_dir: Path, console: Console, learner_cls, actor_cls)
     plot_run(run_dir)
 
 
-def _train(
-    args, actors, learners, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps, resume_from, done_steps
-) -> None:
-    connect(learners, actors)
+def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps, resume_from) -> None:
+    """The steps after `resume_from` (None: all of them), on `roles`; the loop of `_run`, which starts it
+    again from the latest checkpoint when the learner ranks are lost."""
+    done_steps = load_state(resume_from)["step"] if resume_from else 0
+    roles.learned(done_steps)
+    roles.connect()
     if resume_from:
-        gather_learners([lr.load_checkpoint.remote(str(resume_from)) for lr in learners], run_dir)
-    # Collocated, the engines sleep since start-up (oat_cpgd.roles.start_roles).
+        roles.on_learners("load_checkpoint", str(resume_from))
+    # Collocated, the engines sleep since start-up (oat_cpgd.roles.start_roles) or the last learn.
     if args.collocate:
-        call_all(actors, "wake_up", ["weights"])
-    if resume_from:
-        sync_weights(learners, actors, done_steps, run_dir)  # the first rollout samples from the restored policy
+        roles.on_actors("wake_up", ["weights"])
+    if resume_from or roles.learner_restarts:
+        roles.sync()  # the first rollout samples from the restored policy
     if args.collocate:
-        call_all(actors, "wake_up", ["kv_cache"])
-    recover = ActorRecovery(learners, actors, prompts, done_steps, run_dir)
+        roles.on_actors("wake_up", ["kv_cache"])
     syncs = 0
 
     def draw(step: int) -> Rollout:
         indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
-        return Rollout(indices, start_rollout(args, actors, prompts, indices, step, 0, recover.restarts))
+        return Rollout(indices, start_rollout(args, roles, prompts, indices, step))
 
     def collect(step: int, rollout: Rollout) -> tuple[list[Trajectory], dict[str, float], list[int]]:
         """The step's trajectories, actor metrics and, with --dynamic_sampling, the extra prompts drawn."""
-        trajectories, chunk_metrics = rollout.finish(recover)
+        trajectories, chunk_metrics = rollout.finish(roles)
         chunk_metrics = list(chunk_metrics)  # a copy: the extra draws' metrics join it, not the saved rollout
         if not args.dynamic_sampling:
             return trajectories, mean_metrics(chunk_metrics), []
@@ -185,9 +194,7 @@ def _train(
         def draw_more(draw: int) -> list[list[Trajectory]]:
             indices = extra_prompt_order(len(prompts), args.seed, step, draw, args.rollout_batch_size)
             extra.extend(indices)
-            more, more_metrics = finish_rollout(
-                start_rollout(args, actors, prompts, indices, step, draw, recover.restarts), recover
-            )
+            more, more_metrics = finish_rollout(start_rollout(args, roles, prompts, indices, step, draw), roles)
             chunk_metrics.extend(more_metrics)
             return groups_of(more, args.num_samples)
 
@@ -213,7 +220,7 @@ def _train(
         """Eval metrics at `step` (empty when none is due); the actors answer with the current weights."""
         if not eval_due(step):
             return {}
-        metrics, per_bench = run_evaluation(actors, eval_sets, args, oracle)
+        metrics, per_bench = run_evaluation(roles, eval_sets, args, oracle)
         write_eval_results(run_dir, step, per_bench)
         return metrics
 
@@ -233,37 +240,30 @@ def _train(
         6. the new weights go to the engines, and the learners free what the sync gathered;
         7. the engines wake their KV cache; then the sync check can generate.
         """
+        nonlocal syncs
         if args.collocate:
-            call_all(actors, "sleep")
-        shard = len(trajectories) // len(learners)
-        metrics = gather_learners(
-            [lr.learn.remote(trajectories[r * shard : (r + 1) * shard]) for r, lr in enumerate(learners)], run_dir
+            roles.on_actors("sleep")
+        shard = len(trajectories) // len(roles.learners)
+        metrics = roles.on_learners(
+            "learn", per_rank=[(trajectories[r * shard : (r + 1) * shard],) for r in range(len(roles.learners))]
         )[0]
+        roles.learned(step)
         if args.collocate:
-            call_all(learners, "release_memory")
-            call_all(actors, "wake_up", ["weights"])
+            roles.on_learners("release_memory")
+            roles.on_actors("wake_up", ["weights"])
         if args.asynchronous and pending is not None:
-            pending.finish(recover)
+            pending.finish(roles)
         due = sync_due(step)
-        metrics["misc/weight_sync_time"] = sync(step) if due else 0.0
+        metrics["misc/weight_sync_time"] = roles.sync() if due else 0.0
+        syncs += due
         if args.collocate:
-            call_all(learners, "release_memory")  # the sync's gathered layers and packed buffers
-            call_all(actors, "wake_up", ["kv_cache"])
+            roles.on_learners("release_memory")  # the sync's gathered layers and packed buffers
+            roles.on_actors("wake_up", ["kv_cache"])
         if due and args.sync_check_every > 0 and syncs % args.sync_check_every == 0:
             start = time.perf_counter()
-            metrics["misc/sync_check_gap"] = check_sync(
-                learners, actors, prompts.prompt_ids[0], args.sync_check_tolerance
-            )
+            metrics["misc/sync_check_gap"] = roles.check_sync(prompts.prompt_ids[0], args.sync_check_tolerance)
             metrics["misc/sync_check_time"] = time.perf_counter() - start
         return metrics
-
-    def sync(step: int) -> float:
-        """The weights after `step` to the actors; returns the time it took."""
-        nonlocal syncs
-        seconds = sync_weights(learners, actors, step, run_dir)
-        recover.synced(step)
-        syncs += 1
-        return seconds
 
     def checkpoint(step: int) -> None:
         state = {
@@ -274,22 +274,21 @@ def _train(
         }
 
         def write(folder: Path) -> None:
-            gather_learners([lr.save_checkpoint.remote(str(folder)) for lr in learners], run_dir)
+            roles.on_learners("save_checkpoint", str(folder))
             if args.asynchronous and pending is not None:
                 # The next step's rollout was sampled from the weights before this step's update,
                 # which no checkpoint holds: keep the rollout itself, so a resumed run learns from it.
-                pending.finish(recover)
+                pending.finish(roles)
                 save_pending_rollout(folder, pending.saved())
 
         save_checkpoint(run_dir, step, state, write, args.max_save_num)
 
-    if not resume_from:
+    if not resume_from and 0 not in run_log.steps_logged:  # (logged before the learners were restarted)
         run_log.log_eval(0, evaluate(0))
     saved_rollout = load_pending_rollout(resume_from) if resume_from else None
     pending: Rollout | None = Rollout.restored(saved_rollout) if saved_rollout else draw(done_steps + 1)
     for step in run_log.progress(range(done_steps + 1, steps + 1), total=steps, initial=done_steps):
         step_start = time.perf_counter()
-        restarts_before = recover.restarts
         rollout = pending
         trajectories, actor_metrics, extra_indices = collect(step, rollout)
         # Asynchronous: the next rollout runs on the current weights while the learners learn.
@@ -313,7 +312,7 @@ def _train(
                 # The learner trained on weights after step - 1 updates.
                 "misc/rollout_weight_version": rollout_version,
                 "misc/policy_lag": step - 1 - rollout_version,
-                "misc/actor_restarts": recover.restarts - restarts_before,
+                **roles.take_events(),
                 "misc/rollout_time": rollout_time,
                 "misc/step_time": time.perf_counter() - step_start,
                 **eval_metrics,
@@ -325,8 +324,8 @@ def _train(
         if (args.save_steps > 0 and step % args.save_steps == 0) or step == steps:
             checkpoint(step)
 
-    gather_learners([lr.save_pretrained.remote(str(run_dir / "final_model")) for lr in learners], run_dir)
-    ray.get([a.close.remote() for a in actors])
+    roles.on_learners("save_pretrained", str(run_dir / "final_model"))
+    roles.on_actors("close")
 
 
 def main(args: PPOArgs, learner_cls=None, actor_cls=None) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import ray
 
 from oat_cpgd.args import PPOArgs
 from oat_cpgd.data import PromptSet
 from oat_cpgd.types import Trajectory
+
+if TYPE_CHECKING:
+    from oat_cpgd.roles import ActorCall, Roles
 
 
 def prompt_order(num_prompts: int, seed: int, step: int, batch_size: int) -> list[int]:
@@ -83,64 +85,36 @@ def fill_with_informative_groups(
     return (informative + spare)[:needed], draws
 
 
-@dataclass
-class Chunk:
-    """--rollout_batch_size_per_device prompts sent to one actor, and the pending result."""
-
-    actor: int
-    indices: list[int]
-    seeds: list[int | None]
-    """Per-prompt sampling seeds (None: the engine's own random stream, --no-seeded_sampling)."""
-    future: Any = None
-    restarts_seen: int = 0
-    """How many actor restarts the loop had recovered from when this chunk was sent."""
-
-
-def send(actors: list, prompts: PromptSet, chunk: Chunk) -> Chunk:
-    chunk.future = actors[chunk.actor].step.remote(
-        [prompts.prompt_ids[i] for i in chunk.indices],
-        [prompts.prompts[i] for i in chunk.indices],
-        [prompts.references[i] for i in chunk.indices],
-        [prompts.indices[i] for i in chunk.indices],
-        chunk.seeds,
-    )
-    return chunk
-
-
 def start_rollout(
-    args: PPOArgs,
-    actors: list,
-    prompts: PromptSet,
-    indices: list[int],
-    step: int,
-    draw: int = 0,
-    restarts_seen: int = 0,
-) -> list[Chunk]:
-    """Chunks of --rollout_batch_size_per_device prompts, dealt round-robin to the actors."""
+    args: PPOArgs, roles: Roles, prompts: PromptSet, indices: list[int], step: int, draw: int = 0
+) -> list[ActorCall]:
+    """Chunks of --rollout_batch_size_per_device prompts, dealt round-robin to the actors.
+
+    Each prompt is sampled with its own seed (`request_seeds`; None: the engine's own random stream,
+    --no-seeded_sampling), so a chunk redone on a restarted actor samples what it would have.
+    """
     size = args.rollout_batch_size_per_device
     seeds = request_seeds(args.seed, step, draw, indices) if args.seeded_sampling else [None] * len(indices)
-    return [
-        send(actors, prompts, Chunk(n % len(actors), indices[i : i + size], seeds[i : i + size], restarts_seen))
-        for n, i in enumerate(range(0, len(indices), size))
-    ]
+    calls = []
+    for n, i in enumerate(range(0, len(indices), size)):
+        chunk = indices[i : i + size]
+        calls.append(
+            roles.submit(
+                n % len(roles.actors),
+                "step",
+                [prompts.prompt_ids[k] for k in chunk],
+                [prompts.prompts[k] for k in chunk],
+                [prompts.references[k] for k in chunk],
+                [prompts.indices[k] for k in chunk],
+                seeds[i : i + size],
+            )
+        )
+    return calls
 
 
-def finish_rollout(
-    chunks: list[Chunk], recover: Callable[[Chunk], Chunk]
-) -> tuple[list[Trajectory], list[dict[str, float]]]:
-    """The trajectories of every chunk, in order, and each chunk's actor metrics.
-
-    A chunk whose actor died (Ray restarts it) goes to `recover`, which brings the actor back to
-    the current weights and sends the chunk again.
-    """
-    results = []
-    for chunk in chunks:
-        while True:
-            try:
-                results.append(ray.get(chunk.future))
-                break
-            except ray.exceptions.RayActorError:
-                chunk = recover(chunk)
+def finish_rollout(calls: list[ActorCall], roles: Roles) -> tuple[list[Trajectory], list[dict[str, float]]]:
+    """The trajectories of every chunk, in order, and each chunk's actor metrics."""
+    results = roles.results(calls)
     return [t for chunk, _ in results for t in chunk], [metrics for _, metrics in results]
 
 
@@ -149,13 +123,13 @@ class Rollout:
     """A step's draw: its prompts, their chunks on the actors and, once collected, the result."""
 
     indices: list[int]
-    chunks: list[Chunk]
+    calls: list[ActorCall]
     result: tuple[list[Trajectory], list[dict[str, float]]] | None = None
     """The trajectories and each chunk's actor metrics (see finish_rollout)."""
 
-    def finish(self, recover: Callable[[Chunk], Chunk]) -> tuple[list[Trajectory], list[dict[str, float]]]:
+    def finish(self, roles: Roles) -> tuple[list[Trajectory], list[dict[str, float]]]:
         if self.result is None:
-            self.result = finish_rollout(self.chunks, recover)
+            self.result = finish_rollout(self.calls, roles)
         return self.result
 
     def saved(self) -> dict:

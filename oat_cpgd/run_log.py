@@ -72,8 +72,7 @@ class RunLog:
         else:
             for name in ("metrics.jsonl", "samples.jsonl"):
                 keep_steps_up_to(self.run_dir / name, resume_step)
-        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
-        self.samples_file = open(self.run_dir / "samples.jsonl", "a")
+        self._open()
         self.dropped_prompts = dropped_prompts
         self.console = console
         self.bar = None
@@ -97,6 +96,31 @@ class RunLog:
                 config=args.to_dict(),
                 dir=str(self.run_dir),
             )
+
+    def _open(self) -> None:
+        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+        self.samples_file = open(self.run_dir / "samples.jsonl", "a")
+        self.steps_logged = {row["step"] for row in read_rows(self.run_dir)}
+        """The steps with a row in metrics.jsonl (0: the evaluation before the first step)."""
+
+    def rewind(self, step: int) -> int:
+        """Forget the steps after `step` (the loop replays them from that step's checkpoint); returns
+        how many were logged. TensorBoard shows them once more, as replayed; wandb keeps both."""
+        replayed = sum(logged > step for logged in self.steps_logged)
+        self.metrics_file.close()
+        self.samples_file.close()
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            keep_steps_up_to(self.run_dir / name, step)
+        self._open()
+        if self.tensorboard is not None:  # a new event file hides the forgotten steps' events (as a resume)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard.close()
+            self.tensorboard = SummaryWriter(str(self.run_dir / "tb"), purge_step=step + 1)
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        return replayed
 
     def progress(self, steps: Iterable[int], total: int, initial: int = 0) -> Iterator[int]:
         stream = self.console.stream if self.console else None  # None: tqdm's default, stderr
@@ -142,6 +166,7 @@ class RunLog:
     def _write_metrics(self, row: dict) -> None:
         self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
+        self.steps_logged.add(row["step"])
         self.eval_accuracy = row.get(EVAL_ACCURACY, self.eval_accuracy)
         if self.tensorboard is not None:
             for name, value in row.items():

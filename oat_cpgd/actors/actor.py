@@ -85,6 +85,17 @@ def tensor_parallel_workers(placement: Placement, actor_index: int) -> dict[str,
     return {"distributed_executor_backend": "ray"}
 
 
+def _reset_weight_transfer(worker) -> None:
+    """Run in each vLLM worker: vLLM refuses a new update, or to shut the engine down, while one is
+    marked active, and only a successful finish unmarks it."""
+    if worker.weight_transfer_engine is None:
+        return
+    if worker._weight_update_active:
+        worker.weight_transfer_engine.reset_weight_update_target()
+        worker._weight_update_active = False
+    worker.shutdown_weight_transfer_engine()
+
+
 class Actor:
     """Generates K responses per prompt with vLLM and scores them with the oracle."""
 
@@ -300,6 +311,11 @@ class Actor:
     def weight_workers(self) -> int:
         """vLLM workers in this engine: each takes one rank of the broadcast group."""
         return self.llm.llm_engine.vllm_config.parallel_config.world_size
+
+    def reset_weight_transfer(self) -> None:
+        """Before joining a new transfer (after a role was restarted): drop an update the old one left
+        half done, and shut its communicator down."""
+        self.llm.collective_rpc(_reset_weight_transfer)
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
         self.llm.init_weight_transfer_engine({"init_info": init_info})

@@ -19,6 +19,7 @@ from oat_cpgd.cluster import cluster_nodes, ray_session, reserve, spawn_actors
 from oat_cpgd.console import Console, logs_line
 from oat_cpgd.evaluation import load_eval_sets, metrics_table, run_evaluation, write_eval_results
 from oat_cpgd.placement import actors_only_placement
+from oat_cpgd.roles import Roles
 
 
 def evaluate(args: PPOArgs) -> Path:
@@ -33,7 +34,8 @@ def evaluate(args: PPOArgs) -> Path:
             try:
                 actors = spawn_actors(args, reservation, Actor)
                 try:
-                    metrics, per_bench = run_evaluation(actors, eval_sets, args)
+                    roles = Roles(args, actors, [], run_dir, spawn_learners=None)  # restarts an actor that dies
+                    metrics, per_bench = run_evaluation(roles, eval_sets, args)
                 finally:
                     ray.get([actor.close.remote() for actor in actors])
             finally:

@@ -505,13 +505,22 @@ class Learner:
         from oat_cpgd.weight_sync import transfer_backend, weight_sender
 
         backend = transfer_backend(self.placement.on_cuda, self.placement.collocate)
+        if self.weight_transfer is not None:  # reconnecting after an actor restart
+            self.weight_transfer.shutdown()
         self.weight_transfer = weight_sender(backend, self.rank, num_workers, actors, self.weights())
 
     def sync_weights(self) -> None:
         """Collective: the policy's current weights to every actor."""
         if self.weight_transfer is None:
             raise RuntimeError("sync_weights before connect_actors")
-        self.weight_transfer.send_weights()
+        try:
+            self.weight_transfer.send_weights()
+        except BaseException:
+            # Closing the communicator ends the receivers' waits in it (the actors that are still up), so
+            # they can join the next transfer; until then this one is unusable.
+            self.weight_transfer.shutdown()
+            self.weight_transfer = None
+            raise
 
     def weights(self) -> ModelWeights:
         """The policy's weights as the actors load them; every rank iterates them together (ZeRO-3 gathers)."""

@@ -8,7 +8,6 @@ import signal
 from pathlib import Path
 
 from oat_cpgd.actors import Actor
-from oat_cpgd.learners import Learner
 from support.loop import GreedyRecordingActor
 
 
@@ -67,13 +66,3 @@ class StaleActor(Actor):
         super().finish_weight_update(weight_version)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": self.args.pretrain})
         self.llm.reset_prefix_cache()
-
-
-class DiesOnceLearner(Learner):
-    """The real learner; rank 1's process is SIGKILLed when its second learn starts, once a run."""
-
-    def learn(self, trajectories):
-        self.learns = getattr(self, "learns", 0) + 1
-        if self.rank == 1 and self.learns == 2 and first_time(self.args, "learner_killed"):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().learn(trajectories)

@@ -1,0 +1,85 @@
+"""Roles that kill their own process at a planned moment, for tests/test_chaos.py (importable by Ray
+workers via PYTHONPATH).
+
+The plan is `chaos.json` in the run folder, written by the test before the run: which role dies, in
+which of its calls, before or after doing its work. A marker file makes it happen once per run (a
+restarted process reads the same plan).
+"""
+
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+from oat_cpgd.learners import Learner
+from support.faults import first_time
+from support.loop import GreedyRecordingActor
+
+PLAN_FILE = "chaos.json"
+
+
+def write_plan(run_dir: Path, role: str, method: str, call: int, when: str) -> None:
+    """`role` ("actor0", "learner1") dies in its `call`-th `method` call (1-based), `when` "before" or
+    "after" its work."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / PLAN_FILE).write_text(json.dumps({"role": role, "method": method, "call": call, "when": when}))
+
+
+class _Chaos:
+    """Counts this process's calls and dies where the plan says."""
+
+    def _chaos(self, role: str, method: str, when: str) -> None:
+        run_dir = Path(self.args.save_path) / self.args.wb_run_name
+        plan_file = run_dir / PLAN_FILE
+        if not plan_file.exists():
+            return
+        plan = json.loads(plan_file.read_text())
+        if (plan["role"], plan["method"], plan["when"]) != (role, method, when):
+            return
+        self.chaos_calls = getattr(self, "chaos_calls", Counter())
+        self.chaos_calls[method] += 1
+        if self.chaos_calls[method] == plan["call"] and first_time(self.args, "chaos_killed"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _around(self, method: str, work, *args, **kwargs):
+        self._chaos(self.role_name, method, "before")
+        result = work(*args, **kwargs)
+        self._chaos(self.role_name, method, "after")
+        return result
+
+
+class ChaosActor(_Chaos, GreedyRecordingActor):
+    @property
+    def role_name(self) -> str:
+        return f"actor{self.actor_index}"
+
+    def step(self, *args, **kwargs):
+        return self._around("step", super().step, *args, **kwargs)
+
+    def update_weights(self, *args, **kwargs):
+        return self._around("update_weights", super().update_weights, *args, **kwargs)
+
+    def probe_logprobs(self, *args, **kwargs):
+        return self._around("probe_logprobs", super().probe_logprobs, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        return self._around("evaluate", super().evaluate, *args, **kwargs)
+
+
+class ChaosLearner(_Chaos, Learner):
+    @property
+    def role_name(self) -> str:
+        return f"learner{self.rank}"
+
+    def learn(self, *args, **kwargs):
+        return self._around("learn", super().learn, *args, **kwargs)
+
+    def sync_weights(self, *args, **kwargs):
+        return self._around("sync_weights", super().sync_weights, *args, **kwargs)
+
+    def probe_logprobs(self, *args, **kwargs):
+        return self._around("probe_logprobs", super().probe_logprobs, *args, **kwargs)
+
+    def save_checkpoint(self, *args, **kwargs):
+        return self._around("save_checkpoint", super().save_checkpoint, *args, **kwargs)
