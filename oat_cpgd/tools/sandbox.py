@@ -60,10 +60,10 @@ _DEVICES = ("null", "zero", "random", "urandom")
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64")
 
 # Runs as root inside the new namespaces; $1 is the fstab of the new root, the rest is the command to
-# exec. The code's stderr is a pipe of its own, so that this script's and unshare's messages (on fd
-# 2) stay apart from the code's; it arrives as stdin, fd 0, since dash redirects only fds 0-9, and
-# the code gets /dev/null as stdin instead. The mount namespace is private, so the host sees none of these mounts; /tmp is
-# only where the new root is built.
+# exec. The mount namespace is private, so the host sees none of these mounts; /tmp is only where
+# the new root is built. The code's stderr is a pipe of its own, so that this script's and unshare's
+# messages (on fd 2) stay apart from the code's; it arrives as stdin, fd 0, since dash redirects only
+# fds 0-9, and the code gets /dev/null as stdin instead.
 _SETUP = f"""set -eu
 mount -t tmpfs -o size=1m,mode=755,nosuid,nodev sandbox-root /tmp
 cd /tmp
