@@ -131,6 +131,8 @@ def run_oat(model: str, steps: int, out: Path, asynchronous: bool) -> dict:
         "generate": [r["misc/rollout_time"] for r in rows],
         "learn": [r["misc/learn_time"] for r in rows],
         "sync": [r["misc/weight_sync_time"] for r in rows],
+        # The wait for the sync check, collected behind the next rollout (0 at step 1: no sync before it).
+        "check": [r.get("misc/sync_check_time", 0.0) for r in rows],
         "reward": [r["actor/reward_mean"] for r in rows],
         "threads": rows[-1]["misc/learner_threads"],
     }
@@ -146,6 +148,7 @@ def summary(runs: list[dict], warmup: int) -> dict:
         "generate": median("generate"),
         "learn": median("learn"),
         "sync": median("sync"),
+        "check": median("check") if "check" in runs[0] else None,
         "reward_first": statistics.mean(statistics.mean(r[:5]) for r in rewards),
         "reward_last": statistics.mean(statistics.mean(r[-5:]) for r in rewards),
         "wall": statistics.median(run["wall"] for run in runs),
@@ -216,6 +219,10 @@ def main() -> None:
             f"{name:26} {row['s_per_step']:7.2f} {row['generate']:9.2f} {row['learn']:7.2f} {row['sync']:6.3f} "
             f"{rewards:>19} {trl / row['s_per_step']:6.2f}x"
         )
+    for name, row in table.items():
+        if row["check"] is not None:
+            share = row["check"] / row["s_per_step"]
+            print(f"{name}: the sync check's wait {row['check'] * 1000:.1f} ms, {share:.1%} of a step (target <= 2%)")
     medians = overhead["median"]
     print(f"\nLearner on one step's batch ({overhead['tokens']} tokens, {overhead['threads']} threads), median s:")
     for name in ("bare", "learner", "packed"):

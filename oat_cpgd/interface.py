@@ -32,7 +32,7 @@ from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, local_oracle, run_evaluation, write_eval_results
 from oat_cpgd.placement import plan_placement
 from oat_cpgd.plot import plot_run
-from oat_cpgd.roles import LearnersLost, Roles
+from oat_cpgd.roles import LearnersLost, Roles, SyncCheck
 from oat_cpgd.rollout import (
     Rollout,
     extra_prompt_order,
@@ -178,6 +178,7 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
     if args.collocate:
         roles.on_actors("wake_up", ["kv_cache"])
     syncs = 0
+    check: SyncCheck | None = None  # the last sync's check, collected once the next rollout is in
 
     def draw(step: int) -> Rollout:
         indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
@@ -238,9 +239,11 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
         5. with --asynchronous, the next rollout ends first: the ZeRO-3 gathers of a sync are
            collectives with a timeout, which ranks would enter while rank 0 waits for busy actors (oat);
         6. the new weights go to the engines, and the learners free what the sync gathered;
-        7. the engines wake their KV cache; then the sync check can generate.
+        7. the engines wake their KV cache; then the sync check is queued on both sides, behind the
+           sync, and collected when the next step learns (the actors answer it before the next rollout).
         """
-        nonlocal syncs
+        nonlocal syncs, check
+        checks = [finish_check()]  # before the learners learn from what the checked weights sampled
         if args.collocate:
             roles.on_actors("sleep")
         shard = len(trajectories) // len(roles.learners)
@@ -260,10 +263,24 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
             roles.on_learners("release_memory")  # the sync's gathered layers and packed buffers
             roles.on_actors("wake_up", ["kv_cache"])
         if due and args.sync_check_every > 0 and syncs % args.sync_check_every == 0:
-            start = time.perf_counter()
-            metrics["misc/sync_check_gap"] = roles.check_sync(prompts.prompt_ids[0], args.sync_check_tolerance)
-            metrics["misc/sync_check_time"] = time.perf_counter() - start
+            check = roles.start_check(prompts.prompt_ids[0])
+        if step == steps:  # no rollout follows to hide the check behind
+            checks.append(finish_check())
+        checks = [c for c in checks if c]
+        if checks:
+            metrics["misc/sync_check_gap"] = max(gap for gap, _ in checks)
+            metrics["misc/sync_check_time"] = sum(seconds for _, seconds in checks)
         return metrics
+
+    def finish_check() -> tuple[float, float] | None:
+        """The pending check's gap and the seconds the loop waited for it; None if none is pending."""
+        nonlocal check
+        if check is None:
+            return None
+        start = time.perf_counter()
+        gap = roles.finish_check(check, args.sync_check_tolerance)
+        check = None
+        return gap, time.perf_counter() - start
 
     def checkpoint(step: int) -> None:
         state = {

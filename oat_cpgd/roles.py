@@ -105,6 +105,14 @@ class ActorCall:
     restart's, not a new death."""
 
 
+@dataclass
+class SyncCheck:
+    """A sync's check under way (`Roles.start_check`)."""
+
+    learner_futures: list
+    actor_calls: list[ActorCall]
+
+
 class Roles:
     """The actors and learner ranks of a run, and every call on them (see the module's docstring).
 
@@ -303,14 +311,20 @@ class Roles:
         self.on_learners("sync_weights")
         self.on_actors("set_weight_version", self.learner_version)
 
-    def check_sync(self, probe: list[int], tolerance: float) -> float:
-        """Semantic check of a sync: every actor's log-probs on `probe` against the learner's; returns the
-        largest mean absolute difference, or raises WeightSyncError above `tolerance`."""
-        # Both sides score the probe at once: the check costs the slower of the two, not their sum.
+    def start_check(self, probe: list[int]) -> SyncCheck:
+        """Start the semantic check of the sync just made: every actor and the learners score `probe`.
+
+        Queued on each role behind the sync and before anything else: the loop collects it
+        (`finish_check`) once the next rollout, which the actors sample after it, is in, so the check
+        costs a step almost nothing (the learners are idle during a rollout)."""
         learner_futures = [learner.probe_logprobs.remote(probe) for learner in self.learners]
-        calls = [self.submit(i, "probe_logprobs", probe) for i in range(len(self.actors))]
-        expected = torch.tensor(self._gather(learner_futures, "probe_logprobs")[0])
-        gaps = [float((torch.tensor(seen) - expected).abs().mean()) for seen in self.results(calls)]
+        return SyncCheck(learner_futures, [self.submit(i, "probe_logprobs", probe) for i in range(len(self.actors))])
+
+    def finish_check(self, check: SyncCheck, tolerance: float) -> float:
+        """The largest mean absolute difference between an actor's log-probs on the probe and the
+        learner's; raises WeightSyncError above `tolerance`."""
+        expected = torch.tensor(self._gather(check.learner_futures, "probe_logprobs")[0])
+        gaps = [float((torch.tensor(seen) - expected).abs().mean()) for seen in self.results(check.actor_calls)]
         worst = max(gaps)
         if not worst <= tolerance:  # NaN fails too
             raise WeightSyncError(

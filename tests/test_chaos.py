@@ -3,6 +3,7 @@
 counts the restart, and ends with the weights of the same run undisturbed."""
 
 import json
+import os
 import random
 
 import pytest
@@ -113,7 +114,8 @@ def test_a_learner_rank_killed_mid_run_restarts_the_group_from_the_checkpoint(
     assert [r.get("misc/steps_replayed", 0) for r in logged[1:]] == [0, 0, 1, 0]
 
 
-DRAWS = [draw(seed) for seed in range(3)]
+DRAWS = [draw(seed) for seed in range(int(os.environ.get("CHAOS_DRAWS", 3)))]
+"""3 in `make test`; benchmark/chaos.py sets CHAOS_DRAWS for more."""
 
 
 @pytest.mark.parametrize("plan", DRAWS, ids=[f"{p['role']}-{p['method']}-{p['call']}-{p['when']}" for p in DRAWS])
