@@ -15,6 +15,8 @@ from oat_cpgd.evaluation import AVERAGE
 from oat_cpgd.plot import read_rows
 from oat_cpgd.types import Trajectory
 
+RESTARTS = ("actor_restarts", "learner_restarts", "steps_replayed")
+"""The misc/ metrics of a run that healed itself, summed in its summary."""
 EVAL_ACCURACY = f"eval/{AVERAGE}/accuracy"
 """The eval accuracy averaged over the benchmarks, which the progress bar shows."""
 
@@ -197,6 +199,9 @@ def summary(run_dir: Path, seconds: float, verbose: bool = False) -> str:
     if evals:
         (first, before), (last, after) = evals[0], evals[-1]
         lines[0] += f"; eval accuracy {before:.1%} at step {first} -> {after:.1%} at step {last}"
+    restarts = {name: int(sum(row.get(f"misc/{name}", 0) for row in rows)) for name in RESTARTS}
+    if any(restarts.values()):
+        lines.append("healed: " + ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in restarts.items()))
     lines.append(f"run folder: {Path(run_dir).absolute()}")
     lines.append(logs_line(run_dir, verbose))
     return "\n".join(lines)

@@ -114,6 +114,20 @@ def test_a_learner_rank_killed_mid_run_restarts_the_group_from_the_checkpoint(
     assert [r.get("misc/steps_replayed", 0) for r in logged[1:]] == [0, 0, 1, 0]
 
 
+def test_a_learner_rank_stalled_in_the_sync_is_restarted_after_the_role_timeout(
+    straight, tiny_model_path, shared_data, tmp_path
+):
+    """Rank 0 never returns from step 3's sync (as in NCCL with a dead peer, which has no timeout): after
+    --role_timeout the group is counted as lost and restarted from step 2's checkpoint."""
+    plan = {"role": "learner0", "method": "sync_weights", "call": 3, "when": "stall"}
+    run_dir = run_with_plan(plan, tiny_model_path, shared_data, tmp_path, role_timeout=60)
+    check_healed(run_dir, plan, straight)
+    assert (
+        "learner rank 0 did not finish sync_weights within --role_timeout 60 s"
+        in (run_dir / "logs" / "driver.log").read_text()
+    )
+
+
 DRAWS = [draw(seed) for seed in range(int(os.environ.get("CHAOS_DRAWS", 3)))]
 """3 in `make test`; benchmark/chaos.py sets CHAOS_DRAWS for more."""
 

@@ -168,3 +168,12 @@ def test_summary(tmp_path):
         f"logs (vLLM, Ray, DeepSpeed, torch): {tmp_path / 'logs'}/ driver.log",
     ]
     assert summary(tmp_path, 12.3, verbose=True).splitlines()[-1] == "logs: printed on the console (--verbose)"
+
+
+def test_the_summary_of_a_run_that_healed_counts_its_restarts(tmp_path):
+    rows = [
+        {"step": 1, "misc/actor_restarts": 1, "misc/learner_restarts": 0, "misc/steps_replayed": 0},
+        {"step": 2, "misc/actor_restarts": 1, "misc/learner_restarts": 1, "misc/steps_replayed": 3},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert summary(tmp_path, 1.0).splitlines()[1] == "healed: 2 actor restarts, 1 learner restarts, 3 steps replayed"

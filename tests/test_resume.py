@@ -79,3 +79,23 @@ def test_nan_metrics_are_written_as_nan(tmp_path):
     log.close()
     line = (tmp_path / "metrics.jsonl").read_text()
     assert '"train/pg_loss": NaN' in line and "null" not in line
+
+
+def test_rewinding_forgets_the_steps_a_restart_replays(tmp_path):
+    """The learners restarted from step 2's checkpoint: steps 3 and 4 go (and count as replayed), step 0's
+    evaluation and steps 1-2 stay, and the replayed steps are then logged once."""
+    log = RunLog(tmp_path, CPGDArgs(wb_run_name="run", log_samples=0))
+    log.log_eval(0, {"eval/average/accuracy": 0.25})
+    for step in range(1, 5):
+        log.log_step(step, [], [step], {"train/reward_mean": step / 10})
+    assert log.rewind(2) == 2
+    assert log.steps_logged == {0, 1, 2}
+    for step in (3, 4):
+        log.log_step(step, [], [step], {"train/reward_mean": step})
+    log.close()
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["step"], row.get("train/reward_mean")) for row in metrics] == [
+        (0, None), (1, 0.1), (2, 0.2), (3, 3), (4, 4)
+    ]  # fmt: skip
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in samples] == [1, 2, 3, 4]

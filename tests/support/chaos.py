@@ -9,6 +9,7 @@ restarted process reads the same plan).
 import json
 import os
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +22,7 @@ PLAN_FILE = "chaos.json"
 
 def write_plan(run_dir: Path, role: str, method: str, call: int, when: str) -> None:
     """`role` ("actor0", "learner1") dies in its `call`-th `method` call (1-based), `when` "before" or
-    "after" its work."""
+    "after" its work; or, `when` "stall", hangs there instead (a collective that never returns)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / PLAN_FILE).write_text(json.dumps({"role": role, "method": method, "call": call, "when": when}))
 
@@ -35,11 +36,13 @@ class _Chaos:
         if not plan_file.exists():
             return
         plan = json.loads(plan_file.read_text())
-        if (plan["role"], plan["method"], plan["when"]) != (role, method, when):
+        if (plan["role"], plan["method"], plan["when"].replace("stall", "before")) != (role, method, when):
             return
         self.chaos_calls = getattr(self, "chaos_calls", Counter())
         self.chaos_calls[method] += 1
         if self.chaos_calls[method] == plan["call"] and first_time(self.args, "chaos_killed"):
+            if plan["when"] == "stall":
+                time.sleep(24 * 3600)
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _around(self, method: str, work, *args, **kwargs):
