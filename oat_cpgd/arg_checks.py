@@ -49,6 +49,13 @@ def resolve_oracle_name(name: str) -> str:
     return _as_the_workers_import("--oracle", name, importable_oracle_name)
 
 
+def resolve_environment_name(name: str) -> str:
+    """--env checked now, as the name the Ray workers will resolve: as `resolve_oracle_name`."""
+    from oat_cpgd.environments import importable_environment_name
+
+    return _as_the_workers_import("--env", name, importable_environment_name)
+
+
 def resolve_algorithm_name(name: str) -> str:
     """--critic_type checked now, as the name the Ray workers will resolve: as `resolve_oracle_name`."""
     from oat_cpgd.algorithms import importable_algorithm_name
@@ -87,11 +94,20 @@ def fill_defaults(args: Args) -> None:
         args.eval_batch_size = args.rollout_batch_size_per_device
     if args.sync_check_tolerance is None:
         args.sync_check_tolerance = SYNC_CHECK_TOLERANCE["bf16" if args.bf16 else "fp32"]
+    if args.max_episode_tokens == -1:
+        args.max_episode_tokens = args.generate_max_length
     if args.max_model_len is None:
-        args.max_model_len = args.prompt_max_length + max(args.generate_max_length, args.eval_generate_max_length)
+        args.max_model_len = args.prompt_max_length + max(response_max_length(args), args.eval_generate_max_length)
     if args.wb_run_name is None:
         args.wb_run_name = f"{args.run_kind()}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.oracle = resolve_oracle_name(args.oracle)
+    if args.env:
+        args.env = resolve_environment_name(args.env)
+
+
+def response_max_length(args: Args) -> int:
+    """The longest response: a model turn, or with --env an episode (the model's and the environment's tokens)."""
+    return max(args.generate_max_length, args.max_episode_tokens) if args.env else args.generate_max_length
 
 
 def check_general(args: Args) -> None:
@@ -137,13 +153,15 @@ def check_general(args: Args) -> None:
     for name in ("eval_steps", "save_steps", "max_steps", "num_actors"):
         value = getattr(args, name)
         need(value == -1 or value >= 1, f"--{name} must be >= 1, or -1 for its default, got {value}.")
-    longest = args.prompt_max_length + max(args.generate_max_length, args.eval_generate_max_length)
+    response = max(response_max_length(args), args.eval_generate_max_length)
+    longest = args.prompt_max_length + response
     need(
         args.max_model_len >= longest,
         f"--max_model_len ({args.max_model_len}) is shorter than --prompt_max_length ({args.prompt_max_length}) "
-        f"+ max(--generate_max_length, --eval_generate_max_length) "
-        f"({max(args.generate_max_length, args.eval_generate_max_length)}) = {longest} tokens.",
+        f"+ max(--generate_max_length{', --max_episode_tokens' if args.env else ''}, --eval_generate_max_length) "
+        f"({response}) = {longest} tokens.",
     )
+    check_environment(args)
     need(
         args.vllm_gpu_ratio is None or 0 < args.vllm_gpu_ratio <= 1,
         f"--vllm_gpu_ratio is a share of GPU memory and must be in (0, 1], got {args.vllm_gpu_ratio}.",
@@ -195,6 +213,32 @@ def check_general(args: Args) -> None:
     )
 
 
+def check_environment(args: Args) -> None:
+    """The multi-turn flags (--env and its limits) agree; the `python` tool needs a working sandbox."""
+    need(args.max_turns >= 1, f"--max_turns must be >= 1, got {args.max_turns}.")
+    need(
+        args.max_episode_tokens >= 1,
+        f"--max_episode_tokens must be >= 1, or -1 for --generate_max_length, got {args.max_episode_tokens}.",
+    )
+    if not args.env:
+        return
+    need(
+        0 < args.tool_timeout < args.oracle_timeout,
+        f"--tool_timeout ({args.tool_timeout}) must be > 0 and under --oracle_timeout ({args.oracle_timeout}), "
+        "which bounds each environment call: a tool call that may use it all would be cut as a hung environment.",
+    )
+    from oat_cpgd.environments import PythonTool, environment_class
+    from oat_cpgd.tools import SandboxUnavailable, check_sandbox
+
+    if issubclass(environment_class(args.env), PythonTool):
+        try:
+            check_sandbox()
+        except SandboxUnavailable as err:
+            raise ConfigError(
+                f"--env {args.env} runs the model's code in the sandbox, which cannot run here: {err}."
+            ) from None
+
+
 def fill_algorithm_defaults(args: PPOArgs) -> None:
     """The algorithm's defaults, in place: --loss_agg_mode, --clip_low, --clip_high."""
     args.critic_type = resolve_algorithm_name(args.critic_type)
@@ -232,11 +276,12 @@ def check_training(args: PPOArgs) -> None:
         f"--critic_type {args.critic_type} learns from them through its critic.",
     )
     need(args.mini_train_batch_size_per_device >= 1, "--mini_train_batch_size_per_device must be >= 1.")
-    longest = args.prompt_max_length + args.generate_max_length
+    longest = args.prompt_max_length + response_max_length(args)
     need(
         not args.packing or args.train_max_tokens_per_device >= longest,
         f"--train_max_tokens_per_device ({args.train_max_tokens_per_device}) must hold the longest response, "
-        f"--prompt_max_length + --generate_max_length = {longest} tokens, with --packing.",
+        f"--prompt_max_length + --generate_max_length{' (or --max_episode_tokens)' if args.env else ''} = "
+        f"{longest} tokens, with --packing.",
     )
     need(
         args.logprob_chunk_tokens >= 0,

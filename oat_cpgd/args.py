@@ -25,6 +25,7 @@ SECTIONS = (
     "data",
     "generation",
     "oracle",
+    "environment",
     "evaluation",
     "training",
     "saving_and_logging",
@@ -170,6 +171,22 @@ class Args:
     """Worker processes per oracle."""
     format_reward: float | None = flag("oracle", None)
     """Reward for a well-formed but wrong answer; default: the oracle's own."""
+
+    # --- Environment (multi-turn episodes) ---
+    env: str = flag("environment", "")
+    """A multi-turn environment: `python` (code blocks run in a sandbox, --oracle scores the final answer),
+    `oracle` (one step: --oracle scores the response, as without --env), or `module:Class` for your own
+    Environment. Empty: single-turn responses scored by --oracle."""
+    max_turns: int = flag("environment", 8)
+    """Model turns per episode at most; an episode cut here is truncated (--non_stop_penalty)."""
+    max_episode_tokens: int = flag("environment", -1)
+    """Tokens of an episode's response at most, the model's and the environment's together (each model
+    turn also at most --generate_max_length); -1: --generate_max_length."""
+    episode_reward: Literal["last", "sum"] = flag("environment", "last")
+    """An episode's reward: its final step's (`last`), or the sum of its steps' (`sum`)."""
+    tool_timeout: float = flag("environment", 1.0)
+    """Seconds a `python` tool call may run (sandbox start-up included); under --oracle_timeout, which
+    bounds every environment call."""
 
     # --- Evaluation ---
     eval_data: str = flag("evaluation", "")

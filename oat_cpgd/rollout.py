@@ -55,6 +55,15 @@ def request_seeds(seed: int, step: int, draw: int, indices: list[int]) -> list[i
     ]
 
 
+def turn_seed(seed: int | None, turn: int) -> int | None:
+    """The sampling seed of an episode's `turn` (0-based) from the episode's seed: the seed itself for the
+    first turn (so a one-turn episode samples as a single-turn response does), then a hash of (seed, turn),
+    so that a redone episode samples every turn again alike. Below 2**31 - 2**20, as `request_seeds`."""
+    if seed is None or turn == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, turn]).generate_state(1)[0]) % (2**31 - 2**20)
+
+
 def is_informative(group: list[Trajectory]) -> bool:
     """A group whose oracle rewards (`Trajectory.reward`, before the learner's shaping) are not all
     equal: DAPO's test of a group that carries a signal."""

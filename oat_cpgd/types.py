@@ -8,7 +8,8 @@ from typing import Any
 
 @dataclass
 class Trajectory:
-    """One sampled response to one prompt, scored by the oracle.
+    """One sampled response to one prompt, scored by the oracle; or, with --env, one episode: the
+    model's turns and the environment's observations, in order, as `response_ids`.
 
     Actors return a prompt's K responses contiguously; learners keep them together.
     """
@@ -30,3 +31,11 @@ class Trajectory:
     response: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     """The oracle's info (extracted answer, format_ok, timed_out, ...)."""
+    loss_mask: list[int] | None = None
+    """Per response token: 1 where the model sampled it (trained on), 0 where an environment's observation
+    put it (in the context, never trained on; its actor log-prob is a placeholder 0). None: all 1, a
+    single-turn response."""
+
+    def trained_mask(self) -> list[int]:
+        """`loss_mask`, or all 1 for a single-turn response."""
+        return [1] * len(self.response_ids) if self.loss_mask is None else self.loss_mask

@@ -177,6 +177,12 @@ def assert_usage_error(argv: list[str], flags: list[str], capsys) -> None:
         (["--oracle", "pathlib:Path"], ["--oracle", "RewardOracle"]),
         (["--oracle", "no_such_module:Oracle"], ["--oracle", "no_such_module"]),
         (["--oracle", "oat_cpgd.oracles.gsm8k:NoSuchOracle"], ["--oracle", "NoSuchOracle"]),
+        (["--env", "chess"], ["--env", "chess", "oracle", "python"]),
+        (["--env", "pathlib:Path"], ["--env", "Environment"]),
+        (["--env", "no_such_module:Env"], ["--env", "no_such_module"]),
+        (["--env", "python", "--max_turns", "0"], ["--max_turns"]),
+        (["--env", "python", "--max_episode_tokens", "0"], ["--max_episode_tokens"]),
+        (["--env", "python", "--tool_timeout", "2"], ["--tool_timeout", "--oracle_timeout"]),
     ],
 )
 def test_out_of_range_flags_name_their_flags(argv, flags, capsys):

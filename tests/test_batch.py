@@ -124,3 +124,38 @@ def test_token_weights_are_shares_of_the_valid_tokens():
     loss_weights, token_weights = accumulation_weights(masks, "seq-mean-token-mean")
     assert token_weights == pytest.approx([3 / 6, 3 / 6, 0])
     assert loss_weights == pytest.approx([2 / 3, 1 / 3, 0])  # sequences
+
+
+@pytest.mark.parametrize("critic_type", ["grpo", "cpgd", "gspo", "cispo"])
+def test_environment_tokens_get_no_loss_and_no_gradient(critic_type):
+    """An episode's observation tokens (loss mask 0) are out of the response mask: the loss neither
+    reads their log-probs nor counts them, whatever the algorithm (GSPO's sequence ratio included)."""
+    from oat_cpgd.algorithms import get_algorithm
+    from oat_cpgd.args import CPGDArgs
+
+    episode = Trajectory(
+        0, [5, 6], [7, 8, 9, 10, 11], [-1.0, 0.0, 0.0, -2.0, -0.5], 1.0, False, loss_mask=[1, 0, 0, 1, 1]
+    )
+    batch = collate([episode], pad_token_id=0, device=torch.device("cpu"))
+    # Label position 1 predicts the first response token.
+    assert batch.response_mask.tolist() == [[0, 1, 0, 0, 1, 1]]
+    assert aggregation_units(batch.response_mask, "token-mean") == 3
+
+    algorithm, flags = get_algorithm(critic_type), CPGDArgs(critic_type=critic_type)
+    lo, hi = algorithm.clip
+
+    def loss_and_grad(logp_values, advantages):
+        logp = torch.tensor([logp_values], requires_grad=True)
+        old = torch.tensor([[0.0, -0.9, -0.3, -0.3, -1.8, -0.6]])
+        loss, _ = algorithm.loss()(
+            logp, old, torch.tensor([advantages]), batch.response_mask, agg_mode=algorithm.agg_mode,
+            max_len=8, is_weights=None, clip_low=lo, clip_high=hi, **algorithm.loss_options(flags),
+        )  # fmt: skip
+        loss.backward()
+        return float(loss.detach()), logp.grad[0]
+
+    loss, grad = loss_and_grad([0.0, -1.0, -0.2, -0.1, -2.0, -0.5], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    assert grad[[2, 3]].tolist() == [0.0, 0.0] and bool((grad[[1, 4, 5]] != 0).all())
+    # Other log-probs and advantages at the observation tokens change nothing.
+    other_loss, other_grad = loss_and_grad([0.0, -1.0, -7.0, -3.0, -2.0, -0.5], [0.0, 1.0, -5.0, 9.0, 1.0, 1.0])
+    assert other_loss == loss and torch.equal(other_grad, grad)

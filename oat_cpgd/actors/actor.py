@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from oat_cpgd.actors.episodes import Episode, Limits, run_episodes
 from oat_cpgd.args import Args
 from oat_cpgd.console import send_role_output_to_log
+from oat_cpgd.environments import call_environments, environment_from_flags
 from oat_cpgd.oracles import oracle_from_flags
 from oat_cpgd.placement import Placement
 from oat_cpgd.types import Trajectory
@@ -96,8 +99,34 @@ def _reset_weight_transfer(worker) -> None:
     worker.shutdown_weight_transfer_engine()
 
 
+def episode_metrics(
+    episodes: list[Episode], trajectories: list[Trajectory], times: dict[str, float], counters: Sequence[str]
+) -> dict[str, float]:
+    """A multi-turn rollout's actor metrics: the single-turn ones (generated tokens are the model's), and per
+    episode its turns, its environment's `counters` (e.g. tool calls) and failures; the environment's share
+    of the response tokens."""
+    count = max(len(episodes), 1)
+    generated = sum(sum(e.loss_mask) for e in episodes)
+    tokens = sum(len(e.response_ids) for e in episodes)
+    return {
+        "actor/generate_time": times["generate"],
+        "actor/verify_time": times["environment"],
+        "actor/generated_tokens": float(generated),
+        "actor/tokens_per_s": generated / max(times["generate"], 1e-9),
+        "actor/reward_mean": sum(t.reward for t in trajectories) / count,
+        "actor/truncated_frac": sum(e.truncated for e in episodes) / count,
+        "actor/response_len": tokens / count,
+        "actor/turns": sum(e.turns for e in episodes) / count,
+        "actor/env_token_frac": sum(e.env_tokens for e in episodes) / max(tokens, 1),
+        "actor/env_errors": float(sum(e.failure is not None and not e.failure.timed_out for e in episodes)),
+        "actor/env_timeouts": float(sum(e.failure is not None and e.failure.timed_out for e in episodes)),
+        **{f"actor/{name}": sum(e.totals[name] for e in episodes) / count for name in counters},
+    }
+
+
 class Actor:
-    """Generates K responses per prompt with vLLM and scores them with the oracle."""
+    """Generates K responses per prompt with vLLM and scores them with the oracle (with --env: runs
+    K episodes per prompt in the environment)."""
 
     def __init__(self, args: Args, placement: Placement, actor_index: int = 0) -> None:
         send_role_output_to_log()  # before vLLM starts (its engine core inherits the file)
@@ -144,6 +173,8 @@ class Actor:
             max_tokens=args.generate_max_length,
             stop=args.stop,
         )
+        # With --env, each prompt's K responses are episodes, run in the oracle's workers.
+        self.environment = environment_from_flags(args) if args.env else None
 
     @staticmethod
     def sampling_params(
@@ -219,6 +250,8 @@ class Actor:
         `seeds`: one per prompt; a prompt's K samples are then a function of its seed and the weights
         alone, whatever else is in the batch (None: the engine's random stream).
         """
+        if self.environment is not None:
+            return self.episode_step(prompt_ids, prompts, references, prompt_indices, seeds)
         start = time.perf_counter()
         sampling = [self.seeded(self.train_sampling, seed) for seed in seeds]
         samples = self.generate(prompt_ids, sampling)
@@ -265,6 +298,108 @@ class Actor:
         }
         return trajectories, metrics
 
+    def episodes(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        prompts: Sequence[str],
+        references: Sequence[Any],
+        seeds: Sequence[int | None],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        max_tokens: int,
+    ) -> tuple[list[Episode], dict[str, float]]:
+        """`n` episodes of --env per prompt (oat_cpgd.actors.episodes), with their generation and environment times."""
+        args, environment = self.args, self.environment
+        turn = self.sampling_params(
+            n=1,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            stop=args.stop + environment.stop,
+        )
+        times = {"generate": 0.0, "environment": 0.0}
+
+        def timed(name: str, function: Callable) -> Callable:
+            def call(*arguments: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return function(*arguments)
+                finally:
+                    times[name] += time.perf_counter() - start
+
+            return call
+
+        def sampling(seed: int | None, turn_tokens: int):
+            params = turn.clone()
+            params.max_tokens = turn_tokens
+            return self.seeded(params, seed)
+
+        episodes = run_episodes(
+            environment,
+            timed("generate", self.generate),
+            timed("environment", partial(call_environments, self.oracle)),
+            partial(self.tokenizer.encode, add_special_tokens=False),
+            sampling,
+            Limits(args.max_turns, max_tokens, args.max_episode_tokens),
+            prompt_ids,
+            prompts,
+            references,
+            seeds,
+            n,
+        )
+        return episodes, times
+
+    def episode_step(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        prompts: Sequence[str],
+        references: Sequence[Any],
+        prompt_indices: Sequence[int],
+        seeds: Sequence[int | None],
+    ) -> tuple[list[Trajectory], dict[str, float]]:
+        """`step` with --env: each prompt's K episodes as trajectories whose loss mask leaves out the
+        environment's tokens, and the episodes' metrics."""
+        args = self.args
+        episodes, times = self.episodes(
+            prompt_ids,
+            prompts,
+            references,
+            seeds,
+            n=args.num_samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            max_tokens=args.generate_max_length,
+        )
+        trajectories = [
+            Trajectory(
+                prompt_index=prompt_indices[e.prompt],
+                prompt_ids=list(prompt_ids[e.prompt]),
+                response_ids=e.response_ids,
+                actor_logprobs=e.logprobs,
+                reward=e.reward(args.episode_reward),
+                truncated=e.truncated,
+                weight_version=self.weight_version,
+                prompt=prompts[e.prompt],
+                response="".join(e.texts),
+                info={
+                    "answer": None,
+                    "format_ok": False,
+                    "timed_out": False,
+                    "error": None,
+                    **e.info,
+                    "turns": e.turns,
+                },
+                loss_mask=e.loss_mask,
+            )
+            for e in episodes
+        ]
+        return trajectories, episode_metrics(episodes, trajectories, times, self.environment.metrics)
+
     def evaluate(
         self,
         prompt_ids: Sequence[Sequence[int]],
@@ -279,12 +414,31 @@ class Actor:
         """Answer eval prompts `n` times each and score them; per prompt: responses, rewards, answers, lengths."""
         # Greedy answers are all alike (and vLLM refuses n > 1 with temperature 0): decode once, count n times.
         sampled = 1 if temperature == 0 else n
+        results = [{"responses": [], "rewards": [], "answers": [], "lengths": []} for _ in prompt_ids]
+        if self.environment is not None:
+            episodes, _ = self.episodes(
+                prompt_ids,
+                prompts,
+                references,
+                [None] * len(prompt_ids),
+                n=sampled,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=-1,
+                max_tokens=max_tokens,
+            )
+            for e in episodes:
+                for _ in range(n // sampled):
+                    results[e.prompt]["responses"].append("".join(e.texts))
+                    results[e.prompt]["rewards"].append(e.reward(self.args.episode_reward))
+                    results[e.prompt]["answers"].append(e.info.get("answer"))
+                    results[e.prompt]["lengths"].append(len(e.response_ids))
+            return results
         sampling = self.sampling_params(
             n=sampled, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=self.args.stop
         )
         groups = [group * (n // sampled) for group in self.generate(prompt_ids, sampling)]
         flat, rewards, infos = self.score(groups, prompts, references)
-        results = [{"responses": [], "rewards": [], "answers": [], "lengths": []} for _ in groups]
         for (i, sample), reward, info in zip(flat, rewards, infos, strict=True):
             results[i]["responses"].append(sample.text)
             results[i]["rewards"].append(reward)

@@ -34,7 +34,7 @@ class Batch:
     attention_mask: Tensor
     """[N, T]"""
     response_mask: Tensor
-    """[N, T - 1] 1 where the label is a response token."""
+    """[N, T - 1] 1 where the label is a response token the model sampled (not an environment's)."""
     token_data: dict[str, Tensor] = field(default_factory=dict)
     """name -> [N, T - 1]: actor_logp, old_logp, ref_logp, old_values, advantages, returns."""
 
@@ -70,7 +70,8 @@ class Batch:
 
 
 def collate(trajectories: list[Trajectory], pad_token_id: int, device: torch.device) -> Batch:
-    """prompt_ids + response_ids, right-padded; the actor's log-probs at the response labels."""
+    """prompt_ids + response_ids, right-padded; the actor's log-probs at the response labels; the response
+    mask 1 on the model's tokens only (`Trajectory.loss_mask`)."""
     length = max(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
     shape = (len(trajectories), length)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
@@ -81,9 +82,10 @@ def collate(trajectories: list[Trajectory], pad_token_id: int, device: torch.dev
         prompt_len, response_len = len(t.prompt_ids), len(t.response_ids)
         input_ids[row, : prompt_len + response_len] = torch.tensor(t.prompt_ids + t.response_ids)
         attention_mask[row, : prompt_len + response_len] = 1
-        # Label position p - 1 predicts the first response token.
+        # Label position p - 1 predicts the first response token. An environment's tokens are context,
+        # not actions: masked out, they get no loss, no gradient, and no count in any aggregation.
         response = slice(prompt_len - 1, prompt_len - 1 + response_len)
-        response_mask[row, response] = 1
+        response_mask[row, response] = torch.tensor(t.trained_mask(), dtype=torch.float)
         actor_logp[row, response] = torch.tensor(t.actor_logprobs, dtype=torch.float)
     return Batch(
         input_ids.to(device),

@@ -12,9 +12,10 @@ import pickle
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as CheckTimeout
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 from pebble import ProcessFuture, ProcessPool
@@ -119,6 +120,19 @@ class RewardOracle:
         }
         return rewards, infos
 
+    def run_contained(self, function: Callable[..., Any], items: Sequence[tuple]) -> list[Any]:
+        """`function(*item)` for each item, in this oracle's workers under its time limit (inline and
+        unlimited where checks are): an environment's calls run here (oat_cpgd.environments).
+
+        `function` must be importable by the workers and catch its own errors; one that runs over, or
+        kills its worker, gives `Contained(timed_out, error)` instead of its result.
+        """
+        if self.timeout_s is None or self.num_workers == 0:
+            return [function(*item) for item in items]
+        pool = self._running_pool()
+        futures = [pool.schedule(function, item, timeout=self.timeout_s) for item in items]
+        return [self._result(future, failure=Contained.of) for future in futures]
+
     def close(self) -> None:
         """Stop the worker processes; a later `get_reward` starts new ones."""
         with self._pool_lock:
@@ -162,18 +176,20 @@ class RewardOracle:
             self._pool_finalizer()  # runs at most once, also at exit or garbage collection
         self._pool = self._pool_finalizer = None
 
-    def _result(self, future: ProcessFuture) -> tuple[float, Info]:
+    def _result(self, future: ProcessFuture, failure: Callable[[BaseException | None], Any] | None = None) -> Any:
+        """The future's result, or `failure(error)` (default `self._failure`; error None: a timeout)."""
+        failure = failure or self._failure
         try:
             return future.result()
         except CheckTimeout:
-            return self._failure(None)
+            return failure(None)
         except BrokenProcessPool as error:  # the workers died before running any check
             raise RuntimeError(
                 f"The oracle's workers could not start ({error}): is {type(self).__qualname__} importable"
                 ' from a module, and is the main script guarded by `if __name__ == "__main__":`?'
             ) from error
         except Exception as error:  # the worker died, or the item could not be pickled
-            return self._failure(error)
+            return failure(error)
 
     def _check_contained(self, prompt: str, response: str, reference: Any) -> tuple[float, Info]:
         try:
@@ -185,6 +201,18 @@ class RewardOracle:
         """The incorrect reward for a check that raised `error`, or timed out if None."""
         message = None if error is None else f"{type(error).__name__}: {error}"
         return self.incorrect_reward, {"answer": None, "format_ok": False, "timed_out": error is None, "error": message}
+
+
+@dataclass(frozen=True)
+class Contained:
+    """A call of `run_contained` that ran over its time limit or broke its worker."""
+
+    timed_out: bool
+    error: str | None
+
+    @classmethod
+    def of(cls, error: BaseException | None) -> Contained:
+        return cls(error is None, None if error is None else f"{type(error).__name__}: {error}")
 
 
 def _stop(pool: ProcessPool) -> None:

@@ -1,4 +1,5 @@
-"""Oracles by name: the built-in ones, those registered by users, and `module:Class`."""
+"""Oracles by name: the built-in ones, those registered by users, and `module:Class`; the same machinery
+(`class_by_name`, `importable_class_name`) names environments (oat_cpgd.environments.registry)."""
 
 from __future__ import annotations
 
@@ -28,14 +29,19 @@ def register_oracle(name: str) -> Callable[[OracleClass], OracleClass]:
 
 def oracle_class(name: str) -> type[RewardOracle]:
     """The class named by a registered name or by `some.module:ClassName`."""
-    if name in ORACLES:
-        return ORACLES[name]
+    return class_by_name(name, ORACLES, RewardOracle, "oracle")
+
+
+def class_by_name(name: str, registry: dict[str, type], base: type, kind: str) -> type:
+    """The subclass of `base` that `name` names in `registry` or as `some.module:ClassName`; errors say `kind`."""
+    if name in registry:
+        return registry[name]
     if ":" not in name:
-        raise ValueError(f"Unknown oracle {name!r}: use one of {sorted(ORACLES)} or 'some.module:ClassName'")
+        raise ValueError(f"Unknown {kind} {name!r}: use one of {sorted(registry)} or 'some.module:ClassName'")
     module_name, _, class_name = name.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(cls, type) and issubclass(cls, RewardOracle)):
-        raise TypeError(f"{name} is not a subclass of RewardOracle")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{name} is not a subclass of {base.__name__}")
     return cls
 
 
@@ -75,19 +81,24 @@ def importable_oracle_name(name: str) -> str:
     ValueError (unknown name, or a class no other process can import), TypeError (not a
     RewardOracle) or ImportError/AttributeError (`module:Class` that does not import).
     """
-    cls = oracle_class(name)
-    if name not in ORACLES or cls.__module__.startswith(BUILT_IN_PACKAGE):
+    return importable_class_name(name, ORACLES, RewardOracle, "oracle", BUILT_IN_PACKAGE)
+
+
+def importable_class_name(name: str, registry: dict[str, type], base: type, kind: str, built_in: str) -> str:
+    """`importable_oracle_name` for any registry of subclasses of `base` whose own classes live under `built_in`."""
+    cls = class_by_name(name, registry, base, kind)
+    if name not in registry or cls.__module__.startswith(built_in):
         return name
     module_name = main_module_name() if cls.__module__ == "__main__" else cls.__module__
     if module_name is None or "." in cls.__qualname__ or "<" in cls.__qualname__:
         raise ValueError(
-            f"oracle {name!r} ({cls.__module__}.{cls.__qualname__}) is registered in this process only and other "
+            f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}) is registered in this process only and other "
             "processes cannot import its class: define it at the top level of an importable module"
         )
     if cls.__module__ != "__main__":  # a script's module is not imported again here (its top level would rerun)
         module = importlib.import_module(module_name)
         if getattr(module, cls.__qualname__, None) is not cls:
-            raise ValueError(f"oracle {name!r}: {module_name}:{cls.__qualname__} does not name its class")
+            raise ValueError(f"{kind} {name!r}: {module_name}:{cls.__qualname__} does not name its class")
     return f"{module_name}:{cls.__qualname__}"
 
 
