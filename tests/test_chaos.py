@@ -16,7 +16,7 @@ from test_loop import countdown_args
 from oat_cpgd.interface import run
 from oat_cpgd.roles import RoleFailed
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a run, plus the straight run for the first test
 
 FLAGS = dict(
     MOVING,
