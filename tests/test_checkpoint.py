@@ -1,6 +1,8 @@
 """Checkpoints and resume: a crash loses nothing, and a resumed run continues exactly where it stopped."""
 
+import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -15,7 +17,15 @@ import torch
 from support.ray_cluster import kill_cluster  # tests/ is on sys.path
 from transformers import AutoModelForCausalLM
 
-from oat_cpgd.checkpoint import complete_checkpoints, latest_checkpoint, load_state, save_checkpoint
+from oat_cpgd.checkpoint import (
+    MANIFEST_KEY,
+    STATE_FILE,
+    CheckpointSaveError,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_state,
+    save_checkpoint,
+)
 from oat_cpgd.rollout import prompt_order
 from oat_cpgd.run_log import keep_steps_up_to
 
@@ -47,6 +57,150 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     for step in (2, 4, 6, 8, 10):
         save_checkpoint(tmp_path, step, {"step": step}, write_file("model"), max_keep=2)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_8", "step_10"]  # numeric order, not text
+
+
+def write_model(folder: Path) -> None:
+    """A checkpoint's kind of contents: a weights file in a subfolder and one beside it."""
+    (folder / "policy").mkdir()
+    (folder / "policy" / "model.safetensors").write_bytes(os.urandom(4096))
+    (folder / "rng.pt").write_bytes(b"generator state")
+
+
+def test_the_state_holds_a_manifest_of_every_other_file(tmp_path):
+    checkpoint = save_checkpoint(tmp_path, 2, {"step": 2}, write_model, max_keep=3)
+    files = json.loads((checkpoint / STATE_FILE).read_text())[MANIFEST_KEY]
+    assert sorted(files) == ["policy/model.safetensors", "rng.pt"]
+    assert files["rng.pt"][0] == len(b"generator state")
+    assert load_state(checkpoint) == {"step": 2}  # the caller's state, without the manifest
+    assert latest_checkpoint(tmp_path) == checkpoint
+
+
+def truncate(checkpoint: Path) -> None:
+    weights = checkpoint / "policy" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a short write
+
+
+def delete(checkpoint: Path) -> None:
+    (checkpoint / "policy" / "model.safetensors").unlink()
+
+
+def flip_a_byte(checkpoint: Path) -> None:
+    weights = checkpoint / "policy" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[2048] ^= 0xFF  # the same size: only the hash tells
+    weights.write_bytes(bytes(data))
+
+
+def cut_the_state(checkpoint: Path) -> None:
+    state = checkpoint / STATE_FILE
+    state.write_text(state.read_text()[:20])
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (truncate, "policy/model.safetensors has 1000 bytes, 4096 when saved"),
+        (delete, "policy/model.safetensors is missing"),
+        (flip_a_byte, "policy/model.safetensors has changed since it was saved"),
+        (cut_the_state, "state.json is unreadable"),
+    ],
+)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, damage, named):
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, {"step": step}, write_model, max_keep=3)
+    damage(tmp_path / "checkpoints" / "step_4")
+    with caplog.at_level(logging.WARNING, logger="oat_cpgd.checkpoint"):
+        assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_2"
+    (warning,) = caplog.messages
+    assert "step_4 is damaged" in warning and named in warning
+
+
+def test_a_checkpoint_saved_before_manifests_is_still_used(tmp_path):
+    old = tmp_path / "checkpoints" / "step_3"
+    old.mkdir(parents=True)
+    (old / "model").write_text("weights")
+    (old / STATE_FILE).write_text(json.dumps({"step": 3, "prompts_drawn": 12}))  # as older versions wrote it
+    assert latest_checkpoint(tmp_path) == old and load_state(old) == {"step": 3, "prompts_drawn": 12}
+
+
+def test_a_staging_folder_left_by_a_crash_is_not_a_checkpoint_and_goes_at_the_next_save(tmp_path):
+    save_checkpoint(tmp_path, 2, {"step": 2}, write_model, max_keep=3)
+    left = tmp_path / "checkpoints" / ".tmp-step_4"
+    left.mkdir()
+    (left / STATE_FILE).write_text(json.dumps({"step": 4}))  # killed between the state and the rename
+    assert latest_checkpoint(tmp_path).name == "step_2"
+    save_checkpoint(tmp_path, 3, {"step": 3}, write_model, max_keep=3)  # another step: the debris goes too
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_2", "step_3"]
+
+
+def test_a_failed_save_removes_only_its_staging_folder_and_names_the_intact_previous_one(tmp_path):
+    save_checkpoint(tmp_path, 2, {"step": 2}, write_model, max_keep=1)
+
+    def learner_fails(folder):
+        write_model(folder)
+        raise RuntimeError("rank 1: torch.save failed")
+
+    with pytest.raises(CheckpointSaveError) as failed:
+        save_checkpoint(tmp_path, 4, {"step": 4}, learner_fails, max_keep=1)  # max_keep=1: nothing pruned
+    previous = tmp_path / "checkpoints" / "step_2"
+    assert failed.value.step == 4 and failed.value.previous == previous
+    assert str(failed.value) == (
+        "saving the step-4 checkpoint failed (RuntimeError: rank 1: torch.save failed); "
+        f"the previous checkpoint {previous} is intact"
+    )
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_2"]
+    assert latest_checkpoint(tmp_path) == previous
+
+
+def test_a_first_save_that_fails_says_there_is_no_checkpoint(tmp_path):
+    def fails(folder):
+        raise RuntimeError("no")
+
+    with pytest.raises(CheckpointSaveError, match="there is no earlier checkpoint") as failed:
+        save_checkpoint(tmp_path, 1, {"step": 1}, fails, max_keep=2)
+    assert failed.value.previous is None and list((tmp_path / "checkpoints").iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: a file system that really fills up (mounting needs root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(small_disk):
+    def weights(size: int):
+        return lambda folder: (folder / "model.safetensors").write_bytes(os.urandom(size))
+
+    save_checkpoint(small_disk, 2, {"step": 2}, weights(100_000), max_keep=2)
+    with pytest.raises(CheckpointSaveError, match="the previous checkpoint .*step_2 is intact") as failed:
+        save_checkpoint(small_disk, 4, {"step": 4}, weights(200_000), max_keep=2)  # 300 KB > 256 KiB
+    assert isinstance(failed.value.__cause__, OSError) and failed.value.__cause__.errno == errno.ENOSPC
+    assert [p.name for p in (small_disk / "checkpoints").iterdir()] == ["step_2"]
+    assert latest_checkpoint(small_disk).name == "step_2"
+    # The half-written staging folder's space is free again: a save that fits succeeds.
+    save_checkpoint(small_disk, 4, {"step": 4}, weights(100_000), max_keep=2)
+    assert latest_checkpoint(small_disk).name == "step_4"
+
+
+def test_saving_after_a_fall_back_keeps_the_new_checkpoint_and_replaces_the_damaged_one(tmp_path):
+    """Resumed from step 2 past a damaged step 4: pruning must not count step 4 as newer than what the run saves."""
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, {"step": step}, write_model, max_keep=2)
+    truncate(tmp_path / "checkpoints" / "step_4")
+    assert latest_checkpoint(tmp_path).name == "step_2"
+    save_checkpoint(tmp_path, 3, {"step": 3}, write_model, max_keep=1)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_3"]
+    assert latest_checkpoint(tmp_path).name == "step_3"
+    # The same step saved again takes the old folder's place.
+    truncate(tmp_path / "checkpoints" / "step_3")
+    save_checkpoint(tmp_path, 3, {"step": 3, "again": True}, write_model, max_keep=1)
+    assert load_state(latest_checkpoint(tmp_path)) == {"step": 3, "again": True}
 
 
 def test_resume_drops_log_rows_after_the_checkpoint(tmp_path):
@@ -202,3 +356,26 @@ def test_a_run_killed_mid_step_resumes_exactly(tiny_model_path, shared_data, tmp
     for run in (whole, crashed):
         checkpointed = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run) / "policy").state_dict()
         assert all(torch.equal(checkpointed[name], finals[run.name][name]) for name in initial), run.name
+
+
+@pytest.mark.slow
+def test_resume_skips_a_damaged_newest_checkpoint_and_finishes(ray_cluster, tiny_model_path, shared_data, tmp_path):
+    """A real run's newest checkpoint loses the end of a ZeRO optimizer file: resume warns, continues
+    from the one before, and finishes with a sound newest checkpoint."""
+    from test_loop import countdown_args  # tests/ is on sys.path
+
+    from oat_cpgd.interface import run
+
+    flags = dict(gpus=1, max_steps=2, save_steps=1, max_save_num=2)
+    run_dir = run(countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", **flags))
+    newest = run_dir / "checkpoints" / "step_2"
+    (damaged,) = newest.glob("deepspeed/policy/state/*optim_states.pt")
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+
+    run(countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", resume_dir=str(run_dir), **flags))
+    driver_log = (run_dir / "logs" / "driver.log").read_text()
+    warning = f"checkpoint {newest} is damaged, so an earlier one is used: {damaged.relative_to(newest)} has 1000 bytes"
+    assert warning in driver_log
+    assert [r["step"] for r in rows(run_dir / "metrics.jsonl")] == [1, 2]
+    assert [p.name for p in complete_checkpoints(run_dir)] == ["step_1", "step_2"]
+    assert latest_checkpoint(run_dir) == newest  # saved again, whole
