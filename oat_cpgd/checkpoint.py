@@ -183,7 +183,7 @@ RESUMABLE_CHANGES = frozenset(
         "use_tb", "plot", "verbose", "dry_run", "log_samples", "max_steps", "save_steps", "max_save_num", "eval_steps",
         # Where and how the roles run: seeded samples do not depend on which actor draws them.
         "num_actors", "vllm_gpu_ratio", "vllm_cpu_kvcache_gb", "enable_prefix_caching", "oracle_workers",
-        "actor_resources", "learner_resources",
+        "actor_resources", "learner_resources", "max_actor_restarts", "max_learner_restarts", "role_timeout",
     }
 )  # fmt: skip
 """Flags a resumed run may change; every other flag (model, data, algorithm, learning) must match."""

@@ -17,6 +17,7 @@ from transformers import AutoTokenizer
 
 from oat_cpgd.args import ConfigError, PPOArgs
 from oat_cpgd.checkpoint import (
+    CheckpointSaveError,
     checkpoints_dir,
     latest_checkpoint,
     load_pending_rollout,
@@ -32,7 +33,7 @@ from oat_cpgd.data import PromptSet, load_prompts
 from oat_cpgd.evaluation import load_eval_sets, local_oracle, run_evaluation, write_eval_results
 from oat_cpgd.placement import plan_placement
 from oat_cpgd.plot import plot_run
-from oat_cpgd.roles import LearnersLost, Roles, SyncCheck
+from oat_cpgd.roles import LearnersLost, RoleFailed, Roles, SyncCheck
 from oat_cpgd.rollout import (
     Rollout,
     extra_prompt_order,
@@ -298,7 +299,12 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
                 pending.finish(roles)
                 save_pending_rollout(folder, pending.saved())
 
-        save_checkpoint(run_dir, step, state, write, args.max_save_num)
+        try:
+            save_checkpoint(run_dir, step, state, write, args.max_save_num)
+        except CheckpointSaveError as failed:
+            if isinstance(failed.__cause__, (LearnersLost, RoleFailed)):
+                raise failed.__cause__ from None  # restarted learners save it again as they replay the step
+            logger.warning("%s; the run goes on, and saves again at the next --save_steps", failed)
 
     if not resume_from and 0 not in run_log.steps_logged:  # (logged before the learners were restarted)
         run_log.log_eval(0, evaluate(0))

@@ -6,6 +6,7 @@ which of its calls, before or after doing its work. A marker file makes it happe
 restarted process reads the same plan).
 """
 
+import errno
 import json
 import os
 import signal
@@ -22,7 +23,8 @@ PLAN_FILE = "chaos.json"
 
 def write_plan(run_dir: Path, role: str, method: str, call: int, when: str) -> None:
     """`role` ("actor0", "learner1") dies in its `call`-th `method` call (1-based), `when` "before" or
-    "after" its work; or, `when` "stall", hangs there instead (a collective that never returns)."""
+    "after" its work; or, `when` "stall", hangs there instead (a collective that never returns); or, `when`
+    "disk_full", raises ENOSPC there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / PLAN_FILE).write_text(json.dumps({"role": role, "method": method, "call": call, "when": when}))
 
@@ -36,13 +38,16 @@ class _Chaos:
         if not plan_file.exists():
             return
         plan = json.loads(plan_file.read_text())
-        if (plan["role"], plan["method"], plan["when"].replace("stall", "before")) != (role, method, when):
+        planned = "before" if plan["when"] in ("stall", "disk_full") else plan["when"]
+        if (plan["role"], plan["method"], planned) != (role, method, when):
             return
         self.chaos_calls = getattr(self, "chaos_calls", Counter())
         self.chaos_calls[method] += 1
         if self.chaos_calls[method] == plan["call"] and first_time(self.args, "chaos_killed"):
             if plan["when"] == "stall":
                 time.sleep(24 * 3600)
+            if plan["when"] == "disk_full":
+                raise OSError(errno.ENOSPC, "No space left on device (chaos)")
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _around(self, method: str, work, *args, **kwargs):
