@@ -262,6 +262,9 @@ class Roles:
                 if down is not None:
                     raise _ActorLost(down) from error
                 self._blame_learners(futures, pending, method)
+                if any(not ray.wait([future], timeout=0)[0] for future in pending):
+                    # The others wait for it in a collective, which would never end.
+                    raise LearnersLost(futures.index(ready[0]), f"failed in {method} ({error.cause!r})") from error
                 raise
             except ray.exceptions.RayActorError as error:
                 raise LearnersLost(futures.index(ready[0]), f"died during {method} ({type(error).__name__})") from error

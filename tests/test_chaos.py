@@ -131,18 +131,20 @@ def test_a_learner_rank_stalled_in_the_sync_is_restarted_after_the_role_timeout(
 def test_a_checkpoint_that_cannot_be_saved_is_reported_and_the_run_goes_on(
     straight, tiny_model_path, shared_data, tmp_path
 ):
-    """The disk is full at step 2's save: that checkpoint is dropped with a warning, training is untouched,
-    and step 4's is saved."""
-    plan = {"role": "learner0", "method": "save_checkpoint", "call": 1, "when": "disk_full"}
+    """The disk is full at step 2's save, on every rank: that checkpoint is dropped with a warning, training
+    is untouched, and step 4's is saved. (One rank failing alone leaves the others in the save's collective:
+    the group is then restarted, as when a rank dies.)"""
+    plan = {"role": "learners", "method": "save_checkpoint", "call": 1, "when": "disk_full"}
     run_dir = run_with_plan(plan, tiny_model_path, shared_data, tmp_path)
-    straight_rows, straight_weights = straight
+    _, straight_weights = straight
     assert [r["step"] for r in rows(run_dir)] == [0, 1, 2, 3, 4]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_4"]
     driver_log = (run_dir / "logs" / "driver.log").read_text()
     assert "saving the step-2 checkpoint failed" in driver_log and "No space left on device" in driver_log
     assert "the run goes on" in driver_log
     weights = final_weights(run_dir)
-    assert all(torch.equal(weights[name], tensor) for name, tensor in straight_weights.items())
+    for name, tensor in straight_weights.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-5, atol=1e-6, msg=f"{name} differs")
 
 
 DRAWS = [draw(seed) for seed in range(int(os.environ.get("CHAOS_DRAWS", 3)))]

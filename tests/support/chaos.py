@@ -22,7 +22,7 @@ PLAN_FILE = "chaos.json"
 
 
 def write_plan(run_dir: Path, role: str, method: str, call: int, when: str) -> None:
-    """`role` ("actor0", "learner1") dies in its `call`-th `method` call (1-based), `when` "before" or
+    """`role` ("actor0", "learner1"; "learners": every rank) dies in its `call`-th `method` call (1-based), `when` "before" or
     "after" its work; or, `when` "stall", hangs there instead (a collective that never returns); or, `when`
     "disk_full", raises ENOSPC there."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -39,11 +39,12 @@ class _Chaos:
             return
         plan = json.loads(plan_file.read_text())
         planned = "before" if plan["when"] in ("stall", "disk_full") else plan["when"]
-        if (plan["role"], plan["method"], planned) != (role, method, when):
+        if plan["role"] not in (role, role.rstrip("0123456789") + "s") or (plan["method"], planned) != (method, when):
             return
         self.chaos_calls = getattr(self, "chaos_calls", Counter())
         self.chaos_calls[method] += 1
-        if self.chaos_calls[method] == plan["call"] and first_time(self.args, "chaos_killed"):
+        marker = "chaos_killed" if plan["role"] == role else f"chaos_killed_{role}"  # once per run, or per rank
+        if self.chaos_calls[method] == plan["call"] and first_time(self.args, marker):
             if plan["when"] == "stall":
                 time.sleep(24 * 3600)
             if plan["when"] == "disk_full":
