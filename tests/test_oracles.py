@@ -234,6 +234,55 @@ def test_gsm8k_format_reward():
     assert oracle.get_reward(["q"] * 3, ["#### 3", "#### 4", "maybe 4"], [3, 3, 3])[0] == [1.0, 0.1, 0.0]
 
 
+@pytest.mark.parametrize(
+    ("response", "reference", "reward", "answer"),
+    [
+        ("The answer is 6*3 = 18.", "18", 1.0, "18"),
+        ("The answer is 6*3 = 18.", "6", 0.0, "18"),
+        ("The answer is 216/27 = 8.", "8", 1.0, "8"),
+        ("The answer is 216/27 = 8.", "216", 0.0, "8"),
+        ("\\boxed{6*4 = 24}", "24", 1.0, "24"),
+        ("So she pays $\\boxed{6 \\times 4 = \\$24}$.", "24", 1.0, "24"),
+        ("#### 6 * 4 = 24", "24", 1.0, "24"),
+        ("The answer is 48 + 24 = <<48+24=72>>72 clips.", "72", 1.0, "72"),
+        ("The answer is 5 - 8 = -3.", "-3", 1.0, "-3"),
+        ("The answer is 10 / 4 = 2.5 hours.", "2.5", 1.0, "2.5"),
+        ("The answer is 6*3 = 19.", "18", 0.0, "19"),
+        # The statement ends at its full stop or line: later working is not the answer.
+        ("The answer is 6*3 = 18. Check: 18/3 = 6", "18", 1.0, "18"),
+        ("\\boxed{18} since 6*3 = 18 and 2 = 2", "18", 1.0, "18"),
+        ("The answer is 6*3 =", "18", 0.0, None),
+    ],
+)
+def test_gsm8k_marked_calculation_states_the_number_after_its_last_equals(gsm8k, response, reference, reward, answer):
+    rewards, infos = gsm8k.get_reward(["q"], [response], [reference])
+    assert rewards == [reward]
+    assert (infos[0]["answer"], infos[0]["format_ok"]) == (answer, True)
+
+
+@pytest.mark.parametrize(
+    ("response", "answer", "format_ok"),
+    [
+        ("The answer is either 736 or 737.", None, True),
+        ("The answer is 737 or 736.", None, True),
+        ("#### $736 or $737", None, True),
+        ("The answer is 736, or 737.", None, True),
+        ("\\boxed{736 \\text{ or } 737}", None, True),
+        ("It comes to 736 or 737", None, False),
+        ("It is 735 or 736 or 737", None, False),
+        # Not two values offered: the same value twice, a number in the working, one answer in two units.
+        ("The answer is 736 or 736.0", "736", True),
+        ("She sells 3 or 4 a day, so 736 in all.\n#### 736", "736", True),
+        ("She sells 3 or 4 a day, so 736 in all.", "736", False),
+        ("The answer is 736 minutes or 12 hours.", "736", True),
+    ],
+)
+def test_gsm8k_two_different_values_offered_are_no_answer(gsm8k, response, answer, format_ok):
+    rewards, infos = gsm8k.get_reward(["q", "q"], [response, response], ["736", "737"])
+    assert rewards == [float(answer == "736"), 0.0]
+    assert (infos[0]["answer"], infos[0]["format_ok"]) == (answer, format_ok)
+
+
 COUNTDOWN_REFERENCE = {"target": 24, "nums": [2, 3, 4, 6]}
 
 
