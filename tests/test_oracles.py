@@ -21,6 +21,8 @@ from oat_cpgd.oracles import (
     get_oracle,
     register_oracle,
 )
+from oat_cpgd.oracles.gsm8k import extract_answer
+from oat_cpgd.oracles.math_boxed import text_verdict
 
 INFO_KEYS = {"answer", "format_ok", "timed_out", "error"}
 
@@ -495,6 +497,22 @@ def test_hostile_outputs_score_zero_in_time(request, tmp_path, name, wrappers, r
     assert oracle.last_metrics["oracle/verify_time"] < oracle.timeout_s * len(responses) / 2 + 20
     assert not canary.exists()
     assert oracle.get_reward(["q"], ["nothing here"], [reference])[0] == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("read", "text"),
+    [
+        (extract_answer, "#### 5 or" + " " * 1_000_000 + "x"),  # the hedge's spaces
+        (extract_answer, "The answer is 5," + " " * 1_000_000 + "x"),
+        (lambda text: text_verdict("40_9", text), "9" * 1_000_000),  # a base number's digits
+        (lambda text: text_verdict("40_9", text), "A" * 1_000_000 + "_9"),
+    ],
+)
+def test_answer_forms_are_read_in_linear_time(read, text):
+    """In this process, with no pool to stop them: patterns that backtrack would take hours on these."""
+    start = time.perf_counter()
+    read(text)
+    assert time.perf_counter() - start < 10
 
 
 # --- Properties over random text -----------------------------------------------------

@@ -20,8 +20,9 @@ MARKED_ANSWERS = [
     (re.compile(rf"\\boxed\{{[^{{}}\d-]{{0,20}}?({NUMBER})"), re.compile(r"\}")),
     (re.compile(rf"answer is[^\d\n-]{{0,20}}?({NUMBER})", re.IGNORECASE), re.compile(r"\n|\.(?!\d)")),
 ]
-# Two values offered as alternatives: "736 or 737", "$5, or $6", "5 \text{ or } 6".
-OR = r"\s*,?\s*(?:\bor\b|\\text\{\s*or\s*\})\s*\\?\$?\s*"
+# Two values offered as alternatives: "736 or 737", "$5, or $6", "5 \text{ or } 6". No two `\s*` meet
+# without a character between them: on a long run of spaces they would take quadratic time.
+OR = r"\s*(?:,\s*)?(?:\bor\b|\\text\{\s*or\s*\})\s*(?:\\?\$\s*)?"
 ALTERNATIVE_AFTER = re.compile(rf"{OR}({NUMBER})")
 ALTERNATIVE_BEFORE = re.compile(rf"({NUMBER}){OR}\Z")
 HEDGE_REACH = 100

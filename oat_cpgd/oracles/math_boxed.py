@@ -26,8 +26,9 @@ BOXED = re.compile(r"\\(?:boxed|fbox)")
 UNBRACED = re.compile(r"\s+([^\s$]*[^\s$.,])")  # `\boxed 5`, without a full stop after it
 TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\{([^{}]*)\}")
 LATEX_SPACE = re.compile(r"\s|\$|~|\\[ ,;:!]")
-# Digits (one at least, so that `F_{16}` stays a symbol) and a base: `40_9`, `A5_11`.
-BASE_NUMBER = re.compile(r"(-?)([0-9A-Z]*[0-9][0-9A-Z]*)_(\d+)")
+# Digits (one at least, so that `F_{16}` stays a symbol) and a base: `40_9`, `A5_11`. The lookahead
+# scans the digits once; `[0-9A-Z]*[0-9][0-9A-Z]*` would take quadratic time on a long number.
+BASE_NUMBER = re.compile(r"(-?)((?=[A-Z]*[0-9])[0-9A-Z]+)_(\d+)")
 DECIMAL_TOLERANCE = 5e-6
 """Half a unit in the sixth significant digit, at most: a decimal rounded to six digits is still right."""
 
