@@ -21,6 +21,8 @@ from oat_cpgd.oracles import (
     get_oracle,
     register_oracle,
 )
+from oat_cpgd.oracles.gsm8k import extract_answer
+from oat_cpgd.oracles.math_boxed import text_verdict
 
 INFO_KEYS = {"answer", "format_ok", "timed_out", "error"}
 
@@ -73,6 +75,13 @@ def countdown():
 @pytest.fixture(scope="module")
 def math():
     with get_oracle("math") as oracle:
+        yield oracle
+
+
+@pytest.fixture(scope="module")
+def patient_math():
+    """A time limit a loaded machine does not reach (a worker's first equation imports sympy's solver)."""
+    with get_oracle("math", timeout_s=30) as oracle:
         yield oracle
 
 
@@ -234,6 +243,55 @@ def test_gsm8k_format_reward():
     assert oracle.get_reward(["q"] * 3, ["#### 3", "#### 4", "maybe 4"], [3, 3, 3])[0] == [1.0, 0.1, 0.0]
 
 
+@pytest.mark.parametrize(
+    ("response", "reference", "reward", "answer"),
+    [
+        ("The answer is 6*3 = 18.", "18", 1.0, "18"),
+        ("The answer is 6*3 = 18.", "6", 0.0, "18"),
+        ("The answer is 216/27 = 8.", "8", 1.0, "8"),
+        ("The answer is 216/27 = 8.", "216", 0.0, "8"),
+        ("\\boxed{6*4 = 24}", "24", 1.0, "24"),
+        ("So she pays $\\boxed{6 \\times 4 = \\$24}$.", "24", 1.0, "24"),
+        ("#### 6 * 4 = 24", "24", 1.0, "24"),
+        ("The answer is 48 + 24 = <<48+24=72>>72 clips.", "72", 1.0, "72"),
+        ("The answer is 5 - 8 = -3.", "-3", 1.0, "-3"),
+        ("The answer is 10 / 4 = 2.5 hours.", "2.5", 1.0, "2.5"),
+        ("The answer is 6*3 = 19.", "18", 0.0, "19"),
+        # The statement ends at its full stop or line: later working is not the answer.
+        ("The answer is 6*3 = 18. Check: 18/3 = 6", "18", 1.0, "18"),
+        ("\\boxed{18} since 6*3 = 18 and 2 = 2", "18", 1.0, "18"),
+        ("The answer is 6*3 =", "18", 0.0, None),
+    ],
+)
+def test_gsm8k_marked_calculation_states_the_number_after_its_last_equals(gsm8k, response, reference, reward, answer):
+    rewards, infos = gsm8k.get_reward(["q"], [response], [reference])
+    assert rewards == [reward]
+    assert (infos[0]["answer"], infos[0]["format_ok"]) == (answer, True)
+
+
+@pytest.mark.parametrize(
+    ("response", "answer", "format_ok"),
+    [
+        ("The answer is either 736 or 737.", None, True),
+        ("The answer is 737 or 736.", None, True),
+        ("#### $736 or $737", None, True),
+        ("The answer is 736, or 737.", None, True),
+        ("\\boxed{736 \\text{ or } 737}", None, True),
+        ("It comes to 736 or 737", None, False),
+        ("It is 735 or 736 or 737", None, False),
+        # Not two values offered: the same value twice, a number in the working, one answer in two units.
+        ("The answer is 736 or 736.0", "736", True),
+        ("She sells 3 or 4 a day, so 736 in all.\n#### 736", "736", True),
+        ("She sells 3 or 4 a day, so 736 in all.", "736", False),
+        ("The answer is 736 minutes or 12 hours.", "736", True),
+    ],
+)
+def test_gsm8k_two_different_values_offered_are_no_answer(gsm8k, response, answer, format_ok):
+    rewards, infos = gsm8k.get_reward(["q", "q"], [response, response], ["736", "737"])
+    assert rewards == [float(answer == "736"), 0.0]
+    assert (infos[0]["answer"], infos[0]["format_ok"]) == (answer, format_ok)
+
+
 COUNTDOWN_REFERENCE = {"target": 24, "nums": [2, 3, 4, 6]}
 
 
@@ -299,6 +357,101 @@ def test_math_format_reward():
     assert oracle.get_reward(["q"] * 3, ["\\boxed{3}", "\\boxed{4}", "4"], [3, 3, 3])[0] == [1.0, 0.1, 0.0]
 
 
+# Where math-verify alone is wrong, the oracle decides; each row is a boxed answer, its gold, its reward.
+MATH_BASES = [
+    ("40_{8}", "40_9", 0.0),
+    ("4343_{7}", "4343_6", 0.0),
+    ("40_9", "40_9", 1.0),
+    ("40_{9}", "40_9", 1.0),
+    ("(40)_9", "40_9", 1.0),
+    ("\\text{40}_{9}", "40_9", 1.0),
+    ("040_9", "40_9", 1.0),
+    ("40", "40_9", 1.0),  # no base: read in the gold's, which the question asked for
+    ("36", "40_9", 0.0),  # 40_9 in decimal: not the base asked for
+    ("4343_6", "4343_{6}", 1.0),
+    ("1011001_2", "1011001_{(2)}", 1.0),
+    ("1011011_2", "1011001_{(2)}", 0.0),
+    ("A5_{11}", "\\text{A5}_{11}", 1.0),
+    ("-37_8", "-37_8", 1.0),
+    ("37_8", "-37_8", 0.0),
+    ("10_2", "10", 0.0),  # a plain gold is decimal
+    ("36_{10}", "36", 1.0),
+]
+MATH_DECIMALS = [
+    (".0000673", ".0000672", 0.0),
+    ("0.0000671", ".0000672", 0.0),
+    (".0000672", ".0000672", 1.0),
+    ("0.0000672", ".0000672", 1.0),
+    ("6.72 \\times 10^{-5}", ".0000672", 1.0),
+    ("\\frac{42}{625000}", ".0000672", 1.0),
+    ("0.00000001", "0.00000002", 0.0),
+    ("0.333333", "\\frac{1}{3}", 1.0),  # six significant digits, as math-verify has it
+    ("0.142857", "\\frac{1}{7}", 1.0),
+    ("0.33333", "\\frac{1}{3}", 0.0),
+    ("0.0333333", "\\frac{1}{30}", 1.0),
+    ("0.033333", "\\frac{1}{30}", 0.0),  # five: math-verify's six places took it
+    ("10.9956", "\\frac{7\\pi}{2}", 0.0),  # from 0.1 up, six decimal places
+    ("10.995574", "\\frac{7\\pi}{2}", 1.0),
+    ("310235041.0", "310235040", 0.0),
+    ("12.5\\%", "0.125", 1.0),
+    ("12.5", "12.5\\%", 0.0),
+]
+MATH_CALCULATIONS = [
+    ("= 410235040", "2 \\cdot\\binom{30}{15} = 310235040", 0.0),
+    ("2 \\cdot\\binom{30}{15} = 410235040", "2 \\cdot\\binom{30}{15} = 310235040", 0.0),
+    ("410235040", "2 \\cdot\\binom{30}{15} = 310235040", 0.0),
+    ("310235040", "2 \\cdot\\binom{30}{15} = 310235040", 1.0),
+    ("2 \\cdot \\binom{30}{15} = 310235040", "2 \\cdot\\binom{30}{15} = 310235040", 1.0),
+    ("2 + 2 = 5", "2 + 2 = 4", 0.0),
+    ("2 + 2 = 4", "2 + 2 = 4", 1.0),
+    ("4", "2 + 2 = 4", 1.0),
+    ("5", "2 + 2 = 4", 0.0),
+    ("1 + 3 = 2 + 2 = 4", "2 + 2 = 4", 1.0),
+    ("0.56", "0.56 = 56\\%", 1.0),
+    ("56\\%", "0.56 = 56\\%", 1.0),
+    ("0.65", "0.56 = 56\\%", 0.0),
+    ("2 + 2 = 5", "5", 0.0),  # an answer written as a calculation must hold
+    ("2 + 3 = 5", "5", 1.0),
+    ("x = 5", "5", 1.0),  # equations with variables stay math-verify's
+    ("y = 2x + 3", "y = 2x + 3", 1.0),
+    ("y = 2x + 4", "y = 2x + 3", 0.0),
+]
+MATH_TEXT = [
+    ("B,C", "\\text{B,C}", 1.0),
+    ("B, C", "\\text{B,C}", 1.0),
+    ("\\text{B, C}", "\\text{B,C}", 1.0),
+    ("\\textbf{b,c}", "\\text{B,C}", 1.0),
+    ("B", "\\text{B,C}", 0.0),
+    ("C,B", "\\text{B,C}", 0.0),  # deliberately strict: the options in the gold's order
+    ("B,C,D", "\\text{B,C}", 0.0),
+    ("(B)", "\\text{(B)}", 1.0),
+    ("B", "\\text{(B)}", 1.0),
+    ("\\text{(C)}", "\\text{(B)}", 0.0),
+    ("\\text{Evelyn}.", "\\text{Evelyn}", 1.0),
+    ("\\text{Navin}", "\\text{Evelyn}", 0.0),
+    ("4:10 P.M.", "\\text{4:10 P.M.}", 1.0),
+    ("\\text{4:10 p.m.}", "\\text{4:10 P.M.}", 1.0),
+    ("\\text{(1) and (4)}", "\\text{(1) and (4)}", 1.0),
+    ("(1), (4)", "\\text{(1) and (4)}", 0.0),
+    ("4", "\\mbox{four}", 0.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("boxed", "reference", "reward"),
+    [
+        *[pytest.param(*case, id=f"base-{i}") for i, case in enumerate(MATH_BASES)],
+        *[pytest.param(*case, id=f"decimal-{i}") for i, case in enumerate(MATH_DECIMALS)],
+        *[pytest.param(*case, id=f"calculation-{i}") for i, case in enumerate(MATH_CALCULATIONS)],
+        *[pytest.param(*case, id=f"text-{i}") for i, case in enumerate(MATH_TEXT)],
+    ],
+)
+def test_math_forms_the_oracle_decides(patient_math, boxed, reference, reward):
+    rewards, infos = patient_math.get_reward(["q"], [f"So the answer is $\\boxed{{{boxed}}}$."], [reference])
+    assert rewards == [reward]
+    assert infos[0]["answer"] == boxed
+
+
 # --- Hostile outputs ---------------------------------------------------------------
 
 
@@ -344,6 +497,22 @@ def test_hostile_outputs_score_zero_in_time(request, tmp_path, name, wrappers, r
     assert oracle.last_metrics["oracle/verify_time"] < oracle.timeout_s * len(responses) / 2 + 20
     assert not canary.exists()
     assert oracle.get_reward(["q"], ["nothing here"], [reference])[0] == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("read", "text"),
+    [
+        (extract_answer, "#### 5 or" + " " * 1_000_000 + "x"),  # the hedge's spaces
+        (extract_answer, "The answer is 5," + " " * 1_000_000 + "x"),
+        (lambda text: text_verdict("40_9", text), "9" * 1_000_000),  # a base number's digits
+        (lambda text: text_verdict("40_9", text), "A" * 1_000_000 + "_9"),
+    ],
+)
+def test_answer_forms_are_read_in_linear_time(read, text):
+    """In this process, with no pool to stop them: patterns that backtrack would take hours on these."""
+    start = time.perf_counter()
+    read(text)
+    assert time.perf_counter() - start < 10
 
 
 # --- Properties over random text -----------------------------------------------------
@@ -476,6 +645,11 @@ def test_rejected_references_can_never_score_one(name):
         ("math", "\\frac{1}{3}", "0.33", False),
         ("math", "", "0", False),
         ("math", "}{", "{}", False),
+        ("math", "40_9", "40_{9}", True),
+        ("math", "40_9", "40_8", False),
+        ("math", ".0000672", "0.0000673", False),
+        ("math", "2 + 2 = 4", "2 + 2 = 5", False),
+        ("math", "\\text{B,C}", "\\text{B, C}", True),
         ("gsm8k", "7", "7.0", True),
         ("gsm8k", "007", "7", True),
         ("gsm8k", "-0", "0", True),
@@ -492,6 +666,14 @@ def test_same_answer(name, a, b, same):
     oracle = get_oracle(name, num_workers=0)
     assert oracle.same_answer(a, b) is same
     assert oracle.same_answer(b, a) is same
+
+
+def test_math_decimal_comparison_keeps_the_time_limit_in_the_main_thread():
+    """same_answer runs in the driver, without the pool: a decimal whose value takes minutes stops at the limit."""
+    oracle = MathOracle(num_workers=0, timeout_s=1)
+    start = time.perf_counter()
+    assert oracle.same_answer("0.5\\sin(10^{10^{6}})", "0.5") is False
+    assert time.perf_counter() - start < 30
 
 
 def test_math_same_answer_contains_math_verify_errors(monkeypatch):

@@ -12,25 +12,54 @@ from oat_cpgd.oracles.registry import register_oracle
 # Thousands separators only in groups of three, so that "1,2,3" is three numbers;
 # a minus right after a digit or ")" is a subtraction, not a sign.
 NUMBER = r"(?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+NUMBER_PATTERN = re.compile(NUMBER)
 # Explicit ways to state the answer, most explicit first; units and "$" may surround the number.
+# Each marker's statement runs on to its end (the second pattern): "The answer is 6*3 = 18." states 18.
 MARKED_ANSWERS = [
-    re.compile(rf"####[^\d\n-]{{0,10}}?({NUMBER})"),
-    re.compile(rf"\\boxed\{{[^{{}}\d-]{{0,20}}?({NUMBER})"),
-    re.compile(rf"answer is[^\d\n-]{{0,20}}?({NUMBER})", re.IGNORECASE),
+    (re.compile(rf"####[^\d\n-]{{0,10}}?({NUMBER})"), re.compile(r"\n")),
+    (re.compile(rf"\\boxed\{{[^{{}}\d-]{{0,20}}?({NUMBER})"), re.compile(r"\}")),
+    (re.compile(rf"answer is[^\d\n-]{{0,20}}?({NUMBER})", re.IGNORECASE), re.compile(r"\n|\.(?!\d)")),
 ]
+# Two values offered as alternatives: "736 or 737", "$5, or $6", "5 \text{ or } 6". No two `\s*` meet
+# without a character between them: on a long run of spaces they would take quadratic time.
+OR = r"\s*(?:,\s*)?(?:\bor\b|\\text\{\s*or\s*\})\s*(?:\\?\$\s*)?"
+ALTERNATIVE_AFTER = re.compile(rf"{OR}({NUMBER})")
+ALTERNATIVE_BEFORE = re.compile(rf"({NUMBER}){OR}\Z")
+HEDGE_REACH = 100
+"""How far before a number to look for an alternative: "or" joins neighbours, and the bound keeps the search short."""
 
 
 def extract_answer(text: str) -> tuple[str | None, bool]:
     """The final number in `text` without separators, and whether an answer marker stated it.
 
-    Markers are `#### N`, `\\boxed{N}` and "the answer is N"; without one, the last number counts.
+    Markers are `#### N`, `\\boxed{N}` and "the answer is N"; a marked calculation states the number
+    after its last `=` ("the answer is 6*3 = 18"). Without a marker, the last number counts.
+    Two different values offered as alternatives ("736 or 737") are no answer: None.
     """
-    for pattern in MARKED_ANSWERS:
-        matches = pattern.findall(text)
+    for pattern, end in MARKED_ANSWERS:
+        matches = list(pattern.finditer(text))
         if matches:
-            return normalize_number(matches[-1]), True
-    numbers = re.findall(NUMBER, text)
-    return (normalize_number(numbers[-1]) if numbers else None), False
+            return stated_number(text, matches[-1].start(1), end), True
+    numbers = list(NUMBER_PATTERN.finditer(text))
+    return (single_value(text, numbers[-1]) if numbers else None), False
+
+
+def stated_number(text: str, start: int, end: re.Pattern) -> str | None:
+    """The number a marked statement arrives at: the first after its last `=`, from `start` to `end`."""
+    stop = end.search(text, start)
+    statement_end = stop.start() if stop else len(text)
+    last_equals = text.rfind("=", start, statement_end)
+    number = NUMBER_PATTERN.search(text, last_equals + 1 if last_equals >= 0 else start, statement_end)
+    return single_value(text, number) if number else None
+
+
+def single_value(text: str, number: re.Match) -> str | None:
+    """`number`, normalized, unless a different value is offered beside it ("736 or 737"): then None."""
+    after = ALTERNATIVE_AFTER.match(text, number.end())
+    before = ALTERNATIVE_BEFORE.search(text, max(0, number.start() - HEDGE_REACH), number.start())
+    value = normalize_number(number.group())
+    alternatives = [normalize_number(match.group(1)) for match in (after, before) if match]
+    return None if any(not same_number(value, other) for other in alternatives) else value
 
 
 def normalize_number(number: str) -> str:
