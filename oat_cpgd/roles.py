@@ -146,6 +146,9 @@ class WeightSyncError(RuntimeError):
 def check_sync(learners: list, actors: list, probe: list[int], tolerance: float) -> float:
     """Semantic check of a sync: every actor's log-probs on `probe` against the learner's; returns the
     largest mean absolute difference, or raises WeightSyncError above `tolerance`."""
+    from oat_cpgd.weight_digest import check_weights  # (it imports this module)
+
+    check_weights(learners, actors)  # first, exactly, tensor by tensor; then what the actors sample
     # Both sides score the probe at once: the check costs the slower of the two, not their sum.
     learner_futures = [learner.probe_logprobs.remote(probe) for learner in learners]
     actor_futures = [actor.probe_logprobs.remote(probe) for actor in actors]
