@@ -3,7 +3,9 @@ against what the learner sent.
 
 The sync check's probe (oat_cpgd.roles.check_sync) compares log-probs within a tolerance, so it misses a
 change smaller than the tolerance: a stale tensor after a small learning step, a slightly mis-scaled
-LoRA merge. The digest is exact: a checksum of the bits of every weight on both sides.
+LoRA merge. The digest is exact: a checksum of the bits of every weight on both sides. (A digest of each
+layer's output for a fixed random input, compared within a tolerance, would need one that covers bf16
+rounding, ~4e-3 of the output, far above what a learning step changes: ~1e-5 of a weight at lr 1e-6.)
 
 vLLM does not hold the learner's tensors as they are, so each worker first recovers, from its own
 modules, the slices of the learner's (Hugging Face) tensors it holds, and says which they are (`Piece`):
@@ -20,12 +22,12 @@ modules, the slices of the learner's (Hugging Face) tensors it holds, and says w
 The learner then digests the same slices of the tensors it sends (`expected_digests`), cast to the
 worker's dtype as vLLM's loaders cast them, and the two are compared (`compare`).
 
-A digest is a checksum of the bits, exact (sums of the bits as integers times random weights by position,
-so that a moved block changes it too; modulo a prime) and, to say how large a difference is, four
+A digest is a checksum of the bits, exact (the bits as integers times random weights by position, so that
+a moved block changes it too, summed exactly modulo a prime) and, to say how large a difference is, four
 random-sign projections of the values, whose difference estimates the norm of the difference.
 
-Cost per sync: the kernels' read-back is a forward of `input size` tokens through every linear layer, and
-each side digests every weight once (on CPU, float64 products: about a pass over 4 bytes per byte).
+Cost per check: the read-back is a forward of `input size` tokens through every linear layer (on CPU the
+larger part for a 135M model: ~200 GFLOP), and each side digests every weight once (a few passes over it).
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ from oat_cpgd.roles import WeightSyncError
 
 PRIME = 2**31 - 1
 """The checksum's modulus."""
-CHUNK = 1 << 16
-"""Positions weighed by one table of random integers below 2**22: a chunk's sum of CHUNK products with
-16-bit integers stays below 2**53, so a float64 matrix product computes it exactly, in any order of
-summation, on any device. Chunks are then weighed by their index."""
-BLOCK = 16 * CHUNK
+CHUNK = 256
+"""Elements weighed by one table of distinct random integers below 2**14: a chunk's sum of products with
+its bits as 32-bit (or 16-bit) integers stays below 2**53, so a float64 matrix product computes it exactly,
+in any order of summation, on any device. The chunks are weighed by a hash of their index."""
+BLOCK = 1 << 22
 """Elements digested at a time."""
 PROJECTIONS = 4
 
@@ -94,42 +96,55 @@ class Digest:
 
 @functools.cache
 def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CHUNK position weights and [CHUNK, PROJECTIONS] random signs, seeded: the learner and every
+    """The CHUNK position weights and PROJECTIONS rows of CHUNK random signs, seeded: the learner and every
     worker draw the same."""
     generator = torch.Generator().manual_seed(0)
-    weights = torch.randint(1, 1 << 22, (CHUNK,), generator=generator).double()
-    signs = torch.randint(0, 2, (CHUNK, PROJECTIONS), generator=generator).float() * 2 - 1
+    weights = torch.randperm((1 << 14) - 1, generator=generator)[:CHUNK].double() + 1
+    signs = torch.randint(0, 2, (PROJECTIONS, CHUNK), generator=generator).float() * 2 - 1
     return weights.to(device), signs.to(device)
 
 
-def _by_chunk(flat: torch.Tensor, buffer: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Each CHUNK of `flat` (in `table`'s dtype: copied into `buffer` if need be) times `table`; the last,
-    shorter row (empty when `flat` is whole chunks) times as much of it."""
-    n = flat.numel()
-    if flat.dtype != table.dtype:
-        flat = buffer[:n].copy_(flat)
-    whole = n - n % CHUNK
-    return torch.cat([flat[:whole].view(-1, CHUNK) @ table, (flat[whole:] @ table[: n - whole])[None]])
+def _blocks(flat: torch.Tensor, dtype: torch.dtype) -> Iterator[tuple[int, torch.Tensor]]:
+    """`flat` BLOCK elements at a time, each with where it starts, converted to `dtype` (in one buffer)."""
+    buffer = torch.empty(min(BLOCK, flat.numel()), dtype=dtype, device=flat.device)
+    for start in range(0, flat.numel(), BLOCK):
+        block = flat[start : start + BLOCK]
+        yield start, block if block.dtype == dtype else buffer[: block.numel()].copy_(block)
+
+
+def _by_chunk(flat: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Each CHUNK of `flat` times the `table` vector; the last, shorter chunk (empty, so zero, when `flat`
+    is whole chunks) times as much of it."""
+    whole = flat.numel() - flat.numel() % CHUNK
+    return torch.cat([flat[:whole].view(-1, CHUNK) @ table, (flat[whole:] @ table[: flat.numel() - whole])[None]])
+
+
+def _chunk_hash(first: int, count: int, device: torch.device) -> torch.Tensor:
+    """A hash in [0, PRIME) of chunks first.. first + count - 1, distinct for fewer than PRIME / 2 chunks."""
+    index = torch.arange(first + 1, first + count + 1, device=device)
+    return (index * 0x5BD1E995 % PRIME) ** 2 % PRIME
 
 
 @torch.no_grad()
 def digest(tensor: torch.Tensor) -> Digest:
-    """The tensor's checksum (of its bits, as 16-bit integers) and projections (of its values)."""
+    """The tensor's checksum (of its bits) and projections (of its values)."""
     # + 0.0 makes -0.0 into 0.0: a kernel that reads a weight back (see `held_weights`) may return
     # either for a zero weight.
     values = (tensor.detach() + 0.0).contiguous().reshape(-1)
-    bits = values.view(torch.int16)
+    bits = values.view(torch.int32 if values.element_size() % 4 == 0 else torch.int16)
     weights, signs = _tables(values.device)
-    checksum, projections = 0, torch.zeros(PROJECTIONS, dtype=torch.float64, device=values.device)
-    buffer = torch.empty(min(BLOCK, bits.numel()), dtype=torch.float64, device=values.device)
-    for start in range(0, bits.numel(), BLOCK):
-        sums = _by_chunk(bits[start : start + BLOCK], buffer, weights).long() % PRIME  # exact integers
-        index = torch.arange(len(sums), device=sums.device) + start // CHUNK + 2
-        checksum += int((sums * (index * index % PRIME) % PRIME * index % PRIME).sum())  # sums · index³
-    buffer = torch.empty(min(BLOCK, values.numel()), dtype=torch.float32, device=values.device)
-    for start in range(0, values.numel(), BLOCK):
-        projections += _by_chunk(values[start : start + BLOCK], buffer, signs).double().sum(0)
-    return Digest(checksum % PRIME, tuple(projections.tolist()))
+    checksum = 0
+    for start, block in _blocks(bits, torch.float64):  # the bits as integers, exact in float64
+        sums = _by_chunk(block, weights).long() % PRIME
+        checksum += int((sums * _chunk_hash(start // CHUNK, len(sums), block.device) % PRIME).sum())
+    projections = [0.0] * PROJECTIONS
+    for start, block in _blocks(values, torch.float32):
+        hashes = _chunk_hash(start // CHUNK, block.numel() // CHUNK + 1, block.device)
+        for k in range(PROJECTIONS):  # (one at a time: on CPU faster than a [chunks, PROJECTIONS] product)
+            # Each chunk's signs flipped by a bit of its hash: no two positions' signs repeat together.
+            flips = (1 - 2 * (hashes >> k & 1)).double()
+            projections[k] += float(_by_chunk(block, signs[k]).double() @ flips)
+    return Digest(checksum % PRIME, tuple(projections))
 
 
 # ---------------------------------------------------------------------------- the vLLM worker's side
