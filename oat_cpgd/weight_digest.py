@@ -5,7 +5,7 @@ The sync check's probe (oat_cpgd.roles.check_sync) compares log-probs within a t
 change smaller than the tolerance: a stale tensor after a small learning step, a slightly mis-scaled
 LoRA merge. The digest is exact: a checksum of the bits of every weight on both sides. (A digest of each
 layer's output for a fixed random input, compared within a tolerance, would need one that covers bf16
-rounding, ~4e-3 of the output, far above what a learning step changes: ~1e-5 of a weight at lr 1e-6.)
+rounding, ~4e-3 of the output, far above what a learning step changes: ~1e-4 of a weight at lr 1e-6.)
 
 vLLM does not hold the learner's tensors as they are, so each worker first recovers, from its own
 modules, the slices of the learner's (Hugging Face) tensors it holds, and says which they are (`Piece`):
