@@ -1,8 +1,13 @@
-"""The engine-side weight digest (oat_cpgd.weight_digest): its pieces on their own."""
+"""The engine-side weight digest (oat_cpgd.weight_digest): its pieces on their own, then real vLLM engines
+that hold the learner's weights, and ones that mishandle them after the bytes arrive (tests/support/sync_faults.py)."""
 
 import pytest
 import torch
+from support.sync import broadcast_to
+from transformers import AutoModelForCausalLM
 
+from oat_cpgd.args import PPOArgs
+from oat_cpgd.learners.weights import ModelWeights
 from oat_cpgd.roles import WeightSyncError
 from oat_cpgd.weight_digest import (
     CHUNK,
@@ -115,3 +120,115 @@ def test_a_tensor_no_worker_holds_is_an_error():
     expected, sent = expected_digests(weights.items(), [piece])
     with pytest.raises(WeightDigestError, match=r"holds no weight for \['b\.weight'\]"):
         compare([[[(piece, expected[piece])]]], expected, sent)
+
+
+# ---------------------------------------------------------------------------- real engines
+def engine_args(model_path, **overrides) -> PPOArgs:
+    args = PPOArgs(pretrain=str(model_path), oracle="gsm8k", critic_type="grpo", num_samples=2,
+                   generate_max_length=8, rollout_batch_size=2, train_batch_size=2, oracle_workers=1,
+                   **overrides)  # fmt: skip
+    args.resolve()
+    return args
+
+
+def start(actor_cls, args):
+    from oat_cpgd.placement import local_nodes, plan_placement
+
+    return actor_cls(args, plan_placement(local_nodes(), args))
+
+
+def trained(model_path, dtype=torch.float32) -> torch.nn.Module:
+    """The tiny model after a made-up learning step: every weight moved by about 1e-2 of its size."""
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for param in model.parameters():
+            param += 1e-2 * param.abs().mean() * torch.randn(param.shape, generator=generator).to(dtype)
+    return model
+
+
+def check(actor, weights: ModelWeights) -> None:
+    """oat_cpgd.weight_digest.check_weights, with the actor and the learner's weights in this process."""
+    held = actor.weights_digest()
+    expected, sent = expected_digests(weights, {piece for pieces in held for piece, _ in pieces})
+    compare([held], expected, sent)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_workers_hold_exactly_what_the_learner_sent(tiny_model_path, dtype):
+    """After a sync every piece matches, bit for bit, in both dtypes (linear layers read back through the
+    CPU backend's re-packed kernels); before it, they differ. The same for a LoRA policy, whose merged
+    weights the learner sends."""
+    from oat_cpgd.actors import Actor
+    from oat_cpgd.learners.lora import add_lora
+
+    args = engine_args(tiny_model_path, bf16=dtype == "bfloat16", lora_rank=4, lora_alpha=8)
+    actor = start(Actor, args)
+    try:
+        model = trained(tiny_model_path, getattr(torch, dtype))
+        with pytest.raises(WeightDigestError, match="model.embed_tokens.weight"):  # the first weight in order
+            check(actor, ModelWeights(model))
+        broadcast_to(actor, ModelWeights(model))
+        check(actor, ModelWeights(model))
+
+        policy = add_lora(model, args)
+        with torch.no_grad():  # a trained adapter (a fresh one's B is 0: it would change nothing)
+            for name, param in policy.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.1, generator=torch.Generator().manual_seed(5))
+        with pytest.raises(WeightDigestError, match=r"model.layers.0.self_attn.q_proj.weight \[0:256\]"):
+            check(actor, ModelWeights(policy))  # the first weight the adapter changes
+        broadcast_to(actor, ModelWeights(policy))
+        check(actor, ModelWeights(policy))
+    finally:
+        actor.close()
+
+
+ONE_GAP = r"they differ by about [\d.e+-]+ in norm \(the learner's is [\d.e+-]+\)"
+"""The size of one piece's difference, and no other piece named after it."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fault", "named"),
+    [
+        pytest.param("SkippingActor", r"holds model\.layers\.1\.mlp\.down_proj\.weight \[:, 0:1024\] unlike the "
+                                      rf"learner: {ONE_GAP}\. The actors", id="skipped"),
+        pytest.param("MisMergedActor", r"holds model\.layers\.0\.self_attn\.o_proj\.weight \[:, 0:256\] unlike the "
+                                       rf"learner: {ONE_GAP}\. The actors", id="mis-merged"),
+        pytest.param("PermutedActor", r"holds model\.layers\.0\.self_attn\.k_proj\.weight \[0:128\] unlike.*"
+                                      r"1 more differ: model\.layers\.0\.self_attn\.v_proj\.weight \[0:128\]\.",
+                     id="permuted"),
+    ],
+)  # fmt: skip
+def test_an_engine_that_mishandles_a_weight_after_it_arrived_is_caught(tiny_model_path, fault, named):
+    """The engine's own load drops a tensor, adds a small delta to one, or swaps two blocks of a fused one
+    (tests/support/sync_faults.py): the digest names that tensor and no other."""
+    from support import sync_faults
+
+    actor = start(getattr(sync_faults, fault), engine_args(tiny_model_path))
+    try:
+        model = trained(tiny_model_path)
+        broadcast_to(actor, ModelWeights(model))
+        with pytest.raises(WeightDigestError, match=named):
+            check(actor, ModelWeights(model))
+    finally:
+        actor.close()
+
+
+@pytest.mark.slow
+def test_stale_weights_after_sleep_stop_the_run(ray_cluster, tiny_model_path, shared_data, tmp_path):
+    """Through the loop (collocated, LoRA under ZeRO-2): the engine restores its pre-sync weights when it
+    wakes after the sync; the first sync check stops the run, naming the first tensor the adapter moved."""
+    from support.sync_faults import StaleAfterSleepActor
+    from test_faults import MOVING  # tests/ is on sys.path
+    from test_loop import countdown_args
+
+    from oat_cpgd.interface import run
+
+    args = countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", collocate=True, lora_rank=8, lora_alpha=16,
+                          learning_rate=2e-3, **MOVING)  # fmt: skip
+    with pytest.raises(WeightDigestError, match=r"holds model\.layers\.0\.self_attn\.q_proj\.weight \[0:256\] unlike"):
+        run(args, actor_cls=StaleAfterSleepActor)
+    assert not (tmp_path / args.wb_run_name / "metrics.jsonl").read_text()  # stopped at step 1's check
