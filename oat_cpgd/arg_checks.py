@@ -182,7 +182,8 @@ def check_general(args: Args) -> None:
     need(args.oracle_timeout > 0, f"--oracle_timeout must be > 0 seconds, got {args.oracle_timeout}.")
     need(args.oracle_workers >= 0, f"--oracle_workers must be >= 0 (0: checks inline), got {args.oracle_workers}.")
     need(args.log_samples >= 0, f"--log_samples must be >= 0, got {args.log_samples}.")
-    for name in ("max_actor_restarts", "max_learner_restarts", "max_skipped_steps", "sync_check_every"):
+    for name in ("max_actor_restarts", "max_learner_restarts", "max_skipped_steps", "sync_check_every",
+                 "weight_digest_every"):  # fmt: skip
         need(getattr(args, name) >= 0, f"--{name} must be >= 0, got {getattr(args, name)}.")
     need(args.role_timeout > 0, f"--role_timeout must be > 0 seconds, got {args.role_timeout}.")
     need(args.sync_check_tolerance > 0, f"--sync_check_tolerance must be > 0, got {args.sync_check_tolerance}.")

@@ -260,6 +260,11 @@ class Args:
     sync_check_every: int = flag("training", 1)
     """After every this many weight syncs, each actor scores a fixed probe (the first training
     prompt's tokens) and its log-probs are compared with the learner's; 0: never."""
+    weight_digest_every: int = flag("training", 10)
+    """The first sync check and every this many after it also compare each actor's weights with the
+    learner's, tensor by tensor, exactly (oat_cpgd.weight_digest: it names a tensor the engine skipped,
+    mis-merged or permuted); it costs more than the probe (on CPU 0.3 s for the tiny model, ~10 s for
+    SmolLM2-135M). 0: never."""
     sync_check_tolerance: float | None = flag("training", None)
     """The largest mean absolute log-prob difference on the probe that passes the sync check; above it
     the run stops: the actors are not sampling from the trained policy. Default: 1e-3, or 0.2 with --bf16:

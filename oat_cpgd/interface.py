@@ -180,6 +180,7 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
         roles.on_actors("wake_up", ["kv_cache"])
     syncs = 0
     check: SyncCheck | None = None  # the last sync's check, collected once the next rollout is in
+    checks_started = 0
 
     def draw(step: int) -> Rollout:
         indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
@@ -243,7 +244,7 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
         7. the engines wake their KV cache; then the sync check is queued on both sides, behind the
            sync, and collected when the next step learns (the actors answer it before the next rollout).
         """
-        nonlocal syncs, check
+        nonlocal syncs, check, checks_started
         checks = [finish_check()]  # before the learners learn from what the checked weights sampled
         if args.collocate:
             roles.on_actors("sleep")
@@ -264,7 +265,10 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
             roles.on_learners("release_memory")  # the sync's gathered layers and packed buffers
             roles.on_actors("wake_up", ["kv_cache"])
         if due and args.sync_check_every > 0 and syncs % args.sync_check_every == 0:
+            if args.weight_digest_every > 0 and checks_started % args.weight_digest_every == 0:
+                metrics["misc/weight_digest_time"] = roles.check_weights()  # exact, so not every time
             check = roles.start_check(prompts.prompt_ids[0])
+            checks_started += 1
         if step == steps:  # no rollout follows to hide the check behind
             checks.append(finish_check())
         checks = [c for c in checks if c]

@@ -337,6 +337,18 @@ class Roles:
             )
         return worst
 
+    def check_weights(self) -> float:
+        """Every actor's weights, tensor by tensor, against the learners' (oat_cpgd.weight_digest, exact);
+        raises its WeightDigestError naming the tensors that differ. Returns the seconds it took."""
+        from oat_cpgd.weight_digest import compare  # (it imports this module)
+
+        start = time.perf_counter()
+        held = self.on_actors("weights_digest")
+        pieces = {piece for workers in held for pieces in workers for piece, _ in pieces}
+        expected, sent = self.on_learners("weights_digest", pieces)[0]
+        compare(held, expected, sent)
+        return time.perf_counter() - start
+
     def restart_learners(self, lost: LearnersLost) -> None:
         """Stop every learner rank and start the group again (the loop then loads the latest checkpoint).
         Raises RoleFailed once --max_learner_restarts are spent."""

@@ -458,6 +458,12 @@ class Actor:
         steps = output.prompt_logprobs[1:]  # the first token has no prefix
         return [step[token].logprob for step, token in zip(steps, token_ids[1:], strict=True)]
 
+    def weights_digest(self) -> list:
+        """Per vLLM worker, the digest of every slice of the learner's tensors it holds (oat_cpgd.weight_digest)."""
+        from oat_cpgd.weight_digest import worker_digests
+
+        return self.llm.collective_rpc(worker_digests)
+
     def set_weight_version(self, version: int) -> None:
         """The learning steps behind the weights just loaded; rollouts sampled from now on carry it."""
         self.weight_version = version

@@ -522,6 +522,13 @@ class Learner:
             self.weight_transfer = None
             raise
 
+    def weights_digest(self, pieces) -> tuple[dict, list[str]]:
+        """Collective: the digests of `pieces` (oat_cpgd.weight_digest.Piece) of the weights the sync sends,
+        computed by rank 0, and their names."""
+        from oat_cpgd.weight_digest import expected_digests
+
+        return expected_digests(self.weights(), pieces, compute=self.rank == 0)
+
     def weights(self) -> ModelWeights:
         """The policy's weights as the actors load them; every rank iterates them together (ZeRO-3 gathers)."""
         return ModelWeights(self.policy.module, zero3=self.args.zero_stage == 3)
