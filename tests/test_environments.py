@@ -36,7 +36,8 @@ def test_an_environment_that_fails_is_contained_and_the_workers_carry_on():
 
 @pytest.fixture
 def python_tool():
-    tool = PythonTool(get_oracle("gsm8k", num_workers=0), timeout_s=0.5)
+    # Long enough for a sandbox's start-up on loaded cores (0.04 s idle); the hang below waits it out.
+    tool = PythonTool(get_oracle("gsm8k", num_workers=0), timeout_s=3.0)
     tool.reset("What is 347 * 29?", "10063")
     return tool
 
