@@ -141,13 +141,14 @@ def test_dropped_prompts_are_logged_per_benchmark_and_not_averaged():
     ]
 
 
-class FakeActor:
-    """Answers every prompt with its reference (\\boxed), written three equivalent ways; stands in for a Ray actor."""
+class FakeRoles:
+    """One actor that answers every prompt with its reference (\\boxed), written three equivalent ways, at
+    once; stands in for `oat_cpgd.roles.Roles` (its submit and results)."""
 
-    def __init__(self):
-        self.evaluate = self
+    actors = [None]
 
-    def remote(self, prompt_ids, prompts, references, *, n, **sampling):
+    def submit(self, actor, method, prompt_ids, prompts, references, *, n, **sampling):
+        assert (actor, method) == (0, "evaluate")
         writings = ["\\boxed{0.5}", "\\boxed{\\frac12}", "\\boxed{1/2}", "\\boxed{7}", "\\boxed{7}"][:n]
         oracle = get_oracle("math", num_workers=0)
         results = []
@@ -157,8 +158,11 @@ class FakeActor:
             results.append({"responses": writings, "rewards": rewards, "answers": answers, "lengths": [3] * n})
         return results
 
+    def results(self, calls):
+        return calls
 
-def test_run_evaluation_counts_dropped_rows_and_votes_with_the_oracle(tmp_path, tiny_model_path, monkeypatch):
+
+def test_run_evaluation_counts_dropped_rows_and_votes_with_the_oracle(tmp_path, tiny_model_path):
     rows = [
         {"problem": "Half of one?", "answer": "\\frac{1}{2}"},
         {"problem": "No answer.", "answer": None},
@@ -176,8 +180,7 @@ def test_run_evaluation_counts_dropped_rows_and_votes_with_the_oracle(tmp_path, 
     assert sets["test"].indices == [0, 2]
     assert (sets["test"].num_bad_references, sets["test"].num_dropped) == (2, 1)
 
-    monkeypatch.setattr("oat_cpgd.evaluation.ray.get", lambda refs: refs)  # the fake actor answers at once
-    metrics, per_bench = run_evaluation([FakeActor()], sets, args)
+    metrics, per_bench = run_evaluation(FakeRoles(), sets, args)
     assert [question["index"] for question in per_bench["test"]] == [0, 2]
     assert metrics["eval/test/dropped_prompts"] == 3.0
     # 3 samples of 5 are right (0.5 written three ways), 2 say 7: maj@n follows the oracle's equivalence.
