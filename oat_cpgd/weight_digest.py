@@ -36,7 +36,7 @@ import functools
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 
@@ -148,9 +148,19 @@ def digest(tensor: torch.Tensor) -> Digest:
 
 
 # ---------------------------------------------------------------------------- the vLLM worker's side
-def worker_digests(worker) -> list[tuple[Piece, Digest]]:
-    """Run by each vLLM worker (through `collective_rpc`): the digest of every piece it holds."""
-    return [(piece, digest(tensor)) for piece, tensor in held_weights(worker.model_runner.get_model())]
+def worker_digests(worker) -> list[tuple[tuple, tuple]]:
+    """Run by each vLLM worker (through `collective_rpc`): the digest of every piece it holds, as plain
+    tuples. With the engine core in its own process (CUDA's default) the results cross msgpack, which
+    turns a dataclass into a dict; `from_worker` makes them Pieces and Digests again."""
+    return [
+        (astuple(piece), (held.checksum, held.projections))
+        for piece, held in ((piece, digest(tensor)) for piece, tensor in held_weights(worker.model_runner.get_model()))
+    ]
+
+
+def from_worker(rows: list) -> list[tuple[Piece, Digest]]:
+    """`worker_digests`' rows (tuples or, through msgpack, lists) as Pieces and Digests."""
+    return [(Piece(*piece), Digest(checksum, tuple(projections))) for piece, (checksum, projections) in rows]
 
 
 def held_weights(model: torch.nn.Module) -> Iterator[tuple[Piece, torch.Tensor]]:

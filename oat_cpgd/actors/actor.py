@@ -460,9 +460,9 @@ class Actor:
 
     def weights_digest(self) -> list:
         """Per vLLM worker, the digest of every slice of the learner's tensors it holds (oat_cpgd.weight_digest)."""
-        from oat_cpgd.weight_digest import worker_digests
+        from oat_cpgd.weight_digest import from_worker, worker_digests
 
-        return self.llm.collective_rpc(worker_digests)
+        return [from_worker(rows) for rows in self.llm.collective_rpc(worker_digests)]
 
     def set_weight_version(self, version: int) -> None:
         """The learning steps behind the weights just loaded; rollouts sampled from now on carry it."""
