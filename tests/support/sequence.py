@@ -12,10 +12,11 @@ from support.loop import GreedyRecordingActor
 CALLS = "calls.jsonl"
 
 
-def record(args, role: str, call: str, *details) -> None:
+def record(args, role: str, call: str, *details, **fields) -> None:
     """One line per event, appended by every process to the run folder's calls.jsonl (lines this short are
     written whole by one append)."""
-    line = json.dumps({"t": time.time_ns(), "pid": os.getpid(), "role": role, "call": call, "details": list(details)})
+    event = {"t": time.time_ns(), "pid": os.getpid(), "role": role, "call": call, "details": list(details), **fields}
+    line = json.dumps(event)
     with open(Path(args.save_path) / args.wb_run_name / CALLS, "a") as out:
         out.write(line + "\n")
 
@@ -52,7 +53,7 @@ class RecordingActor(recorded(GreedyRecordingActor, "actor", ACTOR_CALLS)):
 
 class RecordingLearner(recorded(Learner, "learner", ("learn", "release_memory", "sync_weights"))):
     def __init__(self, args, placement, rank: int, schedule_steps) -> None:
-        record(args, "learner", "__init__:start")
+        record(args, "learner", "__init__:start", rank=rank)  # which process is rank 0, which drives the sync
         super().__init__(args, placement, rank, schedule_steps)
         record(args, "learner", "__init__:end")
 
