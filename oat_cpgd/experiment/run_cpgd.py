@@ -1,8 +1,7 @@
 """CPGD, clipped policy gradient with policy drift: `python -m oat_cpgd.experiment.run_cpgd --help`."""
 
 from oat_cpgd.args import CPGDArgs
-from oat_cpgd.cli import parse_args
-from oat_cpgd.interface import main
+from oat_cpgd.cli import train_command
 
 if __name__ == "__main__":
-    main(parse_args(CPGDArgs))
+    train_command(CPGDArgs)

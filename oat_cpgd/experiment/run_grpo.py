@@ -1,8 +1,7 @@
 """GRPO, or Dr. GRPO with `--critic_type drgrpo`: `python -m oat_cpgd.experiment.run_grpo --help`."""
 
 from oat_cpgd.args import PPOArgs
-from oat_cpgd.cli import parse_args
-from oat_cpgd.interface import main
+from oat_cpgd.cli import train_command
 
 if __name__ == "__main__":
-    main(parse_args(PPOArgs, default=PPOArgs(critic_type="grpo")))
+    train_command(PPOArgs, default=PPOArgs(critic_type="grpo"))

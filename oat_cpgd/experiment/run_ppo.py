@@ -1,8 +1,7 @@
 """PPO (critic + GAE): `python -m oat_cpgd.experiment.run_ppo --help`."""
 
 from oat_cpgd.args import PPOArgs
-from oat_cpgd.cli import parse_args
-from oat_cpgd.interface import main
+from oat_cpgd.cli import train_command
 
 if __name__ == "__main__":
-    main(parse_args(PPOArgs))
+    train_command(PPOArgs)
