@@ -72,8 +72,7 @@ class RunLog:
         if resume_step is None:  # a resumed run keeps the original's configuration
             (self.run_dir / "config.json").write_text(args.to_json())
         else:
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                keep_steps_up_to(self.run_dir / name, resume_step)
+            self._forget_steps_after(resume_step)
         self._open()
         self.dropped_prompts = dropped_prompts
         self.console = console
@@ -99,6 +98,10 @@ class RunLog:
                 dir=str(self.run_dir),
             )
 
+    def _forget_steps_after(self, step: int) -> None:
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            keep_steps_up_to(self.run_dir / name, step)
+
     def _open(self) -> None:
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
         self.samples_file = open(self.run_dir / "samples.jsonl", "a")
@@ -111,8 +114,7 @@ class RunLog:
         replayed = sum(logged > step for logged in self.steps_logged)
         self.metrics_file.close()
         self.samples_file.close()
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            keep_steps_up_to(self.run_dir / name, step)
+        self._forget_steps_after(step)
         self._open()
         if self.tensorboard is not None:  # a new event file hides the forgotten steps' events (as a resume)
             from torch.utils.tensorboard import SummaryWriter
