@@ -252,10 +252,12 @@ def tensors_of(state, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # four runs, each with its own Ray cluster
 def test_a_run_killed_mid_step_resumes_exactly(tiny_model_path, shared_data, tmp_path):
     """A straight 4-step run, and the same run SIGKILLed in the middle of step 3 (after the step-2
     checkpoint, with step 4's rollout in flight) then resumed, end the same: the same steps, prompts,
-    sampled responses and rewards, LR at every step, optimizer states and weights.
+    sampled responses and rewards, LR at every step, optimizer states and weights. So does the straight
+    run resumed once more after its newest checkpoint was damaged (from the checkpoint before it).
 
     PPO with a critic, ZeRO-3 and --asynchronous, across epoch boundaries: the checkpoint keeps the
     in-flight rollout (sampled from weights no checkpoint holds), and every prompt's samples are
@@ -271,10 +273,13 @@ def test_a_run_killed_mid_step_resumes_exactly(tiny_model_path, shared_data, tmp
         return [sys.executable, str(REPO / "tests" / "support" / "resume.py"), "--pretrain", str(tiny_model_path),
                 "--prompt_data", data, "--save_path", str(tmp_path), "--wb-run-name", name, *FLAGS, *extra]  # fmt: skip
 
+    def run_to_the_end(name: str, *extra: str) -> None:
+        done = subprocess.run(command(name, *extra), env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-4000:]
+
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     try:
-        done = subprocess.run(command("whole"), env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stderr[-4000:]
+        run_to_the_end("whole")
 
         crashed.mkdir()
         (crashed / "pause_at_step").write_text("3")  # tests/support/resume.py: rank 0 waits inside step 3's update
@@ -290,13 +295,26 @@ def test_a_run_killed_mid_step_resumes_exactly(tiny_model_path, shared_data, tmp
         assert [r["step"] for r in rows(crashed / "metrics.jsonl")] == [1, 2]  # killed inside step 3
         assert [p.name for p in complete_checkpoints(crashed)] == ["step_2"]
 
-        resumed = subprocess.run(command("crashed", "--resume_dir", str(crashed)), env=env, cwd=REPO,
-                                 capture_output=True, text=True, timeout=400)  # fmt: skip
-        assert resumed.returncode == 0, resumed.stderr[-4000:]
+        run_to_the_end("crashed", "--resume_dir", str(crashed))
+        check_the_same_run(whole, crashed, tiny_model_path)
+
+        # The undisturbed run's newest checkpoint loses the end of a ZeRO optimizer file: resumed, it warns,
+        # continues from step 2's, replays steps 3 and 4 exactly, and ends with a sound step-4 checkpoint.
+        newest = whole / "checkpoints" / "step_4"
+        damaged = sorted(newest.glob("deepspeed/policy/state/*optim_states.pt"))[0]
+        damaged.write_bytes(damaged.read_bytes()[:1000])
+        run_to_the_end("whole", "--resume_dir", str(whole))
     finally:
         kill_cluster(str(ray_tmp))
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    warning = f"checkpoint {newest} is damaged, so an earlier one is used: {damaged.relative_to(newest)} has 1000 bytes"
+    assert warning in (whole / "logs" / "driver.log").read_text()
+    assert latest_checkpoint(whole) == newest  # saved again, whole
+    check_the_same_run(whole, crashed, tiny_model_path)
 
+
+def check_the_same_run(whole: Path, crashed: Path, tiny_model_path: Path) -> None:
+    """The straight run and the crashed one resumed end the same (the docstring above)."""
     # The same steps, prompts (epoch boundaries included) and sampled responses.
     for name in ("metrics.jsonl", "samples.jsonl"):
         assert [r["step"] for r in rows(whole / name)] == [r["step"] for r in rows(crashed / name)] == [1, 2, 3, 4]
@@ -360,26 +378,3 @@ def test_a_run_killed_mid_step_resumes_exactly(tiny_model_path, shared_data, tmp
     for run in (whole, crashed):
         checkpointed = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run) / "policy").state_dict()
         assert all(torch.equal(checkpointed[name], finals[run.name][name]) for name in initial), run.name
-
-
-@pytest.mark.slow
-def test_resume_skips_a_damaged_newest_checkpoint_and_finishes(ray_cluster, tiny_model_path, shared_data, tmp_path):
-    """A real run's newest checkpoint loses the end of a ZeRO optimizer file: resume warns, continues
-    from the one before, and finishes with a sound newest checkpoint."""
-    from test_loop import countdown_args  # tests/ is on sys.path
-
-    from oat_cpgd.interface import run
-
-    flags = dict(gpus=1, max_steps=2, save_steps=1, max_save_num=2)
-    run_dir = run(countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", **flags))
-    newest = run_dir / "checkpoints" / "step_2"
-    (damaged,) = newest.glob("deepspeed/policy/state/*optim_states.pt")
-    damaged.write_bytes(damaged.read_bytes()[:1000])
-
-    run(countdown_args(tiny_model_path, shared_data, tmp_path, "grpo", resume_dir=str(run_dir), **flags))
-    driver_log = (run_dir / "logs" / "driver.log").read_text()
-    warning = f"checkpoint {newest} is damaged, so an earlier one is used: {damaged.relative_to(newest)} has 1000 bytes"
-    assert warning in driver_log
-    assert [r["step"] for r in rows(run_dir / "metrics.jsonl")] == [1, 2]
-    assert [p.name for p in complete_checkpoints(run_dir)] == ["step_1", "step_2"]
-    assert latest_checkpoint(run_dir) == newest  # saved again, whole

@@ -74,9 +74,23 @@ def state(results: Path, name: str) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(results / f"{name}.safetensors")
 
 
-@pytest.mark.parametrize(
-    "name", ["ppo", "grpo", "drgrpo", "cpgd", "rloo", "gspo", "registered_at_run_time", "grpo_lora_zero3"]
-)
+SIGN_SCENARIOS = ["ppo", "grpo", "drgrpo", "cpgd", "rloo", "gspo", "cispo", "gmpo", "registered_at_run_time",
+                  "grpo_lora_zero3"]  # fmt: skip
+
+
+def test_every_built_in_algorithm_is_checked_for_the_sign_of_its_update() -> None:
+    """The loop tests train only some algorithms (tests/test_loop.py); the others' updates are checked here,
+    and REINFORCE++-baseline's (whose advantages are whitened over the batch, so not signed as the rewards)
+    against plain torch's gradient."""
+    from oat_cpgd.algorithms.registry import ALGORITHMS, REGISTERED_BY
+
+    built_in = set(ALGORITHMS) - set(REGISTERED_BY)
+    signed = {SCENARIOS[name].flags["critic_type"] for name in SIGN_SCENARIOS}
+    assert built_in - signed == {"reinforce_pp_baseline"}
+    assert "reinforce_pp_baseline" in GRADIENT_SCENARIOS
+
+
+@pytest.mark.parametrize("name", SIGN_SCENARIOS)
 def test_learn_moves_logprobs_with_the_advantage(results: Path, name: str) -> None:
     """One on-policy step: responses with a positive advantage gain log-prob, the others lose it."""
     run = result(results, name)
@@ -117,7 +131,10 @@ def test_metrics_are_complete_finite_and_the_same_on_every_rank(results: Path, n
         assert metrics["train/grad_norm"] > 0
 
 
-@pytest.mark.parametrize("name", ["grpo", "grpo_micro1", "reinforce_pp_baseline", "grpo_stale_tis"])
+GRADIENT_SCENARIOS = ["grpo", "grpo_micro1", "reinforce_pp_baseline", "grpo_stale_tis"]
+
+
+@pytest.mark.parametrize("name", GRADIENT_SCENARIOS)
 def test_gradient_equals_plain_torch_on_the_whole_batch(results: Path, name: str) -> None:
     """Exact accumulation over ranks and micro-batches: the loss weights undo DeepSpeed's rank
     average and accumulation division, so the gradient is that of the whole mini-batch loss.

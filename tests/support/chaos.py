@@ -1,9 +1,9 @@
 """Roles that kill their own process at a planned moment, for tests/test_chaos.py (importable by Ray
 workers via PYTHONPATH).
 
-The plan is `chaos.json` in the run folder, written by the test before the run: which role dies, in
-which of its calls, before or after doing its work. A marker file makes it happen once per run (a
-restarted process reads the same plan).
+The plan is `chaos.json` in the run folder, written by the test before the run: one or more faults, each
+which role dies, in which of its calls, before or after doing its work. A marker file per fault makes
+each happen once per run (a restarted process reads the same plan and counts its calls afresh).
 """
 
 import errno
@@ -21,12 +21,17 @@ from support.loop import GreedyRecordingActor
 PLAN_FILE = "chaos.json"
 
 
-def write_plan(run_dir: Path, role: str, method: str, call: int, when: str) -> None:
-    """`role` ("actor0", "learner1"; "learners": every rank) dies in its `call`-th `method` call (1-based), `when` "before" or
-    "after" its work; or, `when` "stall", hangs there instead (a collective that never returns); or, `when`
-    "disk_full", raises ENOSPC there."""
+def write_plan(run_dir: Path, *faults: dict) -> None:
+    """Each fault's `role` ("actor0", "learner1"; "learners": every rank) dies in its `call`-th `method` call
+    (1-based), `when` "before" or "after" its work; or, `when` "stall", hangs there instead (a collective
+    that never returns); or, `when` "disk_full", raises ENOSPC there."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / PLAN_FILE).write_text(json.dumps({"role": role, "method": method, "call": call, "when": when}))
+    (run_dir / PLAN_FILE).write_text(json.dumps(list(faults)))
+
+
+def struck(run_dir: Path, index: int = 0) -> bool:
+    """Whether the plan's `index`-th fault happened (on one rank at least, for "learners")."""
+    return any(run_dir.glob(f"chaos_{index}_*"))
 
 
 class _Chaos:
@@ -37,19 +42,22 @@ class _Chaos:
         plan_file = run_dir / PLAN_FILE
         if not plan_file.exists():
             return
-        plan = json.loads(plan_file.read_text())
-        planned = "before" if plan["when"] in ("stall", "disk_full") else plan["when"]
-        if plan["role"] not in (role, role.rstrip("0123456789") + "s") or (plan["method"], planned) != (method, when):
-            return
         self.chaos_calls = getattr(self, "chaos_calls", Counter())
-        self.chaos_calls[method] += 1
-        marker = "chaos_killed" if plan["role"] == role else f"chaos_killed_{role}"  # once per run, or per rank
-        if self.chaos_calls[method] == plan["call"] and first_time(self.args, marker):
-            if plan["when"] == "stall":
-                time.sleep(24 * 3600)
-            if plan["when"] == "disk_full":
-                raise OSError(errno.ENOSPC, "No space left on device (chaos)")
-            os.kill(os.getpid(), signal.SIGKILL)
+        self.chaos_calls[method, when] += 1
+        for index, fault in enumerate(json.loads(plan_file.read_text())):
+            planned = "before" if fault["when"] in ("stall", "disk_full") else fault["when"]
+            if fault["role"] not in (role, role.rstrip("0123456789") + "s") or (fault["method"], planned) != (
+                method,
+                when,
+            ):
+                continue
+            # Once per run, on each rank it names.
+            if self.chaos_calls[method, when] == fault["call"] and first_time(self.args, f"chaos_{index}_{role}"):
+                if fault["when"] == "stall":
+                    time.sleep(24 * 3600)
+                if fault["when"] == "disk_full":
+                    raise OSError(errno.ENOSPC, "No space left on device (chaos)")
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def _around(self, method: str, work, *args, **kwargs):
         self._chaos(self.role_name, method, "before")

@@ -90,6 +90,8 @@ SCENARIOS: dict[str, Scenario] = {
     "grpo": Scenario({"critic_type": "grpo", **ONE_STEP}, reference_grad_norm=True),
     "rloo": Scenario({"critic_type": "rloo", **ONE_STEP}),
     "gspo": Scenario({"critic_type": "gspo", **ONE_STEP}),
+    "cispo": Scenario({"critic_type": "cispo", **ONE_STEP}),
+    "gmpo": Scenario({"critic_type": "gmpo", **ONE_STEP}),
     # Whitened over the whole batch's tokens: the gradient equals plain torch's on the whole batch,
     # which per-rank whitening (each rank's groups differ) would not give.
     "reinforce_pp_baseline": Scenario(
