@@ -40,6 +40,12 @@ PROMPT_TEMPLATES = {
     "for example <answer> (1 + 2) / 3 </answer>.\nAssistant: Let me solve this step by step.\n<think>",
     # Qwen2.5-Math style instruction for \boxed{} answers (MATH, DeepScaleR, AIME, AMC).
     "boxed": "{input}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+    # `--env python`: the tool as the environment parses it (a turn ending in a ```python block runs it),
+    # shown by an example, and ReTool's \boxed{} answer (verl recipe/retool/retool.py) for --oracle.
+    "python_tool": "{input}\n\nYou can run Python code. Write it in a block like this one, which ends your turn:\n"
+    "```python\nprint(2 + 3)\n```\n"
+    "What the code prints comes back in an ```output block, so print what you need to see. Reason step by step, "
+    "use code for the calculations, and put your final answer within \\boxed{{}}.",
 }
 
 

@@ -74,6 +74,28 @@ def test_boxed_template_and_chat_template(shared_data, tokenizer):
     assert chat.prompt_ids[0] == tokenizer(chat.prompts[0], add_special_tokens=False)["input_ids"]
 
 
+def test_python_tool_template_shows_a_call_the_environment_runs(shared_data, tokenizer):
+    from oat_cpgd.environments.python_tool import PythonTool, tool_call
+
+    rows = load_split(str(shared_data / "gsm8k"), "test[:3]")
+    prompts = build_prompts(
+        rows,
+        tokenizer,
+        input_key="question",
+        output_key="final_answer",
+        prompt_template="python_tool",
+        apply_chat_template=True,
+        prompt_max_length=4096,
+    )
+    prompt = prompts.prompts[0]
+    assert prompt.startswith("<|im_start|>user\nJanet") and prompt.endswith("<|im_start|>assistant\n")
+    # The example turn, up to the end of its block: the environment runs its code, and its stop string ends it.
+    start = prompt.index("```python\n")
+    example = prompt[start : prompt.index("\n```\n", start) + len("\n```\n")]
+    assert tool_call(example) == "print(2 + 3)" and example.endswith(PythonTool.stop)
+    assert "```output" in prompt and "within \\boxed{}." in prompt  # what comes back; how --oracle reads answers
+
+
 def test_long_prompts_are_dropped_and_counted(shared_data, tokenizer):
     rows = load_split(str(shared_data / "math500"), "test[:100]")
     lengths = [len(tokenizer(r["problem"])["input_ids"]) for r in rows]
