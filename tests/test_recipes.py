@@ -66,6 +66,9 @@ RECIPES = {
                         "oracle": "math", "is_correction": "none", "apply_chat_template": True}, "deepscaler"),
     "deepscaler_cpgd": ({"critic_type": "cpgd", "policy_drift_coeff": 0.001, "cpgd_weight": "std", "beta": 0.0,
                          "max_norm": 0.5, "loss_agg_mode": "token-mean", "lr_scheduler": "constant"}, "deepscaler"),
+    "gsm8k_python_tool_grpo": ({"critic_type": "grpo", "env": "python", "max_turns": 5, "tool_timeout": 30.0,
+                                "oracle": "gsm8k", "prompt_template": "python_tool", "apply_chat_template": True,
+                                "beta": 1e-3, "dual_clip": 3.0, "loss_agg_mode": "token-mean"}, "gsm8k"),
 }  # fmt: skip
 
 
@@ -135,6 +138,8 @@ def test_recipe_runs_in_smoke_mode(recipe, tmp_path):
     assert (run / "final_model" / "config.json").is_file()
     config = json.loads((run / "config.json").read_text())
     assert {key: config[key] for key in kept} == kept
+    if kept.get("env") == "python":  # the episodes ran in the tool's environment: its counters are logged
+        assert {"actor/turns", "actor/tool_calls", "actor/sandbox_time"} <= rows[1].keys()
     assert config["gpus"] == 1 and config["max_steps"] == 1 and not config["bf16"]  # the smoke overrides
     assert config["prompt_data"] == str(tmp_path / "data" / data)  # prepared from ../shared/data just now
     assert (tmp_path / "data" / data / "train.jsonl").is_file()
