@@ -1,4 +1,4 @@
-# Sourced by the four recipe scripts (examples/*.sh): the checks, data preparation and SMOKE=1's shared overrides.
+# Sourced by the five recipe scripts (examples/*.sh): the checks, data preparation and SMOKE=1's shared overrides.
 set -euo pipefail
 
 if [ ! -f oat_cpgd/__init__.py ]; then
