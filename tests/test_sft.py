@@ -6,16 +6,27 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from oat_cpgd.models.sft import MARKER_FILE, fine_tune, response_batch
+from oat_cpgd.models.sft import MARKER_FILE, fine_tune, response_batch, tokenize_response
 
 PAIRS = [("What is 12 + 3?", " \\boxed{15}"), ("What is 40 + 7?", " \\boxed{47}"), ("What is 5 + 5?", " \\boxed{10}")]
 
 
 def test_labels_are_the_response_tokens_only():
-    input_ids, attention_mask, labels = response_batch([([1, 2, 3], [4, 5]), ([6], [7, 8, 9])], pad_id=0)
+    rows = [([1, 2, 3], [4, 5], [True, True]), ([6], [7, 8, 9], [True, False, True])]
+    input_ids, attention_mask, labels = response_batch(rows, pad_id=0)
     assert input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
     assert attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
-    assert labels.tolist() == [[-100, -100, -100, 4, 5], [-100, 7, 8, 9, -100]]
+    assert labels.tolist() == [[-100, -100, -100, 4, 5], [-100, 7, -100, 9, -100]]
+
+
+def test_a_multi_turn_response_is_tokenized_turn_by_turn_and_trains_on_the_models_turns(tiny_model_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    turns = ["```python\nprint(2 * 3)\n```\n", "```output\n6\n```\n", " \\boxed{6}"]
+    ids, trained = tokenize_response(tokenizer, turns)
+    each = [tokenizer(turn, add_special_tokens=False).input_ids for turn in turns]
+    assert ids == each[0] + each[1] + each[2] + [tokenizer.eos_token_id]
+    assert trained == [True] * len(each[0]) + [False] * len(each[1]) + [True] * (len(each[2]) + 1)
+    assert tokenize_response(tokenizer, turns[2]) == (each[2] + [tokenizer.eos_token_id], [True] * (len(each[2]) + 1))
 
 
 def greedy(model_dir, prompt: str) -> str:

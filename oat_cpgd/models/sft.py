@@ -4,7 +4,10 @@ A short single-process torch loop, not the DeepSpeed learner: it runs once befor
 and a model that starts from nothing rarely samples a correct answer, so RL alone would
 see no reward. The loss is the mean cross-entropy of the response tokens (and the EOS after
 them); prompts are tokenized as the RL run tokenizes them, so the model meets the same text
-there. The result is cached: the same model, pairs and settings return the folder at once.
+there. A multi-turn response is a list of turns, the model's and the environment's in turn,
+each tokenized on its own as a multi-turn rollout does (oat_cpgd.actors.episodes); the
+environment's tokens are context, not trained on. The result is cached: the same model,
+pairs and settings return the folder at once.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -24,27 +28,45 @@ from oat_cpgd.models.folders import build_folder, is_built
 SFT_VERSION = 1
 MARKER_FILE = "sft.json"
 
+Response: TypeAlias = str | Sequence[str]
+"""A response's text, or its turns: the model's first, then the environment's and the model's in
+alternation (the environment's are not trained on)."""
+
+
+def tokenize_response(tokenizer, response: Response) -> tuple[list[int], list[bool]]:
+    """(token ids, trained per token) of a response and the EOS that ends it: each turn tokenized on
+    its own, the environment's turns (odd positions) not trained."""
+    turns = [response] if isinstance(response, str) else list(response)
+    ids, trained = [], []
+    for index, turn in enumerate(turns):
+        turn_ids = tokenizer(turn, add_special_tokens=False).input_ids
+        ids += turn_ids
+        trained += [index % 2 == 0] * len(turn_ids)
+    return ids + [tokenizer.eos_token_id], trained + [True]
+
 
 def response_batch(
-    tokenized: Sequence[tuple[list[int], list[int]]], pad_id: int
+    tokenized: Sequence[tuple[list[int], list[int], list[bool]]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, labels) of right-padded prompt + response rows; labels are -100
-    except at response tokens."""
-    length = max(len(prompt) + len(response) for prompt, response in tokenized)
+    """(input_ids, attention_mask, labels) of right-padded (prompt, response, trained) rows; labels are
+    -100 except at the response's trained tokens."""
+    length = max(len(prompt) + len(response) for prompt, response, _ in tokenized)
     input_ids = torch.full((len(tokenized), length), pad_id)
     attention_mask = torch.zeros(len(tokenized), length, dtype=torch.long)
     labels = torch.full((len(tokenized), length), -100)
-    for row, (prompt, response) in enumerate(tokenized):
+    for row, (prompt, response, trained) in enumerate(tokenized):
         end = len(prompt) + len(response)
         input_ids[row, :end] = torch.tensor(prompt + response)
         attention_mask[row, :end] = 1
-        labels[row, len(prompt) : end] = torch.tensor(response)
+        labels[row, len(prompt) : end] = torch.tensor(
+            [t if keep else -100 for t, keep in zip(response, trained, strict=True)]
+        )
     return input_ids, attention_mask, labels
 
 
 def fine_tune(
     model_dir: str | Path,
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[tuple[str, Response]],
     out_dir: str | Path,
     *,
     steps: int,
@@ -52,7 +74,7 @@ def fine_tune(
     learning_rate: float = 3e-3,
     seed: int = 0,
 ) -> Path:
-    """Fine-tune `model_dir` on `pairs` (prompt text, response text) with AdamW and a constant
+    """Fine-tune `model_dir` on `pairs` (prompt text, response) with AdamW and a constant
     learning rate for `steps` steps of `batch_size` pairs drawn with replacement, and save the
     model and tokenizer into `out_dir`. Returns at once if `out_dir` was built from the same inputs."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -73,12 +95,8 @@ def fine_tune(
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    eos = [tokenizer.eos_token_id]
     tokenized = [
-        (
-            tokenizer(prompt, add_special_tokens=False).input_ids,
-            tokenizer(response, add_special_tokens=False).input_ids + eos,
-        )
+        (tokenizer(prompt, add_special_tokens=False).input_ids, *tokenize_response(tokenizer, response))
         for prompt, response in pairs
     ]
     torch.manual_seed(seed)
