@@ -1,7 +1,8 @@
 """Curves of a run against learning steps: `python -m oat_cpgd.plot RUN_DIR` draws RUN_DIR/curves.png.
 
 Four panels from RUN_DIR/metrics.jsonl: reward, eval accuracy per benchmark, response length and
-policy drift. A panel whose metrics were never logged says "no data".
+policy drift; a run with --env has a fifth, its episodes' turns and tool calls. A panel whose metrics
+were never logged says "no data".
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 Series = dict[str, tuple[list[int], list[float]]]
+EPISODE_KEYS = ("actor/turns", "actor/tool_calls")
+"""Per training episode, logged by runs with --env (tool calls: by the `python` tool)."""
 
 
 def read_rows(run_dir: Path) -> list[dict]:
@@ -41,6 +44,8 @@ def panel_series(rows: list[dict]) -> dict[str, Series]:
         "response length (tokens)": {"train/response_len": series(rows, "train/response_len")},
         "policy drift": {"train/policy_drift": series(rows, "train/policy_drift")},
     }
+    if series(rows, "actor/turns")[0]:
+        panels["per episode"] = {key: series(rows, key) for key in EPISODE_KEYS}
     return {title: {label: s for label, s in lines.items() if s[0]} for title, lines in panels.items()}
 
 
@@ -59,11 +64,16 @@ def draw_panel(axes: Axes, title: str, lines: Series) -> None:
 def plot_run(run_dir: str | Path) -> Path:
     """Draw `<run_dir>/curves.png` from `<run_dir>/metrics.jsonl`; returns the PNG's path."""
     run_dir = Path(run_dir)
-    figure = Figure(figsize=(11, 8), layout="constrained")
+    panels = panel_series(read_rows(run_dir))
+    columns = math.ceil(len(panels) / 2)
+    figure = Figure(figsize=(5.5 * columns, 8), layout="constrained")
     FigureCanvasAgg(figure)  # Agg, without pyplot's global state: works headless and in any thread
     figure.suptitle(run_dir.name)
-    for axes, (title, lines) in zip(figure.subplots(2, 2).flat, panel_series(read_rows(run_dir)).items(), strict=True):
+    grid = list(figure.subplots(2, columns).flat)
+    for axes, (title, lines) in zip(grid[: len(panels)], panels.items(), strict=True):
         draw_panel(axes, title, lines)
+    for axes in grid[len(panels) :]:
+        axes.set_axis_off()
     path = run_dir / "curves.png"
     figure.savefig(path, dpi=100)
     return path

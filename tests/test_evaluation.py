@@ -325,6 +325,15 @@ def test_plot_run_draws_all_panels(tmp_path):
     assert path == tmp_path / "run" / "curves.png"
     assert png_size(path) == (1100, 800)
     assert path.stat().st_size > 20_000  # four drawn panels, not a blank image
+    assert "per episode" not in panels  # no --env
+
+
+def test_a_run_with_episodes_gets_a_panel_of_turns_and_tool_calls(tmp_path):
+    rows = [{"step": step, "actor/reward_mean": 0.5, "actor/turns": 1 + step / 4, "actor/tool_calls": step / 4} for step in (1, 2, 3)]  # fmt: skip
+    write_metrics(tmp_path / "run", rows)
+    panels = panel_series(read_rows(tmp_path / "run"))
+    assert panels["per episode"] == {"actor/turns": ([1, 2, 3], [1.25, 1.5, 1.75]), "actor/tool_calls": ([1, 2, 3], [0.25, 0.5, 0.75])}  # fmt: skip
+    assert png_size(plot_run(tmp_path / "run")) == (1650, 800)  # a third column for the fifth panel
 
 
 def test_plot_panels_without_data_say_so(tmp_path):
