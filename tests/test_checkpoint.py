@@ -214,7 +214,8 @@ def test_resume_drops_log_rows_after_the_checkpoint(tmp_path):
 # boundary (prompts 4-7 and 8-11 of the stream), one before the kill and one after it.
 FLAGS = """--gpus 2 --critic_type ppo --zero_stage 3 --asynchronous --train_split train[:5] --num_prompt_epoch 4
     --input_key nums --output_key target,nums --prompt_template countdown
-    --oracle support.loop:LengthOracle --oracle_workers 1 --num_samples 4 --rollout_batch_size 4 --rollout_batch_size_per_device 4
+    --oracle support.loop:LengthOracle --env support.environments:ToolThenAnswer --max_turns 2 --max_episode_tokens 40
+    --oracle_workers 1 --num_samples 4 --rollout_batch_size 4 --rollout_batch_size_per_device 4
     --train_batch_size 8 --train_batch_size_per_device 2 --generate_max_length 16 --prompt_max_length 256
     --learning_rate 1e-3 --max_step_adjustment 8 --max_steps 4 --save_steps 2 --max_save_num 3 --eval_steps -1""".split()
 
@@ -259,9 +260,10 @@ def test_a_run_killed_mid_step_resumes_exactly(tiny_model_path, shared_data, tmp
     sampled responses and rewards, LR at every step, optimizer states and weights. So does the straight
     run resumed once more after its newest checkpoint was damaged (from the checkpoint before it).
 
-    PPO with a critic, ZeRO-3 and --asynchronous, across epoch boundaries: the checkpoint keeps the
-    in-flight rollout (sampled from weights no checkpoint holds), and every prompt's samples are
-    seeded by (seed, step, position, prompt), so the resumed run samples what the straight one did.
+    PPO with a critic, ZeRO-3 and --asynchronous, across epoch boundaries, on two-turn episodes (a tool's
+    answer between the model's turns): the checkpoint keeps the in-flight rollout (sampled from weights
+    no checkpoint holds), and every turn's samples are seeded by (seed, step, position, prompt, turn),
+    so the resumed run samples what the straight one did.
     """
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short, and ours: what the crash leaves is found
     # LengthOracle (tests/support/loop.py): rewards that differ within every group, so every step trains.
@@ -333,6 +335,7 @@ def check_the_same_run(whole: Path, crashed: Path, tiny_model_path: Path) -> Non
     for key in ("train/lr", "actor/reward_mean", "actor/generated_tokens", "misc/rollout_weight_version"):
         assert [r[key] for r in whole_metrics] == [r[key] for r in crashed_metrics], key
     assert len({r["train/lr"] for r in whole_metrics}) == 4  # the schedule moves at every step
+    assert {r["actor/turns"] for r in whole_metrics} == {2.0}  # every episode: tool, answer
     assert [r["misc/policy_lag"] for r in crashed_metrics] == [0, 1, 1, 1]  # asynchronous throughout
     for key in ("train/grad_norm", "train/value_loss"):
         torch.testing.assert_close(

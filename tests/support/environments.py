@@ -24,6 +24,17 @@ class Chatty(Environment):
         return Step(f"tool: {self.turn} ", 0.25, self.turn == 3, {"steps": 1})
 
 
+class ToolThenAnswer(Environment):
+    """Two model turns: the first gets an observation back, the second is scored by the run's oracle."""
+
+    def step(self, action):
+        if not getattr(self, "answered_tool", False):
+            self.answered_tool = True
+            return Step("tool: 42 ", 0.0, False)
+        reward, _ = self.oracle.check(self.prompt, action, self.reference)
+        return Step(None, reward, True)
+
+
 class Raises(Environment):
     def step(self, action):
         raise RuntimeError("broken environment")
