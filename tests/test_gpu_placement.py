@@ -97,6 +97,7 @@ RECIPES = {
     "deepscaler_ppo.sh": ([[i] for i in range(8)], [[0, 1], [2, 3], [4, 5], [6, 7]]),
     "gsm8k_ppo.sh": ([[i] for i in range(8)], [[i] for i in range(8)]),
     "countdown_r1_zero_grpo.sh": ([[0], [1], [2], [3]], [[4], [5], [6], [7]]),
+    "gsm8k_python_tool_grpo.sh": ([[i] for i in range(8)], [[i] for i in range(8)]),
 }
 
 
