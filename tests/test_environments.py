@@ -62,6 +62,27 @@ def test_python_tool_runs_code_and_the_oracle_scores_the_answer(python_tool):
     assert (wrong.reward, wrong.done) == (0.0, True)
 
 
+def test_the_python_tool_examples_demonstrations_are_what_its_environment_does():
+    """examples/python_tool.py's warm start: a tool demonstration's turns are the ones a run sees (its code
+    turn is a tool call the stop string ends, the real sandbox answers it with the demonstration's
+    observation, its final turn scores 1); a guess is a final answer of the same number."""
+    from examples.python_tool import TOOL_SHARE, demonstration, questions
+
+    rows = questions()
+    row = rows[2 * len(rows) // 3]
+    tool = PythonTool(get_oracle("math", num_workers=0), timeout_s=3.0)
+    tool.reset(row["question"], row["answer"])
+    code_turn, observation, answer = demonstration(row, 0)
+    assert code_turn.endswith(PythonTool.stop) and code_turn.count(PythonTool.stop[0]) == 1
+    called = tool.step(code_turn)
+    assert (called.observation, called.done, called.info["tool_calls"]) == (observation, False, 1)
+    assert tool.step(answer).reward == 1.0
+    guess = demonstration(row, TOOL_SHARE[0])
+    assert guess == answer and tool.step(guess).reward == 1.0
+    kinds = [isinstance(demonstration(row, index), str) for index in range(TOOL_SHARE[1])]
+    assert kinds.count(False) == TOOL_SHARE[0]  # the share of tool demonstrations is as stated
+
+
 @pytest.mark.parametrize(
     "action, code",
     [
