@@ -16,7 +16,7 @@ FLAG = re.compile(r"(?<![\w-])--([a-zA-Z][\w-]*)")
 # scripts/gpu_check.sh, examples/smollm2_arithmetic.py, OpenRLHF's --ds.*; --help, and the nested spelling
 # (--training.learning_rate) shown as what not to use.
 OTHER_FLAGS = {"address", "head", "port", "resources", "no-deps", "no-index", "logdir", "out", "input", "local_dir",
-               "train_size", "test_size", "cpu", "prepare-wheels", "steps", "seeds", "ds", "help", "training"}  # fmt: skip
+               "train_size", "test_size", "cpu", "prepare-wheels", "steps", "seeds", "ds", "help", "training", "calls"}  # fmt: skip
 
 
 def prose(page: Path) -> str:

@@ -34,6 +34,40 @@ def test_an_environment_that_fails_is_contained_and_the_workers_carry_on():
     assert isinstance(exited, Contained) and not exited.timed_out and exited.error
 
 
+def test_the_readme_environment_answers_calls_and_scores_answers_in_the_workers():
+    """examples/my_environment.py as a run uses it: named by --env, resolved at parse time, called in the
+    oracle's worker processes (pickled there and back) turn after turn."""
+    from examples.my_environment import Calculator, calculate
+    from oat_cpgd.args import CPGDArgs
+    from oat_cpgd.cli import parse_args
+    from oat_cpgd.environments import environment_class
+
+    args = parse_args(CPGDArgs, argv=["--env", "examples.my_environment:Calculator", "--oracle", "math"])
+    assert environment_class(args.env) is Calculator
+    turns = ["Let me see: <calc>347 * 29</calc>", "<calc>(1 + 2) * -4 / 2</calc>", "So \\boxed{10063}"]
+    with get_oracle("math", num_workers=1) as oracle:
+        envs = [Calculator(oracle), Calculator(oracle)]
+        for env in envs:
+            env.reset("What is 347 * 29?", "10063")
+        steps = []
+        for turn in turns:
+            results = call_environments(oracle, envs, "step", [(turn,), ("\\boxed{10062}",)])
+            envs = [results[0][0], envs[1]]  # the second episode ended at its first turn
+            steps.append(results[0][1])
+        wrong = results[1][1]
+    assert [(s.observation, s.reward, s.done) for s in steps] == [
+        ("<result>10063</result>", 0.0, False),
+        ("<result>-6.0</result>", 0.0, False),
+        (None, 1.0, True),
+    ]
+    assert steps[0].info == {"calc_calls": 1} and steps[2].info == {"answer": "10063", "format_ok": True}
+    assert (wrong.reward, wrong.done) == (0.0, True)
+    # The model's text is never run: anything but arithmetic is refused.
+    assert calculate("__import__('os').getcwd()") == "error: only numbers, +, -, * and / are allowed"
+    assert calculate("2 ** 10") == "error: only numbers, +, -, * and / are allowed"
+    assert calculate("1 / 0") == "error: division by zero" and calculate("3 *").startswith("error: ")
+
+
 @pytest.fixture
 def python_tool():
     # Long enough for a sandbox's start-up on loaded cores (0.04 s idle); the hang below waits it out.
