@@ -12,10 +12,28 @@ import pytest
 from support.console import check_quiet_console  # tests/ is on sys.path
 from support.ray_cluster import cluster_processes, stop_cluster
 
-from oat_cpgd.cluster import free_port, ray_temp_dir, worker_env
+from oat_cpgd.cluster import cpu_actor_env, free_port, ray_temp_dir, worker_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_cpu_actor_gets_a_small_kernel_cache_and_tcmalloc_where_the_system_has_it(monkeypatch, caplog):
+    libraries = {"tcmalloc_minimal": "libtcmalloc_minimal.so.4"}
+    monkeypatch.setattr("ctypes.util.find_library", libraries.get)
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LD_PRELOAD", "libmine.so")
+    assert cpu_actor_env() == {
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16",
+        "LD_PRELOAD": "libtcmalloc_minimal.so.4:libmine.so",
+    }
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")  # the user's values are kept
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libtcmalloc.so")
+    assert cpu_actor_env() == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LD_PRELOAD": "/opt/libtcmalloc.so"}
+    libraries.clear()  # not installed: said, with the package to install
+    monkeypatch.delenv("LD_PRELOAD")
+    assert cpu_actor_env() == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
+    assert "apt install libtcmalloc-minimal4" in caplog.text
 
 
 def cli_run(model: Path, data: Path, save_path: Path, name: str, *extra: str, env: dict) -> None:

@@ -35,12 +35,16 @@ class KilledOnceActor(GreedyRecordingActor):
 
 def worker_process(worker) -> dict:
     """Run by the vLLM worker (through collective_rpc): its process, its parent (on CPU with the engine
-    core in its own process: the engine core, which runs the worker in a process of its own), and the
-    file of its weight-transfer engine's class."""
+    core in its own process: the engine core, which runs the worker in a process of its own), the
+    file of its weight-transfer engine's class, and its allocator and oneDNN kernel cache."""
+    with open("/proc/self/maps") as maps:
+        tcmalloc = "libtcmalloc" in maps.read()
     return {
         "worker_pid": os.getpid(),
         "worker_parent_pid": os.getppid(),
         "weight_transfer_file": inspect.getfile(type(worker.weight_transfer_engine)),
+        "tcmalloc": tcmalloc,
+        "onednn_kernel_cache": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
     }
 
 
