@@ -20,8 +20,10 @@ A sample holds:
   number of files (other users' too: on a shared machine, not the run's alone);
 - the run folder's allocated bytes: checkpoints/ (bounded by --max_save_num) and the rest (logs,
   metrics, samples, evaluations: they grow with every step by design).
-The table: each quantity at step 1, after warm-up (--warmup) and at the end, and the growth from
-warm-up to the end; over 5% is flagged. Writes .cache/bench/soak.json and .cache/bench/soak.png;
+The table: each quantity at step 1, after warm-up (--warmup) and at the end; its growth from warm-up
+to the end, sample to sample; and its trend, the growth over the same steps of a least-squares line
+through every sample from warm-up on. A quantity that swings from step to step (the learner's RSS, as
+its allocator takes and returns memory) makes the first noisy, so the trend is what is flagged over 5%. Writes .cache/bench/soak.json and .cache/bench/soak.png;
 `--table FILE` reprints a saved run's table.
 """
 
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -223,19 +226,27 @@ def quantities(samples: list[dict]) -> dict[str, list[float]]:
     return series
 
 
+def trend(steps: list[int], values: list[float]) -> float:
+    """The growth, in % of its start, of the least-squares line through (steps, values) over those steps."""
+    fit = statistics.linear_regression(steps, values)
+    start = fit.intercept + fit.slope * steps[0]
+    return 100 * fit.slope * (steps[-1] - steps[0]) / start if start else 0.0
+
+
 def table(result: dict) -> str:
     samples, warmup = result["samples"], result["warmup"]
     steps = [s["step"] for s in samples]
     at = steps.index(warmup)
     lines = [
         f"{'quantity':40} {'step ' + str(steps[0]):>10} {'step ' + str(warmup):>10} "
-        f"{'step ' + str(steps[-1]):>10} {'growth':>8}"
+        f"{'step ' + str(steps[-1]):>10} {'growth':>8} {'trend':>8}"
     ]
     for name, values in quantities(samples).items():
         start, after, end = values[0], values[at], values[-1]
         growth = 100 * (end - after) / after if after else 0.0
-        flag = "  (by design)" if name == LOGS else "  <- over 5%" if growth > GROWTH_LIMIT else ""
-        lines.append(f"{name:40} {start:10.1f} {after:10.1f} {end:10.1f} {growth:7.1f}%{flag}")
+        line = trend(steps[at:], values[at:]) if len(set(values[at:])) > 1 else 0.0
+        flag = "  (by design)" if name == LOGS else "  <- over 5%" if line > GROWTH_LIMIT else ""
+        lines.append(f"{name:40} {start:10.1f} {after:10.1f} {end:10.1f} {growth:7.1f}% {line:7.1f}%{flag}")
     return "\n".join(lines)
 
 
