@@ -22,10 +22,7 @@ Flags after `--` go to run_cpgd as they are (they override these).
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +30,15 @@ from pathlib import Path
 from oat_cpgd.args import CPGDArgs
 from oat_cpgd.cli import parse_args
 from oat_cpgd.console import logs_line, quiet
-from oat_cpgd.experiment.demo import NUM_HELD_OUT, held_out_accuracy, held_out_split, write_jsonl
+from oat_cpgd.experiment.demo import (
+    demo_options,
+    held_out_accuracy,
+    held_out_results,
+    held_out_split,
+    run_flags,
+    write_jsonl,
+    write_splits,
+)
 from oat_cpgd.interface import run
 from oat_cpgd.models.sft import Response, fine_tune
 from oat_cpgd.models.tiny import build_tiny_model, default_corpus
@@ -86,12 +91,7 @@ def warm_start(train: list[dict]) -> Path:
 
 def cpgd_flags(model: Path, data: Path, seed: int, max_steps: int, out: Path) -> list[str]:
     return [
-        f"--pretrain={model}",
-        "--gpus=1",
-        f"--prompt_data={data}",
-        "--train_split=train",
-        "--input_key=question",
-        "--output_key=answer",
+        *run_flags("python-tool", model, data, seed, max_steps, out),
         "--env=python",
         "--oracle=math",
         "--oracle_workers=2",
@@ -108,20 +108,12 @@ def cpgd_flags(model: Path, data: Path, seed: int, max_steps: int, out: Path) ->
         "--learning_rate=1e-4",
         "--lr_scheduler=constant",
         "--lr_warmup_ratio=0",
-        f"--max_steps={max_steps}",
-        "--eval_split=test",
-        "--eval_steps=10",
-        f"--max_eval={NUM_HELD_OUT}",
-        f"--seed={seed}",
-        f"--save_path={out}",
-        f"--wb_run_name=python-tool-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}",  # a new folder each time
-        "--save_steps=-1",
     ]
 
 
 def tool_call_share(run_dir: Path, step: int) -> float:
     """The share of a held-out evaluation's answers that ran a python block."""
-    results = json.loads((run_dir / "eval" / f"step_{step}.json").read_text())["test"]
+    results = held_out_results(run_dir, step)
     return sum("```output\n" in result["responses"][0] for result in results) / len(results)
 
 
@@ -131,20 +123,10 @@ def first_and_last(rows: list[dict], key: str) -> tuple[float, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0, help="the RL run's seed (the warm start is shared)")
-    parser.add_argument("--max_steps", type=int, default=30, help="CPGD steps")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "python_tool", help="folder for the run")
-    parser.add_argument("--verbose", action="store_true", help="every library's output on the console, as printed")
-    options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-
+    options, extra = demo_options(argv, __doc__, max_steps=30, out=REPO / "runs" / "python_tool")
     start = time.monotonic()
     train, held_out = held_out_split(questions())
-    data = CACHE / "data"
-    write_jsonl(data / "train.jsonl", train)
-    write_jsonl(data / "test.jsonl", held_out)
+    data = write_splits(CACHE / "data", train, held_out)
     log = CACHE / "warm_start.log"
     print(f"warm start: fine-tuning the tiny model on {SFT_QUESTIONS} demonstrations (cached in {CACHE}; log: {log})")
     with quiet(log, options.verbose):

@@ -92,13 +92,8 @@ def warm_start(train: list[dict]) -> Path:
 
 def cpgd_flags(model: Path, data: Path, seed: int, max_steps: int, out: Path) -> list[str]:
     return [
-        f"--pretrain={model}",
-        "--gpus=1",
-        f"--prompt_data={data}",
-        "--train_split=train",
+        *run_flags("demo", model, data, seed, max_steps, out),
         "--num_prompt_epoch=10",  # --max_steps ends the run
-        "--input_key=question",
-        "--output_key=answer",
         "--oracle=math",
         "--oracle_workers=1",
         "--num_samples=8",
@@ -112,21 +107,39 @@ def cpgd_flags(model: Path, data: Path, seed: int, max_steps: int, out: Path) ->
         "--lr_scheduler=constant",
         "--lr_warmup_ratio=0",
         "--max_step_adjustment=8",  # oat counts one optimizer step per 32 prompts, not per 32 responses
+        "--eval_generate_max_length=12",
+    ]
+
+
+def run_flags(name: str, model: Path, data: Path, seed: int, max_steps: int, out: Path) -> list[str]:
+    """A demo run's model, data (write_splits' folder of questions and answers), length, seed, folder, and
+    held-out evaluation (at step 0, every 10 steps and at the end), on one device."""
+    return [
+        f"--pretrain={model}",
+        "--gpus=1",
+        f"--prompt_data={data}",
+        "--train_split=train",
+        "--input_key=question",
+        "--output_key=answer",
         f"--max_steps={max_steps}",
         "--eval_split=test",
         "--eval_steps=10",
         f"--max_eval={NUM_HELD_OUT}",
-        "--eval_generate_max_length=12",
         f"--seed={seed}",
         f"--save_path={out}",
-        f"--wb_run_name=demo-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}",  # a new folder each time
+        f"--wb_run_name={name}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}",  # a new folder each time
         "--save_steps=-1",
     ]
 
 
+def held_out_results(run_dir: Path, step: int) -> list[dict]:
+    """A held-out evaluation's results, one per question (its responses, rewards, reference)."""
+    return json.loads((run_dir / "eval" / f"step_{step}.json").read_text())["test"]
+
+
 def right_number_share(run_dir: Path, step: int) -> float:
     """The share of a held-out evaluation's answers whose final number is the sum, boxed or not."""
-    results = json.loads((run_dir / "eval" / f"step_{step}.json").read_text())["test"]
+    results = held_out_results(run_dir, step)
     answers = [extract_answer(result["responses"][0])[0] for result in results]
     return sum(answer == result["reference"] for answer, result in zip(answers, results, strict=True)) / len(results)
 
@@ -137,21 +150,32 @@ def held_out_accuracy(rows: list[dict]) -> list[tuple[int, float]]:
     return [(row["step"], row[key]) for row in rows if key in row]
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def demo_options(
+    argv: Sequence[str] | None, description: str, *, max_steps: int, out: Path
+) -> tuple[argparse.Namespace, list[str]]:
+    """A demo script's options (--seed, --max_steps, --out, --verbose) and the run_cpgd flags after `--`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ours, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="the RL run's seed (the warm start is shared)")
-    parser.add_argument("--max_steps", type=int, default=40, help="CPGD steps")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="folder for the run")
+    parser.add_argument("--max_steps", type=int, default=max_steps, help="CPGD steps")
+    parser.add_argument("--out", type=Path, default=out, help="folder for the run")
     parser.add_argument("--verbose", action="store_true", help="every library's output on the console, as printed")
-    options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    return parser.parse_args(ours), extra
 
+
+def write_splits(folder: Path, train: list[dict], held_out: list[dict]) -> Path:
+    """A folder of split files, train.jsonl and test.jsonl (--prompt_data with --train_split train)."""
+    write_jsonl(folder / "train.jsonl", train)
+    write_jsonl(folder / "test.jsonl", held_out)
+    return folder
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    options, extra = demo_options(argv, __doc__, max_steps=40, out=REPO / "runs" / "demo")
     start = time.monotonic()
     train, held_out = split_questions()
-    data = CACHE / "data"  # a folder of split files: train.jsonl and test.jsonl
-    write_jsonl(data / "train.jsonl", train)
-    write_jsonl(data / "test.jsonl", held_out)
+    data = write_splits(CACHE / "data", train, held_out)
     log = CACHE / "warm_start.log"
     print(f"warm start: fine-tuning the tiny model on {len(train)} training questions (cached in {CACHE}; log: {log})")
     with quiet(log, options.verbose):  # transformers' and DeepSpeed's output
