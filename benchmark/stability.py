@@ -36,7 +36,7 @@ import time
 from math import nan
 from pathlib import Path
 
-from oat_cpgd.experiment.demo import cpgd_flags, split_questions, warm_start, write_jsonl
+from oat_cpgd.experiment.demo import cpgd_flags, split_questions, warm_start, write_splits
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / ".cache" / "bench"
@@ -188,9 +188,7 @@ def main() -> None:
     out = OUT_DIR / "stability"
     shutil.rmtree(out, ignore_errors=True)  # this benchmark's own runs, from last time
     train, held_out = split_questions()
-    data = REPO / ".cache" / "demo" / "data"
-    write_jsonl(data / "train.jsonl", train)
-    write_jsonl(data / "test.jsonl", held_out)
+    data = write_splits(REPO / ".cache" / "demo" / "data", train, held_out)
     model = warm_start(train)
 
     runs = []
