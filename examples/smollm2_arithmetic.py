@@ -18,7 +18,7 @@ from pathlib import Path
 
 from oat_cpgd.args import CPGDArgs
 from oat_cpgd.cli import parse_args
-from oat_cpgd.experiment.demo import NUM_HELD_OUT, held_out_split, write_jsonl
+from oat_cpgd.experiment.demo import NUM_HELD_OUT, held_out_split, write_splits
 from oat_cpgd.interface import run
 from oat_cpgd.models.smollm2 import build_smollm2
 
@@ -88,9 +88,8 @@ def main() -> None:
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     model = build_smollm2(REPO / ".cache" / "test_models" / "smollm2")
     train, held_out = held_out_split(questions())  # 200 held out, as the demo
-    write_jsonl(CACHE / "data" / "train.jsonl", train)
-    write_jsonl(CACHE / "data" / "test.jsonl", held_out)
-    args = parse_args(CPGDArgs, argv=flags(model, CACHE / "data", options.seed, options.steps, options.out) + extra)
+    data = write_splits(CACHE / "data", train, held_out)
+    args = parse_args(CPGDArgs, argv=flags(model, data, options.seed, options.steps, options.out) + extra)
     print(f"run finished: {run(args)}")
 
 
