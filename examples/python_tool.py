@@ -30,6 +30,7 @@ from pathlib import Path
 from oat_cpgd.args import CPGDArgs
 from oat_cpgd.cli import parse_args
 from oat_cpgd.console import logs_line, quiet
+from oat_cpgd.environments.python_tool import observation
 from oat_cpgd.experiment.demo import (
     demo_options,
     held_out_accuracy,
@@ -67,7 +68,7 @@ def demonstration(row: dict, index: int) -> Response:
         return f" \\boxed{{{row['answer']}}}"
     return [
         f"\n```python\nprint({a} * {b})\n```\n",
-        f"```output\n{row['answer']}\n```\n",
+        observation(f"{row['answer']}\n", "", timed_out=False),  # what the sandbox's output becomes
         f" \\boxed{{{row['answer']}}}",
     ]
 
