@@ -44,8 +44,9 @@ def panel_series(rows: list[dict]) -> dict[str, Series]:
         "response length (tokens)": {"train/response_len": series(rows, "train/response_len")},
         "policy drift": {"train/policy_drift": series(rows, "train/policy_drift")},
     }
-    if series(rows, "actor/turns")[0]:
-        panels["per episode"] = {key: series(rows, key) for key in EPISODE_KEYS}
+    episode = {key: series(rows, key) for key in EPISODE_KEYS}
+    if episode["actor/turns"][0]:
+        panels["per episode"] = episode
     return {title: {label: s for label, s in lines.items() if s[0]} for title, lines in panels.items()}
 
 
