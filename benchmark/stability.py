@@ -48,6 +48,8 @@ MAX_LENGTH = 12
 """The demo's --generate_max_length: a mean length there means every answer runs on to the limit."""
 REWARD_COLLAPSE = 0.1
 """The reward has collapsed when, after its peak, it falls to this share of the peak or below."""
+SIGNALS = ("grad_norm", "logprob_gap_actor_learner", "is_weight_max")
+"""Further per-step series a run keeps: what the sentinel (oat_cpgd.sentinel) watches besides the above."""
 METHODS = {
     "grpo_noclip": ("run_grpo", ["--critic_type=grpo", "--clip_low=0.999999", "--clip_high=1e9"]),
     "grpo": ("run_grpo", ["--critic_type=grpo"]),
@@ -64,9 +66,18 @@ AGGRESSIVE = [
 
 def run_one(method: str, seed: int, steps: int, model: Path, data: Path, out: Path) -> dict:
     module, flags = METHODS[method]
-    name = f"{method}-seed{seed}"
+    return {"method": method, "seed": seed} | train_run(
+        f"{method}-seed{seed}", module, AGGRESSIVE + flags, seed, steps, model, data, out
+    )
+
+
+def train_run(
+    name: str, module: str, flags: list[str], seed: int, steps: int, model: Path, data: Path, out: Path
+) -> dict:
+    """One run of `oat_cpgd.experiment.<module>` with the demo's flags and then `flags`, held-out accuracy at
+    step 0 and at the end; its wall time, the accuracies and the per-step series the collapse tests read."""
     command = [sys.executable, "-m", f"oat_cpgd.experiment.{module}"]
-    command += cpgd_flags(model, data, seed, steps, out) + AGGRESSIVE + flags
+    command += cpgd_flags(model, data, seed, steps, out) + flags
     command += [f"--eval_steps={steps}", f"--wb_run_name={name}"]  # held-out accuracy at step 0 and at the end
     start = time.perf_counter()
     # A run that fails (a non-finite update, say) is a result too: kept with the steps it logged.
@@ -75,8 +86,6 @@ def run_one(method: str, seed: int, steps: int, model: Path, data: Path, out: Pa
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     evals = [(row["step"], row["eval/test/accuracy"]) for row in rows if "eval/test/accuracy" in row]
     return {
-        "method": method,
-        "seed": seed,
         "crashed": crashed,
         "wall": time.perf_counter() - start,
         "accuracy_before": evals[0][1] if evals else float("nan"),
@@ -86,6 +95,7 @@ def run_one(method: str, seed: int, steps: int, model: Path, data: Path, out: Pa
         "response_len": [row["train/response_len"] for row in rows if "train/response_len" in row],
         "policy_drift": [row["train/policy_drift"] for row in rows if "train/policy_drift" in row],
         "clip_frac": [row["train/clip_frac"] for row in rows if "train/clip_frac" in row],
+        **{name: [row.get(f"train/{name}", nan) for row in rows if "actor/reward_mean" in row] for name in SIGNALS},
     }
 
 

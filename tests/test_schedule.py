@@ -145,6 +145,11 @@ def test_a_given_adjustment_keeps_oats_meaning_and_a_short_schedule_is_named():
     # A group method trains no critic: its schedule is not worth a warning.
     grpo = PPOArgs(**USER_RUN, critic_type="grpo", max_step_adjustment=1.0, critic_max_step_adjustment=2.0)
     assert len(schedule_warnings(grpo, schedule_steps(grpo, 320, 40), 40)) == 1
+    # A constant LR without warm-up is the same LR whatever the schedule's length: no warning (the demo's).
+    constant = PPOArgs(**USER_RUN, lr_scheduler="constant", lr_warmup_ratio=0.0, max_step_adjustment=1.0)
+    assert schedule_warnings(constant, schedule_steps(constant, 320, 40), 40) == []
+    warm_up = PPOArgs(**USER_RUN, lr_scheduler="constant", lr_warmup_ratio=0.1, max_step_adjustment=1.0)
+    assert len(schedule_warnings(warm_up, schedule_steps(warm_up, 320, 40), 40)) == 1
 
 
 @pytest.mark.parametrize("scheduler", ["linear", "cosine", "cosine_with_min_lr", "polynomial"])

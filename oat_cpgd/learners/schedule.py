@@ -52,7 +52,10 @@ def schedule_steps(args: PPOArgs, num_prompts: int, learning_steps: int) -> Sche
 
 
 def schedule_warnings(args: PPOArgs, lengths: ScheduleSteps, learning_steps: int) -> list[str]:
-    """One line per schedule that ends before the run does (then it holds its final LR meanwhile)."""
+    """One line per schedule that ends before the run does (then it holds its final LR meanwhile). None for
+    a constant LR without warm-up, which is the same LR whatever the schedule's length."""
+    if args.lr_scheduler == "constant" and args.lr_warmup_ratio == 0:
+        return []
     run_steps = run_optimizer_steps(args, learning_steps)
     warnings = []
     for name, steps, flag in (
