@@ -255,8 +255,31 @@ def fill_algorithm_defaults(args: PPOArgs) -> None:
         )
 
 
+def check_sentinel(args: PPOArgs) -> None:
+    from oat_cpgd.sentinel import MIN_HISTORY
+
+    need(
+        args.sentinel_keep >= 1,
+        f"--sentinel_keep must be >= 1 (steps between rollback points), got {args.sentinel_keep}.",
+    )
+    need(args.sentinel_k > 0, f"--sentinel_k must be > 0, got {args.sentinel_k}.")
+    need(
+        args.sentinel_window >= MIN_HISTORY,
+        f"--sentinel_window must be >= {MIN_HISTORY} (the steps a signal needs before it may fire), "
+        f"got {args.sentinel_window}.",
+    )
+    need(0 < args.sentinel_lr_factor <= 1, f"--sentinel_lr_factor must be in (0, 1], got {args.sentinel_lr_factor}.")
+    need(args.max_rollbacks >= 0, f"--max_rollbacks must be >= 0, got {args.max_rollbacks}.")
+    need(
+        not (args.sentinel and args.asynchronous),
+        "--sentinel and --asynchronous cannot be combined yet: a rollback would have to discard the next step's "
+        "rollout, which asynchronous training samples while the alarming step learns.",
+    )
+
+
 def check_training(args: PPOArgs) -> None:
     """The algorithm, rewards, advantages and critic flags agree."""
+    check_sentinel(args)
     algorithm = get_algorithm(args.critic_type)
     try:
         algorithm.loss_options(args)

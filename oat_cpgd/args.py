@@ -28,6 +28,7 @@ SECTIONS = (
     "environment",
     "evaluation",
     "training",
+    "sentinel",
     "saving_and_logging",
     "algorithm",
     "rewards_and_advantages",
@@ -273,6 +274,28 @@ class Args:
     well above the 1e-2 to 3e-2 that CUDA's bf16 kernels are reported to give."""
     max_steps: int = flag("training", -1)
     """Stop after this many learning steps (-1: run through the prompt epochs)."""
+
+    # --- Sentinel ---
+    sentinel: bool = flag("sentinel", False)
+    """Watch every step's metrics for the start of a collapse (oat_cpgd.sentinel: KL, importance weights,
+    drift, gradient norm, entropy, length, the reward's fall, non-finite values, each against the run's own
+    recent history). When one fires, the run goes back to a rollback point from before it, in-process, and
+    goes on with --sentinel_remedy (misc/rollbacks; each alarm in <run>/sentinel.jsonl)."""
+    sentinel_keep: int = flag("sentinel", 1)
+    """A rollback point every this many steps: a checkpoint in <run>/rollback/, the newest 3 kept. A
+    rollback goes to the newest from at least 2 steps before the alarm (the policy that sampled the
+    alarming step's rollout already had the bad update)."""
+    sentinel_k: float = flag("sentinel", 6.0)
+    """A signal fires beyond this many robust standard deviations of its recent history."""
+    sentinel_window: int = flag("sentinel", 10)
+    """The recent history: this many of the last healthy steps."""
+    sentinel_remedy: Literal["lr", "skip", "both", "none"] = flag("sentinel", "both")
+    """After a rollback: lower the LR by --sentinel_lr_factor (for the rest of the run), skip the prompts
+    of the steps rolled back (the prompt stream moves on past them), both, or none (replay as before)."""
+    sentinel_lr_factor: float = flag("sentinel", 0.5)
+    """The LR's factor at each rollback (--sentinel_remedy lr or both)."""
+    max_rollbacks: int = flag("sentinel", 3)
+    """Rollbacks in a run; one more alarm stops it with an error naming every alarm."""
 
     # --- Saving and logging ---
     save_path: str = flag("saving_and_logging", "./runs")

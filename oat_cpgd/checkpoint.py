@@ -106,10 +106,12 @@ def damage(checkpoint: Path) -> str | None:
     return None
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint that can be trusted: complete, and its files as saved. A newer one that is
-    damaged is skipped with a warning naming the file. What resume and a role's restart start from."""
-    for checkpoint in reversed(complete_checkpoints(run_dir)):
+def latest_checkpoint(run_dir: Path, at_most: int | None = None) -> Path | None:
+    """The newest checkpoint that can be trusted: complete, and its files as saved (of a step <= `at_most`,
+    if given). A newer one that is damaged is skipped with a warning naming the file. What resume, a role's
+    restart and a rollback start from."""
+    found = complete_checkpoints(run_dir)
+    for checkpoint in reversed([c for c in found if at_most is None or step_of(c) <= at_most]):
         problem = damage(checkpoint)
         if problem is None:
             return checkpoint

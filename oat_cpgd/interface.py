@@ -19,13 +19,16 @@ from oat_cpgd.args import ConfigError, PPOArgs
 from oat_cpgd.checkpoint import (
     CheckpointSaveError,
     checkpoints_dir,
+    complete_checkpoints,
     latest_checkpoint,
     load_pending_rollout,
     load_state,
     prompts_fingerprint,
+    remove,
     resume_differences,
     save_checkpoint,
     save_pending_rollout,
+    step_of,
 )
 from oat_cpgd.cluster import cluster_nodes, ray_session, reserve
 from oat_cpgd.console import FORMAT, Console, run_folder
@@ -46,9 +49,14 @@ from oat_cpgd.rollout import (
     start_rollout,
 )
 from oat_cpgd.run_log import RunLog, refuse_a_used_run_dir, summary
+from oat_cpgd.sentinel import Collapse, Course, Sentinel, SentinelGaveUp
 from oat_cpgd.types import Trajectory
 
 logger = logging.getLogger(__name__)
+ROLLBACK_DIR = "rollback"
+"""<run folder>/rollback/checkpoints/: the sentinel's rollback points (checkpoints, as oat_cpgd.checkpoint)."""
+ROLLBACK_KEEP = 3
+"""Rollback points kept: a rollback needs one from 2 steps before the alarm (see --sentinel_keep)."""
 
 
 def num_learning_steps(args: PPOArgs, num_prompts: int) -> int:
@@ -123,6 +131,8 @@ def _run(args: PPOArgs, run_dir: Path, console: Console, learner_cls, actor_cls)
     fingerprint = prompts_fingerprint(prompts.indices, prompts.prompts)  # saved with every checkpoint
     resume_from = checkpoint_to_resume(args, run_dir, prompts, fingerprint)
     done_steps = load_state(resume_from)["step"] if resume_from else 0
+    course = Course.from_state(load_state(resume_from)) if resume_from else Course()
+    sentinel = Sentinel(args.sentinel_k, args.sentinel_window) if args.sentinel else None
 
     with ray_session(args.ray_address, log_to_driver=args.verbose):
         # From the cluster's resources, not the driver's devices: a ConfigError here comes before any engine starts.
@@ -145,8 +155,10 @@ def _run(args: PPOArgs, run_dir: Path, console: Console, learner_cls, actor_cls)
                 while True:
                     try:
                         _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps,
-                               checkpoint)  # fmt: skip
+                               checkpoint, course, sentinel)  # fmt: skip
                         break
+                    except Collapse as collapse:
+                        checkpoint = roll_back(args, roles, run_dir, run_log, sentinel, course, collapse)
                     except LearnersLost as lost:
                         # The learner ranks start again from the latest checkpoint; the steps since are replayed.
                         roles.restart_learners(lost)
@@ -163,14 +175,60 @@ def _run(args: PPOArgs, run_dir: Path, console: Console, learner_cls, actor_cls)
     plot_run(run_dir)
 
 
-def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps, resume_from) -> None:
+def roll_back(
+    args, roles, run_dir: Path, run_log: RunLog, sentinel: Sentinel, course: Course, collapse: Collapse
+) -> Path:
+    """After the sentinel's alarm: the rollback point to go on from (the newest from at least 2 steps before
+    the alarm: the weights that sampled the alarming step's rollout had already taken the bad update), with
+    the remedy applied to `course`. What came after that point (checkpoints, logged steps, the sentinel's
+    history) is forgotten. Raises SentinelGaveUp once --max_rollbacks are spent."""
+    alarm = collapse.alarm
+    points = run_dir / ROLLBACK_DIR
+    point = latest_checkpoint(points, at_most=alarm.step - 2) or latest_checkpoint(points, at_most=alarm.step - 1)
+    record = {**alarm.__dict__, "rollback": course.rollbacks + 1, "metrics": collapse.metrics}
+    with (run_dir / "sentinel.jsonl").open("a") as out:
+        out.write(json.dumps({**record, "back_to": step_of(point) if point else None}) + "\n")
+    course.alarms.append(alarm.text())
+    if course.rollbacks >= args.max_rollbacks or point is None:
+        why = f"--max_rollbacks {args.max_rollbacks} are spent" if point else "no rollback point is from before it"
+        raise SentinelGaveUp(
+            f"the sentinel fired and {why}, so the run stops. Its alarms:\n  "
+            + "\n  ".join(course.alarms)
+            + f"\n(every alarm, with its step's metrics: {run_dir / 'sentinel.jsonl'}; {roles.resume_hint()})"
+        )
+    back_to = step_of(point)
+    for later in complete_checkpoints(points) + complete_checkpoints(run_dir):
+        if step_of(later) > back_to:  # of the course that collapsed: never to be resumed from
+            remove(later)
+    course.rollbacks += 1
+    if args.sentinel_remedy in ("lr", "both"):
+        course.lr_factor *= args.sentinel_lr_factor
+    if args.sentinel_remedy in ("skip", "both"):
+        course.prompt_offset += alarm.step - back_to  # the prompts of the steps rolled back are not drawn again
+    sentinel.forget_after(back_to)
+    roles.events["misc/rollbacks"] += 1
+    roles.events["misc/steps_replayed"] += run_log.rewind(back_to)
+    logger.warning(
+        "sentinel: %s; rolled back to step %d (rollback %d of --max_rollbacks %d), going on with the LR x%g of "
+        "--learning_rate's schedule and %d steps' prompts skipped",
+        alarm.text(), back_to, course.rollbacks, args.max_rollbacks, course.lr_factor, course.prompt_offset,
+    )  # fmt: skip
+    return point
+
+
+def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_log, steps, resume_from, course,
+           sentinel) -> None:  # fmt: skip
     """The steps after `resume_from` (None: all of them), on `roles`; the loop of `_run`, which starts it
-    again from the latest checkpoint when the learner ranks are lost."""
+    again from the latest checkpoint when the learner ranks are lost, or from a rollback point when the
+    sentinel fires (the Collapse it raises)."""
     done_steps = load_state(resume_from)["step"] if resume_from else 0
     roles.learned(done_steps)
     roles.connect()
     if resume_from:
         roles.on_learners("load_checkpoint", str(resume_from))
+        saved_factor = Course.from_state(load_state(resume_from)).lr_factor
+        if course.lr_factor != saved_factor:  # the sentinel's LR remedy since that checkpoint was saved
+            roles.on_learners("scale_learning_rate", course.lr_factor / saved_factor)
     # Collocated, the engines sleep since start-up (oat_cpgd.roles.start_roles) or the last learn.
     if args.collocate:
         roles.on_actors("wake_up", ["weights"])
@@ -183,7 +241,7 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
     checks_started = 0
 
     def draw(step: int) -> Rollout:
-        indices = prompt_order(len(prompts), args.seed, step, args.rollout_batch_size)
+        indices = prompt_order(len(prompts), args.seed, step + course.prompt_offset, args.rollout_batch_size)
         return Rollout(indices, start_rollout(args, roles, prompts, indices, step))
 
     def collect(step: int, rollout: Rollout) -> tuple[list[Trajectory], dict[str, float], list[int]]:
@@ -195,7 +253,9 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
         extra: list[int] = []
 
         def draw_more(draw: int) -> list[list[Trajectory]]:
-            indices = extra_prompt_order(len(prompts), args.seed, step, draw, args.rollout_batch_size)
+            indices = extra_prompt_order(
+                len(prompts), args.seed, step + course.prompt_offset, draw, args.rollout_batch_size
+            )
             extra.extend(indices)
             more, more_metrics = finish_rollout(start_rollout(args, roles, prompts, indices, step, draw), roles)
             chunk_metrics.extend(more_metrics)
@@ -287,12 +347,14 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
         check = None
         return gap, time.perf_counter() - start
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, where: Path = run_dir, keep: int = args.max_save_num) -> None:
+        """A checkpoint of `step` in `where` (the run folder's checkpoints, or the sentinel's rollback points)."""
         state = {
             "step": step,
-            "prompts_drawn": step * args.rollout_batch_size,
+            "prompts_drawn": (step + course.prompt_offset) * args.rollout_batch_size,
             "num_prompts": len(prompts),
             "prompts_fingerprint": fingerprint,
+            **course.state(),
         }
 
         def write(folder: Path) -> None:
@@ -304,7 +366,7 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
                 save_pending_rollout(folder, pending.saved())
 
         try:
-            save_checkpoint(run_dir, step, state, write, args.max_save_num)
+            save_checkpoint(where, step, state, write, keep)
         except CheckpointSaveError as failed:
             if isinstance(failed.__cause__, (LearnersLost, RoleFailed)):
                 raise failed.__cause__ from None  # restarted learners save it again as they replay the step
@@ -312,6 +374,8 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
 
     if not resume_from and 0 not in run_log.steps_logged:  # (logged before the learners were restarted)
         run_log.log_eval(0, evaluate(0))
+    if sentinel is not None and not complete_checkpoints(run_dir / ROLLBACK_DIR):
+        checkpoint(done_steps, run_dir / ROLLBACK_DIR, ROLLBACK_KEEP)  # a non-finite value may fire at once
     saved_rollout = load_pending_rollout(resume_from) if resume_from else None
     pending: Rollout | None = Rollout.restored(saved_rollout) if saved_rollout else draw(done_steps + 1)
     for step in run_log.progress(range(done_steps + 1, steps + 1), total=steps, initial=done_steps):
@@ -325,7 +389,8 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
         train_metrics = learn_and_sync(step, trajectories)
         # Queued after the sync on each actor (Ray keeps an actor's calls in order): new weights.
         eval_metrics = evaluate(step)
-        if pending is None and step < steps:
+        alarm = sentinel.check(step, {**train_metrics, **actor_metrics}) if sentinel is not None else None
+        if pending is None and step < steps and alarm is None:
             pending = draw(step + 1)
 
         rollout_version = min(t.weight_version for t in trajectories)
@@ -346,10 +411,14 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
             },
             extra_indices,
         )
+        if alarm is not None:  # logged first, for the record; the rollback forgets it
+            raise Collapse(alarm, {**train_metrics, **actor_metrics})
         if args.plot:
             plot_run(run_dir)
         if (args.save_steps > 0 and step % args.save_steps == 0) or step == steps:
             checkpoint(step)
+        if sentinel is not None and step % args.sentinel_keep == 0:
+            checkpoint(step, run_dir / ROLLBACK_DIR, ROLLBACK_KEEP)
 
     roles.on_learners("save_pretrained", str(run_dir / "final_model"))
     roles.on_actors("close")
@@ -364,6 +433,9 @@ def main(args: PPOArgs, learner_cls=None, actor_cls=None) -> None:
     except ConfigError as err:  # found once attached to the cluster (--ray_address): a usage error, as at parse time
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SentinelGaveUp as err:  # the run's own outcome, said in full: no traceback to read past
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(
         f"run finished: metrics in {run_dir / 'metrics.jsonl'}, curves in {run_dir / 'curves.png'}, "
         f"model in {run_dir / 'final_model'}"

@@ -183,6 +183,10 @@ def assert_usage_error(argv: list[str], flags: list[str], capsys) -> None:
         (["--env", "python", "--max_turns", "0"], ["--max_turns"]),
         (["--env", "python", "--max_episode_tokens", "0"], ["--max_episode_tokens"]),
         (["--env", "python", "--tool_timeout", "2"], ["--tool_timeout", "--oracle_timeout"]),
+        (["--sentinel_keep", "0"], ["--sentinel_keep"]),
+        (["--sentinel_window", "3"], ["--sentinel_window", "5"]),
+        (["--sentinel_lr_factor", "2"], ["--sentinel_lr_factor"]),
+        (["--sentinel", "--asynchronous"], ["--sentinel", "--asynchronous"]),
     ],
 )
 def test_out_of_range_flags_name_their_flags(argv, flags, capsys):

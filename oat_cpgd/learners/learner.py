@@ -549,6 +549,15 @@ class Learner:
         client_state = saving.load_engines(self._engines(), path)
         self.shuffle_generator.set_state(client_state["shuffle_rng"])
 
+    def scale_learning_rate(self, factor: float) -> None:
+        """The policy's (and critic's) LR times `factor`, now and at every later step of its schedule (the
+        sentinel's remedy, oat_cpgd.sentinel). Each rank scales its own optimizer alike: no collective."""
+        for engine in self._engines().values():
+            scheduler = engine.lr_scheduler
+            scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+            for group in engine.optimizer.param_groups:
+                group["lr"] *= factor
+
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Collective: rank 0 writes config, safetensors weights and tokenizer (Hugging Face format; with
         LoRA the merged model, which loads without peft)."""

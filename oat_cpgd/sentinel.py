@@ -1,0 +1,190 @@
+"""The sentinel (--sentinel): it notices a run falling apart from the run's own metrics, so that the loop can
+roll it back to a healthy checkpoint and go on with a remedy (oat_cpgd.interface).
+
+Each step's metrics are compared with the run's own recent history: the last --sentinel_window steps that
+passed. A signal fires when its value lies more than --sentinel_k robust standard deviations beyond their
+median, in the direction of a collapse. The signals are positive quantities whose scale changes over a run
+and between models (a KL, a gradient norm), so they are compared in log space: a relative change, the same
+on any model. The robust standard deviation is 1.4826 x the median absolute deviation, floored at
+MIN_LOG_SCALE, so that a signal that has been nearly constant does not fire on ordinary noise.
+
+- rising: the actor-learner k3 KL (the actors sample from weights the learner no longer has), the
+  importance weights' maximum, the policy drift within a step's updates, the gradient norm;
+- either way: the token entropy (exploration collapsing, or the output turning to noise) and the response
+  length (answers emptied, or rambling to the limit);
+- the training reward's fall from its running peak: below half of the peak and more than k robust standard
+  deviations (of the recent rewards, not in log space: a reward may be 0 or negative) below their median;
+- any non-finite metric, or an update the optimizer skipped for a non-finite gradient: at once.
+
+The relative signals wait for MIN_HISTORY healthy steps. What fires is an `Alarm`; the sentinel keeps no
+state but its history, which a rollback rewinds (`forget_after`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+RISING, FALLING, EITHER = 1, -1, 0
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    """How the console names it."""
+    key: str
+    """Its metric."""
+    direction: int
+    """RISING, FALLING or EITHER: which way is a collapse."""
+
+
+SIGNALS = (
+    Signal("actor-learner KL", "train/logprob_gap_actor_learner", RISING),
+    Signal("importance-weight max", "train/is_weight_max", RISING),
+    Signal("policy drift", "train/policy_drift", RISING),
+    Signal("gradient norm", "train/grad_norm", RISING),
+    Signal("entropy", "train/entropy", EITHER),
+    Signal("response length", "train/response_len", EITHER),
+)
+REWARD = Signal("reward", "actor/reward_mean", FALLING)
+WATCHED_PREFIXES = ("train/", "actor/")
+"""Whose non-finite values fire: what the step computed (not timings or counters)."""
+MIN_HISTORY = 5
+"""Healthy steps before a relative signal may fire: a median of fewer says little."""
+MIN_LOG_SCALE = 0.1
+"""The robust standard deviation's floor in log space: a change by a factor exp(k x 0.1) is never noise."""
+MIN_REWARD_SCALE = 0.02
+"""The floor of the reward's robust standard deviation (rewards in [0, 1])."""
+TINY = 1e-12
+"""Added before a log: a signal that is exactly 0 (no drift in a one-update step) stays finite."""
+
+
+@dataclass(frozen=True)
+class Alarm:
+    step: int
+    signal: str
+    key: str
+    value: float
+    median: float
+    """The history's median (for the reward: its running peak, the median next to it in `text`)."""
+    limit: float
+    """The value beyond which it fires."""
+
+    def text(self) -> str:
+        if not math.isfinite(self.value):
+            return f"step {self.step}'s {self.key} is {self.value}"
+        return (
+            f"step {self.step}'s {self.signal} ({self.key}) is {self.value:.4g}, beyond {self.limit:.4g} "
+            f"(its recent median: {self.median:.4g})"
+        )
+
+
+def robust_center_and_scale(values: list[float], floor: float) -> tuple[float, float]:
+    """The median and 1.4826 x the median absolute deviation (a standard deviation for normal data), floored."""
+    center = statistics.median(values)
+    return center, max(1.4826 * statistics.median(abs(v - center) for v in values), floor)
+
+
+def relative_alarm(signal: Signal, value: float, history: list[float], k: float, step: int) -> Alarm | None:
+    """Whether `value` lies more than k robust standard deviations of log(history) beyond its median."""
+    logs = [math.log(abs(v) + TINY) for v in history]
+    center, scale = robust_center_and_scale(logs, MIN_LOG_SCALE)
+    here = math.log(abs(value) + TINY)
+    high, low = center + k * scale, center - k * scale
+    median = math.exp(center)
+    if signal.direction != FALLING and here > high:
+        return Alarm(step, signal.name, signal.key, value, median, math.exp(high))
+    if signal.direction != RISING and here < low:
+        return Alarm(step, signal.name, signal.key, value, median, math.exp(low))
+    return None
+
+
+def reward_alarm(value: float, history: list[float], peak: float, k: float, step: int) -> Alarm | None:
+    """Whether the reward has fallen below half its running peak and k robust standard deviations below its
+    recent median."""
+    center, scale = robust_center_and_scale(history, MIN_REWARD_SCALE)
+    limit = min(center - k * scale, peak / 2)
+    if peak > 0 and value < limit:
+        return Alarm(step, REWARD.name, REWARD.key, value, peak, limit)
+    return None
+
+
+def non_finite(metrics: dict[str, float], step: int) -> Alarm | None:
+    for key, value in metrics.items():
+        if key.startswith(WATCHED_PREFIXES) and isinstance(value, float | int) and not math.isfinite(value):
+            return Alarm(step, "non-finite value", key, float(value), math.nan, math.nan)
+    if metrics.get("train/skipped_steps", 0) > 0:
+        value = float(metrics["train/skipped_steps"])
+        return Alarm(step, "update skipped for a non-finite gradient", "train/skipped_steps", value, 0.0, 0.0)
+    return None
+
+
+class Sentinel:
+    """The history of a run's healthy steps, and the test of each new step against it."""
+
+    def __init__(self, k: float, window: int) -> None:
+        self.k, self.window = k, window
+        self.history: list[tuple[int, dict[str, float]]] = []
+        """(step, metrics) of the steps that passed, oldest first."""
+
+    def check(self, step: int, metrics: dict[str, float]) -> Alarm | None:
+        """The first signal that fires on `step`'s metrics; None if none does (the step joins the history)."""
+        alarm = non_finite(metrics, step) or self._relative(step, metrics)
+        if alarm is None:
+            self.history.append((step, metrics))
+        return alarm
+
+    def _relative(self, step: int, metrics: dict[str, float]) -> Alarm | None:
+        if len(self.history) < MIN_HISTORY:
+            return None
+        recent = [m for _, m in self.history[-self.window :]]
+        for signal in SIGNALS:
+            past = [m[signal.key] for m in recent if signal.key in m]
+            if signal.key in metrics and len(past) >= MIN_HISTORY:
+                if alarm := relative_alarm(signal, metrics[signal.key], past, self.k, step):
+                    return alarm
+        if REWARD.key in metrics:
+            peak = max(m.get(REWARD.key, -math.inf) for _, m in self.history)
+            past = [m[REWARD.key] for m in recent if REWARD.key in m]
+            if len(past) >= MIN_HISTORY:
+                return reward_alarm(metrics[REWARD.key], past, peak, self.k, step)
+        return None
+
+    def forget_after(self, step: int) -> None:
+        """A rollback to `step`: the steps after it are replayed, and judged again."""
+        self.history = [(s, m) for s, m in self.history if s <= step]
+
+
+class Collapse(Exception):
+    """Raised in the loop when the sentinel fires; the loop rolls the run back (oat_cpgd.interface)."""
+
+    def __init__(self, alarm: Alarm, metrics: dict[str, float]) -> None:
+        super().__init__(alarm.text())
+        self.alarm, self.metrics = alarm, metrics
+
+
+class SentinelGaveUp(RuntimeError):
+    """More alarms than --max_rollbacks, or none of the run's rollback points is from before the alarm."""
+
+
+@dataclass
+class Course:
+    """What the rollbacks so far have changed in the run; saved with every checkpoint, so that a resumed
+    run goes on as the original would."""
+
+    rollbacks: int = 0
+    lr_factor: float = 1.0
+    """The product of the LR remedies so far: the learners' LR is --learning_rate's schedule times it."""
+    prompt_offset: int = 0
+    """Steps' worth of prompts skipped: step s draws the prompts of step s + prompt_offset."""
+    alarms: list[str] = field(default_factory=list)
+    """This process's alarms, for the error that ends the run (not saved)."""
+
+    def state(self) -> dict[str, float]:
+        return {"rollbacks": self.rollbacks, "lr_factor": self.lr_factor, "prompt_offset": self.prompt_offset}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Course:
+        """From a checkpoint's state (one saved without a sentinel's: as at the start)."""
+        return cls(state.get("rollbacks", 0), state.get("lr_factor", 1.0), state.get("prompt_offset", 0))
