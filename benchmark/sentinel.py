@@ -2,8 +2,9 @@
 
     python benchmark/sentinel.py [--seeds 0 1 2] [--methods grpo cpgd] [--table FILE]
 
-1. False alarms: the demo (`make demo`: CPGD, 40 steps, its warm start and flags) with --sentinel, on every
-   seed. An alarm there is a false one: the demo's runs do not collapse (0% -> 78% held-out).
+1. False alarms: the demo (`make demo`: CPGD, 40 steps, its warm start and flags) without and with
+   --sentinel, on every seed. An alarm there is a false one: the demo's runs do not collapse (0% -> 78%
+   held-out). The pair also shows what the rollback points cost in wall time.
 2. Collapse: the stability benchmark's aggressive setting (benchmark/stability.py: 16 updates per rollout
    at lr 1e-3, 15 steps) for `grpo` and `cpgd`, on every seed, without and with --sentinel (its defaults:
    remedy both, the LR halved and the rolled-back steps' prompts skipped, at most 3 rollbacks).
@@ -57,7 +58,7 @@ def run_one(case: str, method: str, seed: int, sentinel: bool, model: Path, data
 def print_table(runs: list[dict]) -> None:
     print(
         "\ncase        | method | seed | sentinel | held-out before -> after | steps done | rollbacks | "
-        "steps replayed | alarms (step: signal) | stopped"
+        "steps replayed | alarms (step: signal) | stopped | wall (s)"
     )
     for r in runs:
         alarms = ", ".join(f"{a['step']}: {a['signal']}" for a in r["alarms"]) or "-"
@@ -65,9 +66,9 @@ def print_table(runs: list[dict]) -> None:
         print(
             f"{r['case']:11} | {r['method']:6} | {r['seed']} | {'on' if r['sentinel'] else 'off':3} | "
             f"{r['accuracy_before']:.2f} -> {after} | {r['steps_done']} | {r['rollbacks']} | "
-            f"{r['steps_replayed']:.0f} | {alarms} | {'yes' if r['crashed'] else 'no'}"
+            f"{r['steps_replayed']:.0f} | {alarms} | {'yes' if r['crashed'] else 'no'} | {r['wall']:.0f}"
         )
-    clean = [r for r in runs if r["case"] == "demo"]
+    clean = [r for r in runs if r["case"] == "demo" and r["sentinel"]]
     if clean:
         steps = sum(r["steps_done"] for r in clean)
         alarms = sum(r["rollbacks"] for r in clean)
@@ -89,7 +90,7 @@ def main() -> None:
     train, held_out = split_questions()
     data = write_splits(REPO / ".cache" / "demo" / "data", train, held_out)
     model = warm_start(train)
-    jobs = [("demo", "cpgd", seed, True) for seed in options.seeds]
+    jobs = [("demo", "cpgd", seed, sentinel) for seed in options.seeds for sentinel in (False, True)]
     jobs += [
         ("aggressive", method, seed, sentinel)
         for seed in options.seeds

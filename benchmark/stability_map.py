@@ -205,7 +205,7 @@ def plot(runs: dict[str, dict], methods, lrs, updates, steps: int, path: Path) -
     figure = Figure(figsize=(3.2 * columns, 3.0 * rows))
     axes = figure.subplots(rows, columns, squeeze=False).flat
     image = None
-    for method, ax in zip(methods, axes, strict=False):
+    for index, (method, ax) in enumerate(zip(methods, axes, strict=False)):
         grid = [[float("nan")] * len(updates) for _ in lrs]
         for i, lr in enumerate(lrs):
             for j, u in enumerate(updates):
@@ -213,13 +213,17 @@ def plot(runs: dict[str, dict], methods, lrs, updates, steps: int, path: Path) -
                 if cell:
                     grid[i][j] = statistics.median(r["accuracy_after"] for r in cell)
                     collapses_text = f"{sum(map(collapsed, cell))}/{len(cell)}"
-                    ax.text(j, i, f"{grid[i][j]:.2f}\n{collapses_text}", ha="center", va="center", fontsize=9)
+                    colour = "white" if grid[i][j] < 0.5 else "black"  # readable on viridis' dark and light ends
+                    ax.text(
+                        j, i, f"{grid[i][j]:.2f}\n{collapses_text}", ha="center", va="center", fontsize=9, color=colour
+                    )
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower")
         ax.set(title=method, xticks=range(len(updates)), yticks=range(len(lrs)))
         ax.set_xticklabels([str(u) for u in updates])
         ax.set_yticklabels([f"{lr:g}" for lr in lrs])
         ax.set_xlabel("updates per rollout")
-        ax.set_ylabel("learning rate")
+        if index % columns == 0:
+            ax.set_ylabel("learning rate")
     for ax in list(axes):  # panels beyond the methods
         ax.set_visible(False)
     if image is not None:

@@ -285,7 +285,7 @@ class Args:
     """A rollback point every this many steps: a checkpoint in <run>/rollback/, the newest 3 kept. A
     rollback goes to the newest from at least 2 steps before the alarm (the policy that sampled the
     alarming step's rollout already had the bad update)."""
-    sentinel_k: float = flag("sentinel", 6.0)
+    sentinel_k: float = flag("sentinel", 8.0)
     """A signal fires beyond this many robust standard deviations of its recent history."""
     sentinel_window: int = flag("sentinel", 10)
     """The recent history: this many of the last healthy steps."""

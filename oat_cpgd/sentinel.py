@@ -5,15 +5,22 @@ Each step's metrics are compared with the run's own recent history: the last --s
 passed. A signal fires when its value lies more than --sentinel_k robust standard deviations beyond their
 median, in the direction of a collapse. The signals are positive quantities whose scale changes over a run
 and between models (a KL, a gradient norm), so they are compared in log space: a relative change, the same
-on any model. The robust standard deviation is 1.4826 x the median absolute deviation, floored at
-MIN_LOG_SCALE, so that a signal that has been nearly constant does not fire on ordinary noise.
+on any model. Three choices keep clean runs quiet (measured on the demo's, benchmark/sentinel.py):
+- the robust standard deviation is that of the step-to-step changes (1.4826 x their median absolute
+  deviation): early in a run every signal trends (the drift falls tenfold as the policy converges), and
+  the spread of the values about their median would count the trend as noise and hide a real jump;
+- it is at least MIN_LOG_SCALE: a signal that has been steady does not fire on an ordinary wobble;
+- values of a rising signal below NOISE_SHARE of its median over the whole run count as that floor: once
+  the policy has converged, most groups carry no signal, and the gradient norm and drift near 0 swing
+  tenfold.
 
 - rising: the actor-learner k3 KL (the actors sample from weights the learner no longer has), the
   importance weights' maximum, the policy drift within a step's updates, the gradient norm;
 - either way: the token entropy (exploration collapsing, or the output turning to noise) and the response
   length (answers emptied, or rambling to the limit);
 - the training reward's fall from its running peak: below half of the peak and more than k robust standard
-  deviations (of the recent rewards, not in log space: a reward may be 0 or negative) below their median;
+  deviations (of its step-to-step changes, not in log space: a reward may be 0 or negative) below its
+  recent median;
 - any non-finite metric, or an update the optimizer skipped for a non-finite gradient: at once.
 
 The relative signals wait for MIN_HISTORY healthy steps. What fires is an `Alarm`; the sentinel keeps no
@@ -52,12 +59,18 @@ WATCHED_PREFIXES = ("train/", "actor/")
 """Whose non-finite values fire: what the step computed (not timings or counters)."""
 MIN_HISTORY = 5
 """Healthy steps before a relative signal may fire: a median of fewer says little."""
-MIN_LOG_SCALE = 0.1
-"""The robust standard deviation's floor in log space: a change by a factor exp(k x 0.1) is never noise."""
+MIN_LOG_SCALE = 0.3
+"""The robust standard deviation's floor in log space: at k = 8, a factor of exp(2.4) = 11 from the median is
+never taken for a collapse. On the demo's clean runs the gradient norm swings 2x between steps after a
+few steady ones, and the entropy of the converged policy (0.01-0.05 nats) 3x; an LR spike moves the
+drift a thousandfold (tests/test_sentinel.py)."""
+NOISE_SHARE = 0.3
+"""A signal's values below this share of its median over the run so far are noise (see the module's doc)."""
 MIN_REWARD_SCALE = 0.02
 """The floor of the reward's robust standard deviation (rewards in [0, 1])."""
 TINY = 1e-12
 """Added before a log: a signal that is exactly 0 (no drift in a one-update step) stays finite."""
+KL = SIGNALS[0].key
 
 
 @dataclass(frozen=True)
@@ -80,17 +93,26 @@ class Alarm:
         )
 
 
-def robust_center_and_scale(values: list[float], floor: float) -> tuple[float, float]:
-    """The median and 1.4826 x the median absolute deviation (a standard deviation for normal data), floored."""
+def median_absolute_deviation(values: list[float]) -> float:
     center = statistics.median(values)
-    return center, max(1.4826 * statistics.median(abs(v - center) for v in values), floor)
+    return statistics.median(abs(v - center) for v in values)
 
 
-def relative_alarm(signal: Signal, value: float, history: list[float], k: float, step: int) -> Alarm | None:
-    """Whether `value` lies more than k robust standard deviations of log(history) beyond its median."""
-    logs = [math.log(abs(v) + TINY) for v in history]
-    center, scale = robust_center_and_scale(logs, MIN_LOG_SCALE)
-    here = math.log(abs(value) + TINY)
+def center_and_scale(values: list[float], floor: float) -> tuple[float, float]:
+    """The median of `values`, and the robust standard deviation of their step-to-step changes (1.4826 x their
+    median absolute deviation, a standard deviation for normal data), at least `floor`."""
+    changes = [later - earlier for earlier, later in zip(values, values[1:], strict=False)]
+    return statistics.median(values), max(1.4826 * median_absolute_deviation(changes), floor)
+
+
+def relative_alarm(
+    signal: Signal, value: float, history: list[float], k: float, step: int, floor: float = TINY
+) -> Alarm | None:
+    """Whether log(`value`) lies more than k robust standard deviations beyond the median of log(history).
+    `floor` is added before the log: values below it are noise."""
+    logs = [math.log(abs(v) + floor) for v in history]
+    center, scale = center_and_scale(logs, MIN_LOG_SCALE)
+    here = math.log(abs(value) + floor)
     high, low = center + k * scale, center - k * scale
     median = math.exp(center)
     if signal.direction != FALLING and here > high:
@@ -103,7 +125,7 @@ def relative_alarm(signal: Signal, value: float, history: list[float], k: float,
 def reward_alarm(value: float, history: list[float], peak: float, k: float, step: int) -> Alarm | None:
     """Whether the reward has fallen below half its running peak and k robust standard deviations below its
     recent median."""
-    center, scale = robust_center_and_scale(history, MIN_REWARD_SCALE)
+    center, scale = center_and_scale(history, MIN_REWARD_SCALE)
     limit = min(center - k * scale, peak / 2)
     if peak > 0 and value < limit:
         return Alarm(step, REWARD.name, REWARD.key, value, peak, limit)
@@ -123,8 +145,12 @@ def non_finite(metrics: dict[str, float], step: int) -> Alarm | None:
 class Sentinel:
     """The history of a run's healthy steps, and the test of each new step against it."""
 
-    def __init__(self, k: float, window: int) -> None:
-        self.k, self.window = k, window
+    def __init__(self, k: float, window: int, kl_floor: float) -> None:
+        """`kl_floor`: the actor-learner KL that is numerical noise. The learner and vLLM compute the same
+        weights' log-probs with different kernels; in fp32 their k3 KL is about 1e-12 and varies tenfold
+        from step to step, which must not fire. The loop passes the KL of the sync check's tolerance
+        (a mean log-prob gap g gives a k3 KL of about g^2 / 2): what the run already calls the same weights."""
+        self.k, self.window, self.kl_floor = k, window, kl_floor
         self.history: list[tuple[int, dict[str, float]]] = []
         """(step, metrics) of the steps that passed, oldest first."""
 
@@ -142,7 +168,7 @@ class Sentinel:
         for signal in SIGNALS:
             past = [m[signal.key] for m in recent if signal.key in m]
             if signal.key in metrics and len(past) >= MIN_HISTORY:
-                if alarm := relative_alarm(signal, metrics[signal.key], past, self.k, step):
+                if alarm := relative_alarm(signal, metrics[signal.key], past, self.k, step, self._noise_floor(signal)):
                     return alarm
         if REWARD.key in metrics:
             peak = max(m.get(REWARD.key, -math.inf) for _, m in self.history)
@@ -150,6 +176,15 @@ class Sentinel:
             if len(past) >= MIN_HISTORY:
                 return reward_alarm(metrics[REWARD.key], past, peak, self.k, step)
         return None
+
+    def _noise_floor(self, signal: Signal) -> float:
+        """What is added to the signal before its log: for a rising signal, NOISE_SHARE of its median over the
+        run so far (for the KL, at least kl_floor); for entropy and length, whose fall to 0 is a collapse,
+        nothing."""
+        if signal.direction != RISING:
+            return TINY
+        run_median = statistics.median(abs(m[signal.key]) for _, m in self.history if signal.key in m)
+        return max(NOISE_SHARE * run_median, self.kl_floor if signal.key == KL else TINY)
 
     def forget_after(self, step: int) -> None:
         """A rollback to `step`: the steps after it are replayed, and judged again."""

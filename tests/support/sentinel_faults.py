@@ -14,7 +14,7 @@ from support.faults import first_time
 
 SPIKE_STEP = 7
 """SpikedLearner's step: its update runs at SPIKE_FACTOR x the LR."""
-SPIKE_FACTOR = 300.0
+SPIKE_FACTOR = 1000.0
 FLIP_STEP = 12
 """FlippedRewardActor's step: the oracle's rewards reach the learner with their sign flipped."""
 STALE_STEP = 17
