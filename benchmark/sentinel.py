@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
-from stability import AGGRESSIVE, METHODS, OUT_DIR, REPO, train_run  # this script's folder is on sys.path
-
-from oat_cpgd.experiment.demo import split_questions, warm_start, write_splits
+from stability import AGGRESSIVE, METHODS, OUT_DIR, demo_task, train_run  # this script's folder is on sys.path
 
 DEMO_STEPS, AGGRESSIVE_STEPS = 40, 15
 
@@ -84,12 +80,7 @@ def main() -> None:
     if options.table:
         print_table(json.loads(options.table.read_text())["runs"])
         return
-    os.environ.setdefault("RAY_TMPDIR", str(REPO / ".cache" / "ray"))
-    out = OUT_DIR / "sentinel"
-    shutil.rmtree(out, ignore_errors=True)  # this benchmark's own runs, from last time
-    train, held_out = split_questions()
-    data = write_splits(REPO / ".cache" / "demo" / "data", train, held_out)
-    model = warm_start(train)
+    model, data, out = demo_task(OUT_DIR / "sentinel", fresh=True)
     jobs = [("demo", "cpgd", seed, sentinel) for seed in options.seeds for sentinel in (False, True)]
     jobs += [
         ("aggressive", method, seed, sentinel)

@@ -64,6 +64,17 @@ AGGRESSIVE = [
 ]
 
 
+def demo_task(out: Path, fresh: bool) -> tuple[Path, Path, Path]:
+    """The demo's warm start (built once, then cached) and its folder of training and held-out questions, and
+    `out`, the benchmark's folder for its runs (emptied of an earlier run's when `fresh`)."""
+    os.environ.setdefault("RAY_TMPDIR", str(REPO / ".cache" / "ray"))
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    train, held_out = split_questions()
+    data = write_splits(REPO / ".cache" / "demo" / "data", train, held_out)
+    return warm_start(train), data, out
+
+
 def run_one(method: str, seed: int, steps: int, model: Path, data: Path, out: Path) -> dict:
     module, flags = METHODS[method]
     return {"method": method, "seed": seed} | train_run(
@@ -194,12 +205,7 @@ def main() -> None:
         saved = json.loads(options.table.read_text())
         print_table(saved["runs"], saved["options"]["methods"], saved["options"]["steps"], saved["options"]["seeds"])
         return
-    os.environ.setdefault("RAY_TMPDIR", str(REPO / ".cache" / "ray"))
-    out = OUT_DIR / "stability"
-    shutil.rmtree(out, ignore_errors=True)  # this benchmark's own runs, from last time
-    train, held_out = split_questions()
-    data = write_splits(REPO / ".cache" / "demo" / "data", train, held_out)
-    model = warm_start(train)
+    model, data, out = demo_task(OUT_DIR / "stability", fresh=True)
 
     runs = []
     for seed in options.seeds:  # seeds outermost: each method's runs spread over the whole benchmark

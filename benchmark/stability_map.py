@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -41,10 +40,9 @@ from stability import (  # benchmark/stability.py (this script's folder is on sy
     REPO,
     SIGNALS,
     collapses,
+    demo_task,
     train_run,
 )
-
-from oat_cpgd.experiment.demo import split_questions, warm_start, write_splits
 
 MAP_JSON = REPO / "docs" / "stability_map.json"
 MAP_PNG = REPO / "docs" / "stability_map.png"
@@ -257,11 +255,7 @@ def main() -> None:
     if options.max_runs:
         todo = todo[: options.max_runs]
     if todo and not options.show:
-        os.environ.setdefault("RAY_TMPDIR", str(REPO / ".cache" / "ray"))
-        out = REPO / ".cache" / "bench" / "stability_map"
-        train, held_out = split_questions()
-        data = write_splits(REPO / ".cache" / "demo" / "data", train, held_out)
-        model = warm_start(train)
+        model, data, out = demo_task(REPO / ".cache" / "bench" / "stability_map", fresh=False)  # runs go one by one
         for n, job in enumerate(todo, start=1):
             run = record(*job, options.steps, model, data, out)
             runs[run["key"]] = run
