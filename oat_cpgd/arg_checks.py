@@ -264,6 +264,9 @@ def check_sentinel(args: PPOArgs) -> None:
     )
     need(args.sentinel_k > 0, f"--sentinel_k must be > 0, got {args.sentinel_k}.")
     need(
+        args.sentinel_max_drift >= 0, f"--sentinel_max_drift must be >= 0 (0: no bound), got {args.sentinel_max_drift}."
+    )
+    need(
         args.sentinel_window >= MIN_HISTORY,
         f"--sentinel_window must be >= {MIN_HISTORY} (the steps a signal needs before it may fire), "
         f"got {args.sentinel_window}.",

@@ -287,6 +287,12 @@ class Args:
     alarming step's rollout already had the bad update)."""
     sentinel_k: float = flag("sentinel", 8.0)
     """A signal fires beyond this many robust standard deviations of its recent history."""
+    sentinel_max_drift: float = flag("sentinel", 0.1)
+    """A policy drift (train/policy_drift: the k3 KL, in nats per token, from the policy that sampled the step
+    to the one its updates reached) above this fires at any step, history or not: a trust region. PPO's
+    implementations stop a step's epochs near 0.01-0.05; the demo's runs stay below 0.005. It catches a
+    run whose updates are too large from its first step, which has no healthy history to be measured
+    against. 0: no bound."""
     sentinel_window: int = flag("sentinel", 10)
     """The recent history: this many of the last healthy steps."""
     sentinel_remedy: Literal["lr", "skip", "both", "none"] = flag("sentinel", "both")

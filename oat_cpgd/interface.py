@@ -133,7 +133,9 @@ def _run(args: PPOArgs, run_dir: Path, console: Console, learner_cls, actor_cls)
     done_steps = load_state(resume_from)["step"] if resume_from else 0
     course = Course.from_state(load_state(resume_from)) if resume_from else Course()
     kl_floor = args.sync_check_tolerance**2 / 2  # the KL of a log-prob gap the sync check passes
-    sentinel = Sentinel(args.sentinel_k, args.sentinel_window, kl_floor) if args.sentinel else None
+    sentinel = (
+        Sentinel(args.sentinel_k, args.sentinel_window, kl_floor, args.sentinel_max_drift) if args.sentinel else None
+    )
 
     with ray_session(args.ray_address, log_to_driver=args.verbose):
         # From the cluster's resources, not the driver's devices: a ConfigError here comes before any engine starts.

@@ -21,7 +21,9 @@ on any model. Three choices keep clean runs quiet (measured on the demo's, bench
 - the training reward's fall from its running peak: below half of the peak and more than k robust standard
   deviations (of its step-to-step changes, not in log space: a reward may be 0 or negative) below its
   recent median;
-- any non-finite metric, or an update the optimizer skipped for a non-finite gradient: at once.
+- any non-finite metric, or an update the optimizer skipped for a non-finite gradient: at once;
+- a policy drift above --sentinel_max_drift (a trust region, in nats per token): at once. A run whose
+  updates are too large from its first step has no healthy history to be measured against.
 
 The relative signals wait for MIN_HISTORY healthy steps. What fires is an `Alarm`; the sentinel keeps no
 state but its history, which a rollback rewinds (`forget_after`).
@@ -71,6 +73,7 @@ MIN_REWARD_SCALE = 0.02
 TINY = 1e-12
 """Added before a log: a signal that is exactly 0 (no drift in a one-update step) stays finite."""
 KL = SIGNALS[0].key
+DRIFT = SIGNALS[2]
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class Alarm:
     def text(self) -> str:
         if not math.isfinite(self.value):
             return f"step {self.step}'s {self.key} is {self.value}"
+        if not math.isfinite(self.median):  # a bound, not a history
+            return f"step {self.step}'s {self.signal} ({self.key}) is {self.value:.4g}, above {self.limit:.4g}"
         return (
             f"step {self.step}'s {self.signal} ({self.key}) is {self.value:.4g}, beyond {self.limit:.4g} "
             f"(its recent median: {self.median:.4g})"
@@ -145,21 +150,27 @@ def non_finite(metrics: dict[str, float], step: int) -> Alarm | None:
 class Sentinel:
     """The history of a run's healthy steps, and the test of each new step against it."""
 
-    def __init__(self, k: float, window: int, kl_floor: float) -> None:
+    def __init__(self, k: float, window: int, kl_floor: float, max_drift: float = 0.0) -> None:
         """`kl_floor`: the actor-learner KL that is numerical noise. The learner and vLLM compute the same
         weights' log-probs with different kernels; in fp32 their k3 KL is about 1e-12 and varies tenfold
         from step to step, which must not fire. The loop passes the KL of the sync check's tolerance
         (a mean log-prob gap g gives a k3 KL of about g^2 / 2): what the run already calls the same weights."""
-        self.k, self.window, self.kl_floor = k, window, kl_floor
+        self.k, self.window, self.kl_floor, self.max_drift = k, window, kl_floor, max_drift
         self.history: list[tuple[int, dict[str, float]]] = []
         """(step, metrics) of the steps that passed, oldest first."""
 
     def check(self, step: int, metrics: dict[str, float]) -> Alarm | None:
         """The first signal that fires on `step`'s metrics; None if none does (the step joins the history)."""
-        alarm = non_finite(metrics, step) or self._relative(step, metrics)
+        alarm = non_finite(metrics, step) or self._beyond_trust_region(step, metrics) or self._relative(step, metrics)
         if alarm is None:
             self.history.append((step, metrics))
         return alarm
+
+    def _beyond_trust_region(self, step: int, metrics: dict[str, float]) -> Alarm | None:
+        drift = metrics.get(DRIFT.key)
+        if self.max_drift > 0 and drift is not None and drift > self.max_drift:
+            return Alarm(step, "policy drift beyond the trust region", DRIFT.key, drift, math.nan, self.max_drift)
+        return None
 
     def _relative(self, step: int, metrics: dict[str, float]) -> Alarm | None:
         if len(self.history) < MIN_HISTORY:

@@ -184,6 +184,7 @@ def assert_usage_error(argv: list[str], flags: list[str], capsys) -> None:
         (["--env", "python", "--max_episode_tokens", "0"], ["--max_episode_tokens"]),
         (["--env", "python", "--tool_timeout", "2"], ["--tool_timeout", "--oracle_timeout"]),
         (["--sentinel_keep", "0"], ["--sentinel_keep"]),
+        (["--sentinel_max_drift", "-1"], ["--sentinel_max_drift"]),
         (["--sentinel_window", "3"], ["--sentinel_window", "5"]),
         (["--sentinel_lr_factor", "2"], ["--sentinel_lr_factor"]),
         (["--sentinel", "--asynchronous"], ["--sentinel", "--asynchronous"]),

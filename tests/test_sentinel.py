@@ -98,6 +98,16 @@ def test_relative_signals_wait_for_a_history_but_non_finite_values_fire_at_once(
     assert skipped.key == "train/skipped_steps"
 
 
+def test_a_drift_beyond_the_trust_region_fires_from_the_first_step():
+    """A run whose updates are too large from its first step (the stability benchmark's 16 updates at lr 1e-3
+    drift 0.3-1.8 nats per token at step 1) has no healthy history to be measured against."""
+    alarm = Sentinel(K, WINDOW, KL_FLOOR, max_drift=0.1).check(1, healthy(1, **{"train/policy_drift": 1.75}))
+    assert (alarm.signal, alarm.value, alarm.limit) == ("policy drift beyond the trust region", 1.75, 0.1)
+    assert "above 0.1" in alarm.text()
+    assert Sentinel(K, WINDOW, KL_FLOOR, max_drift=0.0).check(1, healthy(1, **{"train/policy_drift": 1.75})) is None
+    assert Sentinel(K, WINDOW, KL_FLOOR, max_drift=0.1).check(1, healthy(1, **{"train/policy_drift": 0.09})) is None
+
+
 def test_the_history_is_a_window_of_recent_healthy_steps():
     sentinel = watched(20)
     # A gradient norm that grows by 15% a step for 20 steps (16 x in all) is followed by the window's
