@@ -8,8 +8,9 @@
 2. Collapse: the stability benchmark's aggressive setting (benchmark/stability.py: 16 updates per rollout
    at lr 1e-3, 15 steps) for `grpo` and `cpgd`, on every seed, without and with --sentinel (its defaults:
    remedy both, the LR halved and the rolled-back steps' prompts skipped, at most 3 rollbacks).
-The table: per run, the held-out accuracy at the end, the rollbacks, the steps replayed (the sentinel's
-cost in steps), the alarms' signals, and whether the run stopped (the sentinel gives up after
+The table: per run, the held-out accuracy at the end, the rollbacks, the steps they undid (the sentinel's
+cost in steps: each rollback redoes the steps from its rollback point to its alarm), the alarms, and
+whether the run stopped (the sentinel gives up after
 --max_rollbacks). Writes .cache/bench/sentinel.json; `--table FILE` reprints a saved one.
 """
 
@@ -33,7 +34,7 @@ def run_one(case: str, method: str, seed: int, sentinel: bool, model: Path, data
     run = train_run(name, module, flags, seed, steps, model, data, out)
     alarms_file = out / name / "sentinel.jsonl"
     alarms = [json.loads(line) for line in alarms_file.read_text().splitlines()] if alarms_file.exists() else []
-    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    rolled_back = [a for a in alarms if not a["stopped"]]  # the alarm that stopped a run was not rolled back
     return {
         "case": case,
         "method": method,
@@ -44,8 +45,8 @@ def run_one(case: str, method: str, seed: int, sentinel: bool, model: Path, data
         "accuracy_before": run["accuracy_before"],
         "accuracy_after": run["accuracy_after"],
         "steps_done": len(run["reward"]),
-        "rollbacks": len(alarms),
-        "steps_replayed": sum(row.get("misc/steps_replayed", 0) for row in rows),
+        "rollbacks": len(rolled_back),
+        "steps_undone": sum(a["step"] - a["back_to"] for a in rolled_back),
         "alarms": [{k: a[k] for k in ("step", "signal", "key", "value", "median", "limit", "back_to")} for a in alarms],
         "reward": run["reward"],
     }
@@ -54,15 +55,15 @@ def run_one(case: str, method: str, seed: int, sentinel: bool, model: Path, data
 def print_table(runs: list[dict]) -> None:
     print(
         "\ncase        | method | seed | sentinel | held-out before -> after | steps done | rollbacks | "
-        "steps replayed | alarms (step: signal) | stopped | wall (s)"
+        "steps undone | alarms (step: signal, drift) | stopped | wall (s)"
     )
     for r in runs:
-        alarms = ", ".join(f"{a['step']}: {a['signal']}" for a in r["alarms"]) or "-"
+        alarms = ", ".join(f"{a['step']}: {a['signal']} {a['value']:.3g}" for a in r["alarms"]) or "-"
         after = "-" if r["accuracy_after"] != r["accuracy_after"] else f"{r['accuracy_after']:.2f}"  # NaN: stopped
         print(
             f"{r['case']:11} | {r['method']:6} | {r['seed']} | {'on' if r['sentinel'] else 'off':3} | "
             f"{r['accuracy_before']:.2f} -> {after} | {r['steps_done']} | {r['rollbacks']} | "
-            f"{r['steps_replayed']:.0f} | {alarms} | {'yes' if r['crashed'] else 'no'} | {r['wall']:.0f}"
+            f"{r['steps_undone']} | {alarms} | {'yes' if r['crashed'] else 'no'} | {r['wall']:.0f}"
         )
     clean = [r for r in runs if r["case"] == "demo" and r["sentinel"]]
     if clean:

@@ -188,11 +188,12 @@ def roll_back(
     alarm = collapse.alarm
     points = run_dir / ROLLBACK_DIR
     point = latest_checkpoint(points, at_most=alarm.step - 2) or latest_checkpoint(points, at_most=alarm.step - 1)
-    record = {**alarm.__dict__, "rollback": course.rollbacks + 1, "metrics": collapse.metrics}
+    stops = course.rollbacks >= args.max_rollbacks or point is None
+    record = {**alarm.__dict__, "back_to": step_of(point) if point else None, "stopped": stops}
     with (run_dir / "sentinel.jsonl").open("a") as out:
-        out.write(json.dumps({**record, "back_to": step_of(point) if point else None}) + "\n")
+        out.write(json.dumps({**record, "metrics": collapse.metrics}) + "\n")
     course.alarms.append(alarm.text())
-    if course.rollbacks >= args.max_rollbacks or point is None:
+    if stops:
         why = f"--max_rollbacks {args.max_rollbacks} are spent" if point else "no rollback point is from before it"
         raise SentinelGaveUp(
             f"the sentinel fired and {why}, so the run stops. Its alarms:\n  "
@@ -209,7 +210,6 @@ def roll_back(
     if args.sentinel_remedy in ("skip", "both"):
         course.prompt_offset += alarm.step - back_to  # the prompts of the steps rolled back are not drawn again
     sentinel.forget_after(back_to)
-    roles.events["misc/rollbacks"] += 1
     roles.events["misc/steps_replayed"] += run_log.rewind(back_to)
     logger.warning(
         "sentinel: %s; rolled back to step %d (rollback %d of --max_rollbacks %d), going on with the LR x%g of "
@@ -410,6 +410,8 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
                 **roles.take_events(),
                 "misc/rollout_time": rollout_time,
                 "misc/step_time": time.perf_counter() - step_start,
+                # A running total: a rollback forgets the rows after its point, and a count kept in them with it.
+                **({"misc/rollbacks": float(course.rollbacks)} if sentinel is not None else {}),
                 **eval_metrics,
             },
             extra_indices,

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EVENTS = ("misc/actor_restarts", "misc/learner_restarts", "misc/steps_replayed", "misc/rollbacks")
+EVENTS = ("misc/actor_restarts", "misc/learner_restarts", "misc/steps_replayed")
 """What `Roles.take_events` counts."""
 CALLS_INTO_ACTORS = frozenset({"connect_actors", "sync_weights"})
 """Learner methods that call the actors: their failure may be an actor's."""

@@ -170,7 +170,10 @@ def test_three_injected_faults_are_caught_rolled_back_and_recovered_from(ray_clu
     rows = read_jsonl(run_dir / "metrics.jsonl")
     steps = [row["step"] for row in rows if "actor/reward_mean" in row]
     assert steps == list(range(1, 21))  # every step once: what was rolled back was forgotten
-    assert sum(row.get("misc/rollbacks", 0) for row in rows) == 3
+    by_step = {row["step"]: row for row in rows if "actor/reward_mean" in row}
+    for n, alarm in enumerate(alarms, start=1):  # the rollbacks so far, from the first step replayed on
+        assert by_step[alarm["back_to"] + 1]["misc/rollbacks"] == n and not alarm["stopped"]
+    assert by_step[20]["misc/rollbacks"] == 3
     # The LR remedy: halved at each rollback.
     assert rows[-1]["train/lr"] == pytest.approx(1e-4 * 0.5**3)
     accuracy = [row["eval/test/accuracy"] for row in rows if "eval/test/accuracy" in row]
@@ -193,6 +196,7 @@ def test_a_rollback_without_remedy_replays_the_same_collapse(ray_cluster, tmp_pa
         run(args, learner_cls=SpikedLearner)
     first, second = read_jsonl(tmp_path / "replay" / "sentinel.jsonl")
     assert first["step"] in (SPIKE_STEP, SPIKE_STEP + 1) and first["back_to"] == second["back_to"]
+    assert (first["stopped"], second["stopped"]) == (False, True)
     assert str(stopped.value).count(f"step {first['step']}'s {first['signal']}") == 2
 
     def computed(metrics: dict) -> dict:  # what the step computed, not how long it took
