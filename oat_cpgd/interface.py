@@ -392,7 +392,8 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
         train_metrics = learn_and_sync(step, trajectories)
         # Queued after the sync on each actor (Ray keeps an actor's calls in order): new weights.
         eval_metrics = evaluate(step)
-        alarm = sentinel.check(step, {**train_metrics, **actor_metrics}) if sentinel is not None else None
+        watched = {**train_metrics, **actor_metrics}  # what the step computed, for the sentinel
+        alarm = sentinel.check(step, watched) if sentinel is not None else None
         if pending is None and step < steps and alarm is None:
             pending = draw(step + 1)
 
@@ -417,7 +418,7 @@ def _train(args, roles, prompts, fingerprint, eval_sets, oracle, run_dir, run_lo
             extra_indices,
         )
         if alarm is not None:  # logged first, for the record; the rollback forgets it
-            raise Collapse(alarm, {**train_metrics, **actor_metrics})
+            raise Collapse(alarm, watched)
         if args.plot:
             plot_run(run_dir)
         if (args.save_steps > 0 and step % args.save_steps == 0) or step == steps:

@@ -83,7 +83,7 @@ class Alarm:
     key: str
     value: float
     median: float
-    """The history's median (for the reward: its running peak, the median next to it in `text`)."""
+    """The history's median (for the reward: its running peak); NaN for an alarm against a bound."""
     limit: float
     """The value beyond which it fires."""
 
@@ -92,9 +92,10 @@ class Alarm:
             return f"step {self.step}'s {self.key} is {self.value}"
         if not math.isfinite(self.median):  # a bound, not a history
             return f"step {self.step}'s {self.signal} ({self.key}) is {self.value:.4g}, above {self.limit:.4g}"
+        reference = "its running peak" if self.key == REWARD.key else "its recent median"
         return (
             f"step {self.step}'s {self.signal} ({self.key}) is {self.value:.4g}, beyond {self.limit:.4g} "
-            f"(its recent median: {self.median:.4g})"
+            f"({reference}: {self.median:.4g})"
         )
 
 

@@ -85,7 +85,8 @@ def test_a_move_away_from_collapse_or_within_the_band_does_not_fire(key, value):
 def test_a_fall_that_keeps_half_the_peak_does_not_fire():
     sentinel = watched(20)  # reward peak 0.9 - 0.93
     assert sentinel.check(21, healthy(21, **{"actor/reward_mean": 0.5})) is None
-    assert sentinel.check(22, healthy(22, **{"actor/reward_mean": 0.2})).signal == "reward"
+    alarm = sentinel.check(22, healthy(22, **{"actor/reward_mean": 0.2}))
+    assert alarm.signal == "reward" and "its running peak: 0.9" in alarm.text()
 
 
 def test_relative_signals_wait_for_a_history_but_non_finite_values_fire_at_once():
