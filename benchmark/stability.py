@@ -53,8 +53,18 @@ SIGNALS = ("grad_norm", "logprob_gap_actor_learner", "is_weight_max")
 METHODS = {
     "grpo_noclip": ("run_grpo", ["--critic_type=grpo", "--clip_low=0.999999", "--clip_high=1e9"]),
     "grpo": ("run_grpo", ["--critic_type=grpo"]),
+    "rloo": ("run_grpo", ["--critic_type=rloo"]),
+    "reinforce_pp": ("run_grpo", ["--critic_type=reinforce_pp_baseline"]),
+    "gspo": ("run_grpo", ["--critic_type=gspo"]),
+    "cispo": ("run_grpo", ["--critic_type=cispo"]),
+    "gmpo": ("run_grpo", ["--critic_type=gmpo"]),
     "cpgd": ("run_cpgd", []),
 }
+"""Every group method of the registry, each with its own defaults, and grpo_noclip: name -> (entry point, flags).
+This benchmark runs three by default (COMPARED); benchmark/stability_map.py runs them all."""
+COMPARED = ["grpo_noclip", "grpo", "cpgd"]
+COLOURS = dict(zip(METHODS, ("tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink",
+                             "tab:olive", "tab:blue"), strict=True))  # fmt: skip
 AGGRESSIVE = [
     "--num_ppo_epochs=4",
     "--train_batch_size=32",  # 16 prompts x 8 samples = 128 responses: 4 mini-batches per epoch
@@ -150,12 +160,11 @@ def plot(runs: list[dict], path: Path) -> None:
 
     figure = Figure(figsize=(10, 4))
     reward_axes, entropy_axes = figure.subplots(1, 2)
-    colours = dict(zip(METHODS, ("tab:red", "tab:orange", "tab:blue"), strict=True))
     for run in runs:
         label = run["method"] if run["seed"] == runs[0]["seed"] else None
         steps = range(1, len(run["reward"]) + 1)
-        reward_axes.plot(steps, run["reward"], color=colours[run["method"]], label=label, alpha=0.8)
-        entropy_axes.plot(steps, run["entropy"], color=colours[run["method"]], label=label, alpha=0.8)
+        reward_axes.plot(steps, run["reward"], color=COLOURS[run["method"]], label=label, alpha=0.8)
+        entropy_axes.plot(steps, run["entropy"], color=COLOURS[run["method"]], label=label, alpha=0.8)
     reward_axes.set(title="training reward", xlabel="step")
     entropy_axes.set(title="token entropy (nats)", xlabel="step", yscale="log")
     entropy_axes.axhline(ENTROPY_FLOOR, color="grey", linestyle=":")
@@ -198,7 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=COMPARED, choices=list(METHODS))
     parser.add_argument("--table", type=Path, help="reprint the table of a saved stability.json instead of running")
     options = parser.parse_args()
     if options.table:

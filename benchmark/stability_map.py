@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from stability import (  # benchmark/stability.py (this script's folder is on sys.path)
+    METHODS,
     REPO,
     SIGNALS,
     collapses,
@@ -46,17 +47,6 @@ from stability import (  # benchmark/stability.py (this script's folder is on sy
 
 MAP_JSON = REPO / "docs" / "stability_map.json"
 MAP_PNG = REPO / "docs" / "stability_map.png"
-NO_CLIP = ["--clip_low=0.999999", "--clip_high=1e9"]
-METHODS = {
-    "grpo_noclip": ("run_grpo", ["--critic_type=grpo", *NO_CLIP]),
-    "grpo": ("run_grpo", ["--critic_type=grpo"]),
-    "rloo": ("run_grpo", ["--critic_type=rloo"]),
-    "reinforce_pp": ("run_grpo", ["--critic_type=reinforce_pp_baseline"]),
-    "gspo": ("run_grpo", ["--critic_type=gspo"]),
-    "cispo": ("run_grpo", ["--critic_type=cispo"]),
-    "gmpo": ("run_grpo", ["--critic_type=gmpo"]),
-    "cpgd": ("run_cpgd", []),
-}
 LRS = (1e-4, 3e-4, 1e-3)
 UPDATES = {1: (1, 128), 4: (1, 32), 16: (4, 32)}
 """Optimizer updates per rollout of 128 responses -> (epochs, --train_batch_size in responses)."""
