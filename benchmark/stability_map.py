@@ -149,6 +149,49 @@ def stable_frontier(runs: dict[str, dict], method: str, lrs, updates, steps: int
     return max(stable, key=lambda c: (c[0] * c[1], c[0]), default=None)
 
 
+PAPER_BASELINES = ("grpo", "reinforce_pp", "rloo")
+"""The ratio-based methods CPGD's paper (arXiv 2505.12504) says collapse where CPGD does not."""
+
+
+def claim_verdict(cpgd: list[dict], baselines: dict[str, list[dict]]) -> str:
+    """What one cell says of the paper's claim: CPGD collapses in fewer seeds than each of the paper's
+    baselines (supports), in more than any (against), or neither (the collapse steps then compared)."""
+    ours = sum(map(collapsed, cpgd))
+    theirs = [sum(map(collapsed, cell)) for cell in baselines.values()]
+    if ours == 0 and not any(theirs):
+        return "no collapse: no test of the claim"
+    if ours < min(theirs):
+        return "supports"
+    if ours > max(theirs):
+        return "against"
+    steps = [r["collapse_step"]["reward"] for cell in (cpgd, *baselines.values()) for r in cell]
+    if None in steps or len(set(map(len, (cpgd, *baselines.values())))) > 1:
+        return "neither: CPGD collapses as often as one of them"
+    ours_step = statistics.median(r["collapse_step"]["reward"] for r in cpgd)
+    theirs_step = statistics.median(r["collapse_step"]["reward"] for cell in baselines.values() for r in cell)
+    later = "later" if ours_step > theirs_step else "not later"
+    return f"neither: all collapse, CPGD {later} (median step {ours_step:g} against {theirs_step:g})"
+
+
+def print_claim(runs: dict[str, dict], lrs, updates, steps: int) -> None:
+    """The paper's claim, cell by cell."""
+    print(
+        f"\nCPGD's claim, cell by cell: CPGD against {', '.join(PAPER_BASELINES)}; collapsed seeds / seeds "
+        "(median held-out) and the reward's collapse steps"
+    )
+    for lr in lrs:
+        for u in updates:
+            cells = {m: cell_runs(runs, m, lr, u, steps) for m in ("cpgd", *PAPER_BASELINES)}
+            if not all(cells.values()):
+                continue
+            texts = [
+                f"{m} {cell_text(c)} at {','.join(str(r['collapse_step']['reward'] or '-') for r in c)}"
+                for m, c in cells.items()
+            ]
+            verdict = claim_verdict(cells["cpgd"], {m: cells[m] for m in PAPER_BASELINES})
+            print(f"lr {lr:g} x {u:<2}: {verdict}; " + "; ".join(texts))
+
+
 def print_tables(runs: dict[str, dict], methods, lrs, updates, seeds, steps: int) -> None:
     done = [r for r in runs.values() if r["steps"] == steps]
     print(
@@ -177,6 +220,7 @@ def print_tables(runs: dict[str, dict], methods, lrs, updates, seeds, steps: int
         for u in updates:
             texts = [cell_text(cell_runs(runs, m, lr, u, steps)) for m in methods]
             print(f"{lr:g} x {u:<2}           | " + " | ".join(texts))
+    print_claim(runs, lrs, updates, steps)
     kinds = {kind: sum(r["collapse_step"][kind] is not None for r in done) for kind in ("entropy", "length")}
     print(
         f"\nentropy collapses (below 0.05 nats) in {kinds['entropy']} runs, length collapses in {kinds['length']}; "
