@@ -13,10 +13,11 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 FLAG = re.compile(r"(?<![\w-])--([a-zA-Z][\w-]*)")
 # Flags of other commands the pages show: ray start, pip, tensorboard, the models' and data scripts,
-# scripts/gpu_check.sh, examples/smollm2_arithmetic.py, OpenRLHF's --ds.*; --help, and the nested spelling
-# (--training.learning_rate) shown as what not to use.
+# scripts/gpu_check.sh, examples/smollm2_arithmetic.py, the benchmarks, OpenRLHF's --ds.*; --help, and the
+# nested spelling (--training.learning_rate) shown as what not to use.
 OTHER_FLAGS = {"address", "head", "port", "resources", "no-deps", "no-index", "logdir", "out", "input", "local_dir",
-               "train_size", "test_size", "cpu", "prepare-wheels", "steps", "seeds", "ds", "help", "training", "calls"}  # fmt: skip
+               "train_size", "test_size", "cpu", "prepare-wheels", "steps", "seeds", "ds", "help", "training", "calls",
+               "replay_map"}  # fmt: skip
 
 
 def prose(page: Path) -> str:
