@@ -154,10 +154,11 @@ PAPER_BASELINES = ("grpo", "reinforce_pp", "rloo")
 
 
 def claim_verdict(cpgd: list[dict], baselines: dict[str, list[dict]]) -> str:
-    """What one cell says of the paper's claim: CPGD collapses in fewer seeds than each of the paper's
-    baselines (supports), in more than any (against), or neither (the collapse steps then compared)."""
-    ours = sum(map(collapsed, cpgd))
-    theirs = [sum(map(collapsed, cell)) for cell in baselines.values()]
+    """What one cell says of the paper's claim: CPGD collapses in a smaller share of its seeds than each of
+    the paper's baselines (supports), in a larger one than any (against), or neither (the collapse steps
+    then compared). Shares, not counts: a map being built may have run more seeds of one method."""
+    ours = sum(map(collapsed, cpgd)) / len(cpgd)
+    theirs = [sum(map(collapsed, cell)) / len(cell) for cell in baselines.values()]
     if ours == 0 and not any(theirs):
         return "no collapse: no test of the claim"
     if ours < min(theirs):
@@ -165,7 +166,7 @@ def claim_verdict(cpgd: list[dict], baselines: dict[str, list[dict]]) -> str:
     if ours > max(theirs):
         return "against"
     steps = [r["collapse_step"]["reward"] for cell in (cpgd, *baselines.values()) for r in cell]
-    if None in steps or len(set(map(len, (cpgd, *baselines.values())))) > 1:
+    if None in steps:
         return "neither: CPGD collapses as often as one of them"
     ours_step = statistics.median(r["collapse_step"]["reward"] for r in cpgd)
     theirs_step = statistics.median(r["collapse_step"]["reward"] for cell in baselines.values() for r in cell)

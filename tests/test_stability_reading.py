@@ -49,6 +49,15 @@ def test_claim_verdict_supports_only_when_cpgd_collapses_less_than_every_baselin
     assert stability_map.claim_verdict(worse, {"grpo": cpgd, "rloo": as_often}) == "against"
 
 
+def test_claim_verdict_compares_shares_of_seeds_in_a_map_being_built():
+    two_of_two = [run(collapse=6), run(collapse=7)]
+    three_of_three = [run(collapse=3), run(collapse=4), run(collapse=5)]
+    assert stability_map.claim_verdict(two_of_two, {"grpo": three_of_three}).startswith("neither: all collapse")
+    one_of_two = [run(collapse=6), run()]
+    two_of_three = [run(collapse=3), run(collapse=4), run()]
+    assert stability_map.claim_verdict(one_of_two, {"grpo": two_of_three}) == "supports"
+
+
 def test_claim_verdict_counts_a_crash_as_a_collapse():
     cpgd = [run(), run(), run()]
     crashed = [run(crashed=True), run(), run()]
