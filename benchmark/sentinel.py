@@ -14,9 +14,10 @@ whether the run stopped (the sentinel gives up after
 --max_rollbacks). Writes .cache/bench/sentinel.json; `--table FILE` reprints a saved one.
 3. `--replay_map`: the stability map's runs (docs/stability_map.json, benchmark/stability_map.py: every group
    method x lr x updates per rollout x seed, without --sentinel) replayed offline through the sentinel's
-   detector at its default flags, running nothing. Per cell: the runs it would have stopped, at which step,
-   on which signal, beside the step the run's reward collapsed. An alarm in a run that neither collapsed
-   nor lost held-out accuracy is a false alarm; a collapse without an alarm before it is a miss. The map
+   detector at its default k and window, running nothing: the runs it would have stopped at the default
+   trust region, at which step, on which signal, beside the step the run's reward collapsed; then, per
+   trust region, the collapses caught, late and missed, and the alarms in runs without a collapse (false
+   in a run that learned, +0.5 held-out or more; doubtful in one that learned less). The map
    keeps each series rounded to 4 decimals and not the skipped-update count, so the replay sees a little
    less than the loop does.
 """
@@ -84,7 +85,7 @@ def print_table(runs: list[dict]) -> None:
         print(f"\nfalse alarms on the clean demo runs: {alarms} in {steps} steps ({len(clean)} runs)")
 
 
-MAP_SERIES = {signal.key: signal.key.split("/")[1] for signal in (*SIGNALS, REWARD)} | {REWARD.key: "reward"}
+MAP_SERIES = {signal.key: signal.key.split("/")[1] for signal in SIGNALS} | {REWARD.key: "reward"}
 """Each watched metric -> the map's name for its series."""
 
 
@@ -118,14 +119,17 @@ VERDICTS = ("caught", "late", "missed", "quiet", "false", "doubtful")
 def replay_map(path: Path, trust_regions: list[float]) -> None:
     """Part 3: the map's runs through the detector, at each trust region (see the module's doc)."""
     runs = sorted(load(path).values(), key=lambda r: (r["method"], r["lr"], r["updates"], r["seed"]))
+    alarms = {
+        max_drift: [first_alarm(run, max_drift) for run in runs]
+        for max_drift in {*trust_regions, Args.sentinel_max_drift}
+    }
     print(
         f"\nthe sentinel's detector (k {Args.sentinel_k:g}, window {Args.sentinel_window}) on the {len(runs)} "
         f"runs of {path.name}; a run's collapse: its reward's, or a crash. Runs it fires on, at the default "
         f"trust region {Args.sentinel_max_drift:g}, and runs that collapsed:\n"
         "method | lr | updates | seed | held-out after | reward collapse at | first alarm (step: signal, value)"
     )
-    for run in runs:
-        alarm = first_alarm(run, Args.sentinel_max_drift)
+    for run, alarm in zip(runs, alarms[Args.sentinel_max_drift], strict=True):
         if alarm or collapsed(run):
             text = "-" if alarm is None else f"{alarm['step']}: {alarm['signal']} {alarm['value']:.3g}"
             collapse = run["collapse_step"]["reward"] or ("crashed" if run["crashed"] else "-")
@@ -137,8 +141,8 @@ def replay_map(path: Path, trust_regions: list[float]) -> None:
     print(f"\ntrust region | {' | '.join(VERDICTS)}  (runs: all (seed {' / seed '.join(map(str, seeds))}))")
     for max_drift in trust_regions:
         counts = {v: dict.fromkeys(seeds, 0) for v in VERDICTS}
-        for run in runs:
-            counts[verdict(run, first_alarm(run, max_drift))][run["seed"]] += 1
+        for run, alarm in zip(runs, alarms[max_drift], strict=True):
+            counts[verdict(run, alarm)][run["seed"]] += 1
         cells = (f"{sum(c.values())} ({'/'.join(map(str, c.values()))})" for c in counts.values())
         print(f"{max_drift:g} | " + " | ".join(cells))
 

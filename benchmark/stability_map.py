@@ -165,11 +165,11 @@ def claim_verdict(cpgd: list[dict], baselines: dict[str, list[dict]]) -> str:
         return "supports"
     if ours > max(theirs):
         return "against"
-    steps = [r["collapse_step"]["reward"] for cell in (cpgd, *baselines.values()) for r in cell]
-    if None in steps:
+    ours_steps = [r["collapse_step"]["reward"] for r in cpgd]
+    theirs_steps = [r["collapse_step"]["reward"] for cell in baselines.values() for r in cell]
+    if None in ours_steps + theirs_steps:
         return "neither: CPGD collapses as often as one of them"
-    ours_step = statistics.median(r["collapse_step"]["reward"] for r in cpgd)
-    theirs_step = statistics.median(r["collapse_step"]["reward"] for cell in baselines.values() for r in cell)
+    ours_step, theirs_step = statistics.median(ours_steps), statistics.median(theirs_steps)
     later = "later" if ours_step > theirs_step else "not later"
     return f"neither: all collapse, CPGD {later} (median step {ours_step:g} against {theirs_step:g})"
 
