@@ -2,8 +2,10 @@
 # The learner's CUDA checks on ONE GPU, without Ray or vLLM: scripts/gpu_check.py on one learner rank
 # under torchrun (as tests/support/learner_worker.py runs learners), with the tiny model it builds itself:
 # ZeRO-2 and ZeRO-3 in bf16 (the same learn, compared), the output layer in chunks under ZeRO-3's
-# hooks, LoRA merged into the weights a sync sends, a checkpoint saved and loaded into a new learner,
-# the ZeRO-3 load against the checkpoint on disk, and torch.cuda.max_memory_allocated per phase.
+# hooks, LoRA merged into the weights a sync sends, the recipes' offloads (optimizer states through
+# DeepSpeed's compiled CPU Adam on CUDA, parameters, the reference) with gradient checkpointing, a
+# checkpoint saved and loaded into a new learner, the ZeRO-3 load against the checkpoint on disk, and
+# torch.cuda.max_memory_allocated per phase.
 # Prints a short report (and writes $OUT/report.json); exits 1 if a check fails. About 2 minutes.
 #
 #   bash scripts/gpu_check.sh                  on CUDA where there is one, else the CPU
