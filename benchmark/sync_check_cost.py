@@ -31,7 +31,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     model = str(build_tiny_model(step_time.CACHE / "test_models" / "tiny"))
-    step_time.run_oat(model, options.steps, out, asynchronous=False)
+    step_time.run_oat(model, step_time.Setting.parse("oat:"), options.steps, step_time.job.NEW_TOKENS, out)
     rows = [json.loads(line) for line in (out / "oat" / "metrics.jsonl").read_text().splitlines()]
     steps = rows[options.warmup :]
     step = [row["misc/step_time"] for row in steps]

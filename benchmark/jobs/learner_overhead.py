@@ -1,7 +1,7 @@
 """The learner against a bare DeepSpeed loop on the same batch, and its memory against response length.
 
     python benchmark/jobs/learner_overhead.py --model DIR --data GSM8K.jsonl --out RESULT.json
-        [--memory-model DIR] [--repeats 5]
+        [--memory-model DIR] [--repeats 5] [--batch BATCH.json] [--micro-batch 8]
 
 One process, one rank, torch threads = every core this process may use.
 - Speed, on benchmark/step_time.py's job: 8 chat-formatted GSM8K prompts x 8 responses of 32
@@ -10,7 +10,8 @@ One process, one rank, torch threads = every core this process may use.
   step) and the same with --packing (micro-batches of at most 4096 tokens), against the floor: the
   same DeepSpeed engine config running forward (logits at the response span only, as the learner
   does), a policy-gradient loss at the response tokens, backward and one step, over the same
-  micro-batches. Medians of --repeats, interleaved, after one warm-up.
+  micro-batches. Medians of --repeats, interleaved, after one warm-up. With --batch, the responses
+  bare_generate.py sampled (the training half of a step's floor), in micro-batches of --micro-batch.
 - Memory, with --memory-model (SmolLM2-135M: a 49k vocabulary makes a [tokens, vocab] copy
   visible): `Learner.learn` (gradient checkpointing on, so the layers keep only their inputs) on
   one micro-batch of 4 responses of each length; the process's peak resident memory during that
@@ -87,6 +88,24 @@ def job_trajectories(tokenizer, data: str, response_len: int, prompts: int, samp
     return out
 
 
+def batch_trajectories(path: str) -> list[Trajectory]:
+    """bare_generate.py's batch, a prompt's responses contiguous."""
+    with open(path) as f:
+        rows = json.load(f)["batch"]
+    prompts: dict[tuple, int] = {}
+    return [
+        Trajectory(
+            prompts.setdefault(tuple(row["prompt_ids"]), len(prompts)),
+            row["prompt_ids"],
+            row["response_ids"],
+            row["logprobs"],
+            row["reward"],
+            False,
+        )
+        for row in rows
+    ]
+
+
 def bare_loop(args: PPOArgs, trajectories: list[Trajectory], tokenizer):
     """The floor: DeepSpeed forward, -A * ratio at the response tokens (token mean), backward, step."""
     model = AutoModelForCausalLM.from_pretrained(args.pretrain, dtype=torch.float32)
@@ -134,21 +153,28 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--memory-model")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", help="bare_generate.py's batch, in place of random response tokens")
+    parser.add_argument("--micro-batch", type=int, default=MICRO_BATCH)
     options = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     result = {"threads": torch.get_num_threads()}
 
     tokenizer = AutoTokenizer.from_pretrained(options.model)
-    trajectories = job_trajectories(tokenizer, options.data, NEW_TOKENS, PROMPTS, SAMPLES)
+    if options.batch:
+        trajectories = batch_trajectories(options.batch)
+    else:
+        trajectories = job_trajectories(tokenizer, options.data, NEW_TOKENS, PROMPTS, SAMPLES)
     result["tokens"] = sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
-    learner = Learner(job_args(options.model), ONE_RANK, 0, schedule_steps=ScheduleSteps(100, 100))
-    packed = Learner(
-        job_args(options.model, packing=True, train_max_tokens_per_device=4096),
-        ONE_RANK,
-        0,
-        schedule_steps=ScheduleSteps(100, 100),
-    )
-    bare = bare_loop(job_args(options.model), trajectories, tokenizer)
+    longest = max(len(t.response_ids) for t in trajectories)
+    flags = dict(train_batch_size_per_device=options.micro_batch, mini_train_batch_size_per_device=options.micro_batch)
+    flags |= dict(generate_max_length=max(longest, NEW_TOKENS))
+
+    def learner_with(**more) -> Learner:
+        return Learner(job_args(options.model, **flags, **more), ONE_RANK, 0, schedule_steps=ScheduleSteps(100, 100))
+
+    learner = learner_with()
+    packed = learner_with(packing=True, train_max_tokens_per_device=4096)
+    bare = bare_loop(job_args(options.model, **flags), trajectories, tokenizer)
     runs = {
         "learner": partial(learner.learn, trajectories),
         "packed": partial(packed.learn, trajectories),
