@@ -155,21 +155,34 @@ def run_trl(model: str, setting: Setting, steps: int, new_tokens: int, out: Path
     }
 
 
-def run_oat(model: str, setting: Setting, steps: int, new_tokens: int, out: Path, name: str = "oat") -> dict:
+def run_oat(
+    model: str,
+    setting: Setting,
+    steps: int,
+    new_tokens: int,
+    out: Path,
+    name: str = "oat",
+    samples: int = job.SAMPLES,
+    ranks: int = 1,
+) -> dict:
+    """`run_grpo` on the job in `setting`; `samples` per prompt and learner `ranks` (on a CPU, --gpus) are
+    benchmark/scaling.py's axes. The phases of each step as the loop logs them."""
+    responses = job.PROMPTS * samples
+    micro_batch = min(setting.micro_batch, responses // ranks)  # a rank's share of the step, at most
     flags = {
-        "gpus": 1,
+        "gpus": ranks,
         "pretrain": model,
         "prompt_data": str(GSM8K.parent),
         "input_key": "question",
         "output_key": "answer",
         "apply_chat_template": True,
         "oracle": "benchmark.jobs.sevens:SevensOracle",
-        "num_samples": job.SAMPLES,
+        "num_samples": samples,
         "rollout_batch_size": job.PROMPTS,
         "rollout_batch_size_per_device": job.PROMPTS,
-        "train_batch_size": job.PROMPTS * job.SAMPLES,
-        "train_batch_size_per_device": setting.micro_batch,
-        "mini_train_batch_size_per_device": setting.micro_batch,
+        "train_batch_size": responses,
+        "train_batch_size_per_device": micro_batch,
+        "mini_train_batch_size_per_device": micro_batch,
         "generate_max_length": new_tokens,
         "temperature": job.TEMPERATURE,
         "learning_rate": job.LEARNING_RATE,
@@ -198,6 +211,9 @@ def run_oat(model: str, setting: Setting, steps: int, new_tokens: int, out: Path
         "sync": [r["misc/weight_sync_time"] for r in rows],
         # The wait for the sync check, collected behind the next rollout (0 at step 1: no sync before it).
         "check": [r.get("misc/sync_check_time", 0.0) for r in rows],
+        # Inside the rollout: the engine's generation and the oracle's scoring (the rest is Ray's transfer).
+        "engine": [r["actor/generate_time"] for r in rows],
+        "score": [r["actor/verify_time"] for r in rows],
         "reward": [r["actor/reward_mean"] for r in rows],
         "length": [r["actor/response_len"] for r in rows],
         "threads": rows[-1]["misc/learner_threads"],
