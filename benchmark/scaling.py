@@ -146,13 +146,15 @@ def growth(b: float | None) -> str:
 
 def slopes(points: list[dict]) -> dict:
     """Per phase (and the step): the exponent over the axis's points, and the phase that grows fastest
-    among those that take at least 5% of the largest point's step (a tiny phase's ratio is noise)."""
+    among those that take at least 5% of the largest point's step (a tiny phase's ratio is noise), if
+    any grows."""
     points = sorted(points, key=x_of)
     xs = [x_of(p) for p in points]
     result = {name: exponent(xs, [p["seconds"][name] for p in points]) for name in ("step", *PHASES)}
     largest = points[-1]["seconds"]
     weighty = [name for name in PHASES if largest[name] >= 0.05 * largest["step"] and result[name] is not None]
-    result["fastest"] = max(weighty, key=lambda name: result[name]) if weighty else None
+    fastest = max(weighty, key=lambda name: result[name]) if weighty else None
+    result["fastest"] = fastest if fastest and result[fastest] > 0 else None  # None: nothing grows
     return result
 
 
@@ -179,7 +181,7 @@ def print_tables(points: list[dict]) -> None:
             continue
         described = ", ".join(f"{name} {fit[name]:.2f}" for name in PHASES if fit[name] is not None)
         print(f"  exponent b (time ~ x^b): step {fit['step']:.2f} ({growth(fit['step'])}); {described}")
-        print(f"  grows fastest: {fit['fastest']}")
+        print(f"  grows fastest: {fit['fastest'] or 'nothing (every phase that weighs holds or shrinks)'}")
 
 
 def plot(points: list[dict]) -> None:

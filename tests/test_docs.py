@@ -18,7 +18,7 @@ FLAG = re.compile(r"(?<![\w-])--([a-zA-Z][\w-]*)")
 OTHER_FLAGS = {"address", "head", "port", "resources", "no-deps", "no-index", "logdir", "out", "input", "local_dir",
                "train_size", "test_size", "cpu", "prepare-wheels", "steps", "seeds", "ds", "help", "training", "calls",
                "replay_map", "settings", "rounds", "warmup", "no-memory", "batch", "model", "new_tokens",
-               "no-floor"}  # fmt: skip
+               "no-floor", "axes"}  # fmt: skip
 
 
 def prose(page: Path) -> str:

@@ -110,3 +110,16 @@ def test_the_length_axis_is_read_against_the_length_generated():
     point = {"axis": "length", "config": scaling.point_config("length", 512), "response_len": 187.5}
     assert scaling.x_of(point) == 187.5
     assert point["config"] == {"model": "smollm2", "samples": 8, "new_tokens": 512, "ranks": 1}
+
+
+def test_no_phase_is_named_as_growing_when_every_phase_shrinks():
+    points = [
+        {
+            "axis": "ranks",
+            "config": {"ranks": ranks},
+            "seconds": scaling.phases(scaling_run(4, 1.0 / ranks, 2.0 / ranks), 1),
+        }
+        for ranks in (1, 2)
+    ]
+    fit = scaling.slopes(points)
+    assert fit["learn"] < 0 and fit["generate"] < 0 and fit["fastest"] is None
