@@ -3,12 +3,13 @@
     python benchmark/jobs/bare_generate.py --model DIR --data GSM8K.jsonl --new-tokens N --out BATCH.json
         [--repeats 5]
 
-One process and the engine alone: vLLM with the options oat_cpgd's actor gives it on a CPU (fp32,
-eager, whole prefills, prefix caching, log-probs after temperature; its engine core in this process,
-as the actor's), the job's first 8 chat-formatted GSM8K prompts x 8 samples at temperature 1 with
-the sampled token's log-prob (what a learner needs). No Ray, no oracle, no weight sync. Medians of
---repeats after one warm-up. Writes the times and the last batch (token ids, log-probs, a reward per
-response alternating 1 and 0) for the training half: learner_overhead.py --batch.
+One process and the engine alone: vLLM with the options oat_cpgd's actor gives it
+(`oat_cpgd.actors.actor.engine_options`; on a CPU fp32, eager, whole prefills, prefix caching,
+log-probs after temperature, its engine core in this process), the job's first 8 chat-formatted GSM8K
+prompts x 8 samples at temperature 1 with the sampled token's log-prob (what a learner needs). No Ray,
+no oracle, no weight sync. Medians of --repeats after one warm-up. Writes the times and the last batch
+(token ids, log-probs, a reward per response alternating 1 and 0) for the training half:
+learner_overhead.py --batch.
 """
 
 import argparse
@@ -17,10 +18,10 @@ import os
 import statistics
 import time
 
-from grpo_job import PROMPTS, SAMPLES, TEMPERATURE  # this script's folder is on sys.path
+from grpo_job import SAMPLES, TEMPERATURE, prompt_ids  # this script's folder is on sys.path
 
 from oat_cpgd.args import PPOArgs
-from oat_cpgd.placement import Placement
+from oat_cpgd.placement import local_nodes, plan_placement
 
 
 def main() -> None:
@@ -33,30 +34,15 @@ def main() -> None:
     options = parser.parse_args()
     args = PPOArgs(pretrain=options.model, generate_max_length=options.new_tokens, gpus=1)
     args.resolve()
+    placement = plan_placement(local_nodes(), args)
 
-    from oat_cpgd.actors.actor import Actor, configure_vllm_env, whole_prefills
+    from oat_cpgd.actors.actor import Actor, configure_vllm_env, engine_options
 
-    configure_vllm_env(args, Placement.learners_alone(0, on_cuda=False))
+    configure_vllm_env(args, placement)
     import vllm
 
-    llm = vllm.LLM(
-        model=options.model,
-        dtype="float32",
-        seed=0,
-        max_model_len=args.max_model_len,
-        enforce_eager=True,
-        enable_prefix_caching=True,
-        logprobs_mode="processed_logprobs",
-        **whole_prefills(args.max_model_len),
-    )
-    tokenizer = llm.get_tokenizer()
-    with open(options.data) as f:
-        questions = [json.loads(line)["question"] for _, line in zip(range(PROMPTS), f, strict=False)]
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-        for q in questions
-    ]
-    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    llm = vllm.LLM(**engine_options(args, placement, 0))
+    prompts = prompt_ids(llm.get_tokenizer(), options.data)
     sampling = Actor.sampling_params(
         n=SAMPLES, temperature=TEMPERATURE, top_p=1.0, max_tokens=options.new_tokens
     )  # the actor's: logprobs=0

@@ -34,7 +34,7 @@ os.environ.setdefault("MASTER_PORT", str(29500 + random.Random().randrange(2000)
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
-from grpo_job import LEARNING_RATE, MICRO_BATCH, NEW_TOKENS, PROMPTS, SAMPLES  # noqa: E402
+from grpo_job import LEARNING_RATE, MICRO_BATCH, NEW_TOKENS, PROMPTS, SAMPLES, prompt_ids  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from oat_cpgd.algorithms import logprobs_from_logits  # noqa: E402
@@ -73,14 +73,8 @@ def job_args(model: str, **flags) -> PPOArgs:
 
 def job_trajectories(tokenizer, data: str, response_len: int, prompts: int, samples: int) -> list[Trajectory]:
     rng = random.Random(0)
-    with open(data) as f:
-        questions = [json.loads(line)["question"] for _, line in zip(range(prompts), f, strict=False)]
     out = []
-    for index, question in enumerate(questions):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-        )
-        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for index, prompt in enumerate(prompt_ids(tokenizer, data, prompts)):
         for sample in range(samples):
             response = [rng.randrange(3, tokenizer.vocab_size) for _ in range(response_len)]
             reward = float(sample % 2)

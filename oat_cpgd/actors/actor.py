@@ -88,6 +88,36 @@ def tensor_parallel_workers(placement: Placement, actor_index: int) -> dict[str,
     return {"distributed_executor_backend": "ray"}
 
 
+def engine_options(args: Args, placement: Placement, actor_index: int) -> dict[str, Any]:
+    """`vllm.LLM`'s options for actor `actor_index` (benchmark/jobs/bare_generate.py builds its bare engine
+    from them too); configure_vllm_env must have run."""
+    from vllm.config.weight_transfer import WeightTransferConfig
+
+    from oat_cpgd.weight_sync import register_gloo_backend, transfer_backend
+
+    # vLLM registers it in its own processes through our plugin entry point; this covers the
+    # in-process engine (the CPU default) of a checkout whose entry points are not installed.
+    register_gloo_backend()
+    on_cuda = placement.on_cuda
+    return dict(
+        model=args.pretrain,
+        tokenizer=args.tokenizer,
+        dtype="bfloat16" if args.bf16 else "float32",
+        seed=args.seed + actor_index,
+        max_model_len=args.max_model_len,
+        enforce_eager=not on_cuda,
+        gpu_memory_utilization=args.vllm_gpu_ratio or placement.vllm_gpu_ratio,
+        tensor_parallel_size=placement.tensor_parallel_size,
+        **tensor_parallel_workers(placement, actor_index),
+        enable_prefix_caching=args.enable_prefix_caching,
+        **({} if on_cuda else whole_prefills(args.max_model_len)),
+        enable_sleep_mode=on_cuda and placement.collocate,
+        # Log-probs after temperature: those of the distribution the learner optimises.
+        logprobs_mode="processed_logprobs",
+        weight_transfer_config=WeightTransferConfig(backend=transfer_backend(on_cuda, placement.collocate)),
+    )
+
+
 def _reset_weight_transfer(worker) -> None:
     """Run in each vLLM worker: vLLM refuses a new update, or to shut the engine down, while one is
     marked active, and only a successful finish unmarks it."""
@@ -132,33 +162,11 @@ class Actor:
         send_role_output_to_log()  # before vLLM starts (its engine core inherits the file)
         configure_vllm_env(args, placement)
         import vllm
-        from vllm.config.weight_transfer import WeightTransferConfig
 
-        from oat_cpgd.weight_sync import register_gloo_backend, transfer_backend
-
-        # vLLM registers it in its own processes through our plugin entry point; this covers the
-        # in-process engine (the CPU default) of a checkout whose entry points are not installed.
-        register_gloo_backend()
         self.args, self.actor_index = args, actor_index
         self.on_cuda = placement.on_cuda
         collocated_on_gpu = self.on_cuda and placement.collocate
-        self.llm = vllm.LLM(
-            model=args.pretrain,
-            tokenizer=args.tokenizer,
-            dtype="bfloat16" if args.bf16 else "float32",
-            seed=args.seed + actor_index,
-            max_model_len=args.max_model_len,
-            enforce_eager=not self.on_cuda,
-            gpu_memory_utilization=args.vllm_gpu_ratio or placement.vllm_gpu_ratio,
-            tensor_parallel_size=placement.tensor_parallel_size,
-            **tensor_parallel_workers(placement, actor_index),
-            enable_prefix_caching=args.enable_prefix_caching,
-            **({} if self.on_cuda else whole_prefills(args.max_model_len)),
-            enable_sleep_mode=collocated_on_gpu,
-            # Log-probs after temperature: those of the distribution the learner optimises.
-            logprobs_mode="processed_logprobs",
-            weight_transfer_config=WeightTransferConfig(backend=transfer_backend(self.on_cuda, placement.collocate)),
-        )
+        self.llm = vllm.LLM(**engine_options(args, placement, actor_index))
         self.tokenizer = self.llm.get_tokenizer()
         self.weight_version = 0  # learning steps behind the loaded weights (set by the loop after each sync)
         self.sleep_mode = collocated_on_gpu
