@@ -70,9 +70,10 @@ def model_folder(name: str) -> str:
 
 
 def parameter_count(folder: str) -> int:
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with __import__("torch").device("meta"):
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
     return sum(p.numel() for p in model.parameters())
 
