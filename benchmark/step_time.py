@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -220,6 +221,15 @@ def run_oat(
     }
 
 
+def failure(returncode: int) -> str:
+    """Why a trainer's process ended, in words: a signal's name (the kernel's out-of-memory killer sends
+    SIGKILL) or the exit status."""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return f"killed by {name}" + (", out of memory?" if name == "SIGKILL" else "")
+    return f"exit status {returncode}"
+
+
 def summary(runs: list[dict], warmup: int) -> dict:
     def median(key):
         return statistics.median(v for run in runs for v in run[key][warmup:])
@@ -362,23 +372,33 @@ def main() -> None:
     out = OUT_DIR / f"step_time.{label(options.model)}"
     shutil.rmtree(out, ignore_errors=True)  # this benchmark's own runs, from last time
     runs: dict[str, list[dict]] = {setting.text: [] for setting in settings}
+    failed: dict[str, str] = {}  # a setting that failed once (e.g. out of memory) is not run again
     for round_index in range(options.rounds):
         for index, setting in enumerate(settings):
+            if setting.text in failed:
+                continue
             folder = out / f"round{round_index}" / f"setting{index}"
             folder.mkdir(parents=True, exist_ok=True)
             print(f"round {round_index + 1}/{options.rounds}: {setting.text}", flush=True)
             run = run_trl if setting.trainer == "trl" else run_oat
-            runs[setting.text].append(run(model, setting, options.steps, options.new_tokens, folder))
-    table = {text: summary(text_runs, options.warmup) for text, text_runs in runs.items()}
+            try:
+                runs[setting.text].append(run(model, setting, options.steps, options.new_tokens, folder))
+            except subprocess.CalledProcessError as error:
+                failed[setting.text] = failure(error.returncode)
+                print(f"{setting.text} failed ({failed[setting.text]}); the other settings go on", flush=True)
+    table = {text: summary(text_runs, options.warmup) for text, text_runs in runs.items() if text not in failed}
     print_table(table, options.steps, options.rounds, options.warmup)
-    synchronous = [setting for setting in settings if setting.trainer == "oat" and not setting.asynchronous]
+    for text, reason in failed.items():
+        print(f"{text}: failed, {reason}")
+    synchronous = [setting for setting in settings if setting.text in table and setting.trainer == "oat"]
+    synchronous = [setting for setting in synchronous if not setting.asynchronous]
     floor_result = None
     if synchronous and not options.no_floor:
         fastest = min(synchronous, key=lambda setting: table[setting.text]["s_per_step"])
         floor_result = floor(model, fastest, options.new_tokens, not options.no_memory, out)
         print_floor(floor_result, table)
     result = {"date": time.strftime("%Y-%m-%d"), "cores": len(os.sched_getaffinity(0)), "model": options.model}
-    result |= {"table": table, "runs": runs, "floor": floor_result, "options": vars(options)}
+    result |= {"table": table, "runs": runs, "failed": failed, "floor": floor_result, "options": vars(options)}
     json_path, png_path = (OUT_DIR / f"step_time.{label(options.model)}.{kind}" for kind in ("json", "png"))
     json_path.write_text(json.dumps(result, indent=1))
     plot(table, png_path)
