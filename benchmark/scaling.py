@@ -5,8 +5,9 @@ response length, model size and learner ranks.
         [--max_points N] [--show]
 
 Every point is `run_grpo` on benchmark/step_time.py's job (8 GSM8K prompts a step, lr 1e-3 constant, the
-share-of-7s reward, one optimizer step per rollout), micro-batches of 64 (the fastest oat_cpgd setting
-on this machine for the tiny model), changing one thing from its axis's base:
+share-of-7s reward, one optimizer step per rollout), changing one thing from its axis's base, in
+micro-batches of 64 on the tiny model's axes and of 8 on the two that reach SmolLM2 (its fastest on
+this machine, docs/RESULTS.md):
 - samples: K = 4, 8, 16 responses a prompt (the tiny model, 32 new tokens);
 - length: at most 32, 64, 128, 256, 512 new tokens (SmolLM2-135M-Instruct, K 8); responses may stop
   before the limit, so the slope is taken against the mean length generated;
@@ -49,10 +50,9 @@ AXES = {
     "model": ("tiny", "mid", "smollm2"),
     "ranks": (1, 2),
 }
-BASE = {"model": "tiny", "samples": 8, "new_tokens": 32, "ranks": 1}
-AXIS_BASE = {"length": {"model": "smollm2"}, "model": {"new_tokens": 64}}
+BASE = {"model": "tiny", "samples": 8, "new_tokens": 32, "ranks": 1, "micro_batch": 64}
+AXIS_BASE = {"length": {"model": "smollm2", "micro_batch": 8}, "model": {"new_tokens": 64, "micro_batch": 8}}
 PHASES = ("generate", "score", "transfer", "learn", "sync", "check", "other")
-MICRO_BATCH = 64
 
 
 def point_config(axis: str, value) -> dict:
@@ -100,7 +100,7 @@ def measure(axis: str, value, steps: int, warmup: int) -> dict:
     folder = model_folder(config["model"])
     out = step_time.OUT_DIR / "scaling" / f"{axis}-{value}"
     out.mkdir(parents=True, exist_ok=True)
-    setting = step_time.Setting("oat", MICRO_BATCH)
+    setting = step_time.Setting("oat", config["micro_batch"])
     start = time.perf_counter()
     run = step_time.run_oat(
         folder, setting, steps, config["new_tokens"], out, samples=config["samples"], ranks=config["ranks"]
@@ -118,6 +118,12 @@ def measure(axis: str, value, steps: int, warmup: int) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "commit": commit(),
     }
+
+
+def same_run(points: list[dict], config: dict) -> dict | None:
+    """A point already measured in the same configuration on another axis (SmolLM2 at 64 tokens is on
+    both the length and the model axis): its run serves both."""
+    return next((point for point in points if point["config"] == config), None)
 
 
 def x_of(point: dict) -> float:
@@ -227,7 +233,10 @@ def main() -> None:
         todo = [(axis, value) for axis in options.axes for value in AXES[axis] if (axis, value) not in done]
         for count, (axis, value) in enumerate(todo[: options.max_points or None], 1):
             print(f"[{count}/{len(todo)}] {axis} = {value}", flush=True)
-            points.append(measure(axis, value, options.steps, options.warmup))
+            twin = same_run(points, point_config(axis, value))
+            points.append(
+                twin | {"axis": axis, "value": value} if twin else measure(axis, value, options.steps, options.warmup)
+            )
             save(points)  # each point as soon as it is measured
     print_tables(points)
     if points:

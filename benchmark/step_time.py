@@ -1,12 +1,17 @@
 """Seconds per RL step: oat_cpgd against TRL's GRPOTrainer on the same job, in one run, interleaved,
 each trainer in the settings given.
 
-    python benchmark/step_time.py [--model tiny|smollm2|DIR] [--new_tokens 32] [--settings S [S ...]]
-        [--steps 30] [--rounds 2] [--warmup 3] [--no-floor] [--no-memory]
+    python benchmark/step_time.py [--model tiny smollm2 DIR ...] [--new_tokens N] [--settings S [S ...]]
+        [--steps N] [--rounds N] [--warmup N] [--no-floor] [--no-memory]
 
 The job (issue 12): 8 chat-formatted GSM8K prompts x 8 samples per step, --new_tokens at temperature
 1, lr 1e-3 constant, the share-of-7s reward (benchmark/jobs/sevens.py), one optimizer step per
-rollout, fp32, on the tiny local model or SmolLM2-135M-Instruct.
+rollout, fp32, on the tiny local model and SmolLM2-135M-Instruct, one table each (`make bench` runs
+both). Each model has its own defaults (MODEL_DEFAULTS: the tiny model 32 new tokens, 30 steps x 2
+rounds; SmolLM2 64 new tokens, 6 steps x 2 rounds, ~1.5 h) and settings: TRL's defaults and its best
+setting found on this machine, oat_cpgd's, and oat_cpgd without prefix caching; flags override them.
+A setting whose trainer fails (TRL at a large micro-batch is killed out of memory on SmolLM2) is
+reported as failed and the others go on.
 
 A setting is `trainer:key=value,...`; keys: mb (responses per forward/backward), gc (gradient
 checkpointing, on|off), and for oat_cpgd async (the next rollout overlaps learning) and pc (vLLM's
@@ -33,7 +38,7 @@ each in its own process, back to back. The step over that sum is the overhead (t
 
 Threads: every core this process may use, for each process in turn (oat_cpgd's learner gets
 them through --learner_threads' default; vLLM's CPU backend binds its own). Writes
-.cache/bench/step_time.<model>.json and .png.
+.cache/bench/step_time.<model>.json and .png for each model.
 """
 
 from __future__ import annotations
@@ -61,8 +66,19 @@ TRL_PINS = ("torch==2.13.0", "trl==1.16.0", "transformers==5.19.0", "accelerate"
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 JOBS = Path(__file__).with_name("jobs")
 TRL_DEFAULTS = "trl:mb=8,gc=on"
-DEFAULT_SETTINGS = (TRL_DEFAULTS, "oat:mb=8", "oat:mb=8,async")
-"""The job as issue 12 first timed it: TRL's defaults against oat_cpgd's at the same micro-batch."""
+MODEL_DEFAULTS = {
+    # Each trainer's defaults and its best setting of those searched on this machine (docs/RESULTS.md:
+    # "Step time at each trainer's best settings"), plus oat_cpgd without prefix caching.
+    "tiny": {
+        "new_tokens": job.NEW_TOKENS, "steps": 30, "warmup": 3, "rounds": 2,
+        "settings": (TRL_DEFAULTS, "trl:mb=64,gc=off", "oat:mb=8", "oat:mb=64", "oat:mb=8,pc=off"),
+    },
+    "smollm2": {
+        "new_tokens": 64, "steps": 6, "warmup": 2, "rounds": 2,
+        "settings": (TRL_DEFAULTS, "trl:mb=16,gc=off", "oat:mb=8", "oat:mb=8,pc=off"),
+    },
+}  # fmt: skip
+"""What each model runs unless the flags say otherwise; a model folder runs the tiny model's."""
 
 
 @dataclass(frozen=True)
@@ -351,43 +367,40 @@ def print_floor(result: dict, table: dict) -> None:
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="tiny, smollm2 or a model folder")
-    parser.add_argument("--new_tokens", type=int, default=job.NEW_TOKENS)
-    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="trainer:key=value,...")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-floor", action="store_true", help="skip the bare generate + bare train floor")
-    parser.add_argument("--no-memory", action="store_true", help="skip the learner's memory on SmolLM2")
-    options = parser.parse_args()
-    try:
-        settings = list(dict.fromkeys(Setting.parse(text) for text in options.settings))
-    except ValueError as error:
-        parser.error(str(error))
-    if options.steps <= options.warmup + 1:
-        parser.error(f"--steps {options.steps} leaves no steps to time after --warmup {options.warmup}")
-    model = model_path(options.model)
-    out = OUT_DIR / f"step_time.{label(options.model)}"
+def plan(model_name: str, options: argparse.Namespace) -> dict:
+    """The model's defaults, overridden by the flags given."""
+    defaults = MODEL_DEFAULTS.get(model_name, MODEL_DEFAULTS["tiny"])
+    chosen = {key: value for key, value in vars(options).items() if key in defaults and value is not None}
+    return defaults | chosen
+
+
+def measure(model_name: str, options: argparse.Namespace) -> None:
+    """One model's table, and its floor beside the fastest synchronous oat_cpgd setting."""
+    chosen = plan(model_name, options)
+    steps, warmup, rounds, new_tokens = (chosen[key] for key in ("steps", "warmup", "rounds", "new_tokens"))
+    settings = list(dict.fromkeys(Setting.parse(text) for text in chosen["settings"]))
+    model = model_path(model_name)
+    out = OUT_DIR / f"step_time.{label(model_name)}"
     shutil.rmtree(out, ignore_errors=True)  # this benchmark's own runs, from last time
+    print(f"\n== {label(model_name)}: {new_tokens} new tokens, {steps} steps x {rounds} rounds", flush=True)
     runs: dict[str, list[dict]] = {setting.text: [] for setting in settings}
     failed: dict[str, str] = {}  # a setting that failed once (e.g. out of memory) is not run again
-    for round_index in range(options.rounds):
+    for round_index in range(rounds):
         for index, setting in enumerate(settings):
             if setting.text in failed:
                 continue
             folder = out / f"round{round_index}" / f"setting{index}"
             folder.mkdir(parents=True, exist_ok=True)
-            print(f"round {round_index + 1}/{options.rounds}: {setting.text}", flush=True)
+            print(f"round {round_index + 1}/{rounds}: {setting.text}", flush=True)
             run = run_trl if setting.trainer == "trl" else run_oat
             try:
-                runs[setting.text].append(run(model, setting, options.steps, options.new_tokens, folder))
+                runs[setting.text].append(run(model, setting, steps, new_tokens, folder))
             except subprocess.CalledProcessError as error:
                 failed[setting.text] = failure(error.returncode)
                 print(f"{setting.text} failed ({failed[setting.text]}); the other settings go on", flush=True)
-    table = {text: summary(text_runs, options.warmup) for text, text_runs in runs.items() if text not in failed}
-    print_table(table, options.steps, options.rounds, options.warmup)
+    table = {text: summary(text_runs, warmup) for text, text_runs in runs.items() if text not in failed}
+    print(f"\n{label(model_name)}, {new_tokens} new tokens:", end="")
+    print_table(table, steps, rounds, warmup)
     for text, reason in failed.items():
         print(f"{text}: failed, {reason}")
     synchronous = [setting for setting in settings if setting.text in table and setting.trainer == "oat"]
@@ -395,14 +408,36 @@ def main() -> None:
     floor_result = None
     if synchronous and not options.no_floor:
         fastest = min(synchronous, key=lambda setting: table[setting.text]["s_per_step"])
-        floor_result = floor(model, fastest, options.new_tokens, not options.no_memory, out)
+        floor_result = floor(model, fastest, new_tokens, not options.no_memory, out)
         print_floor(floor_result, table)
-    result = {"date": time.strftime("%Y-%m-%d"), "cores": len(os.sched_getaffinity(0)), "model": options.model}
-    result |= {"table": table, "runs": runs, "failed": failed, "floor": floor_result, "options": vars(options)}
-    json_path, png_path = (OUT_DIR / f"step_time.{label(options.model)}.{kind}" for kind in ("json", "png"))
+    result = {"date": time.strftime("%Y-%m-%d"), "cores": len(os.sched_getaffinity(0)), "model": model_name}
+    result |= {"new_tokens": new_tokens, "steps": steps, "warmup": warmup, "rounds": rounds}
+    result |= {"table": table, "runs": runs, "failed": failed, "floor": floor_result}
+    json_path, png_path = (OUT_DIR / f"step_time.{label(model_name)}.{kind}" for kind in ("json", "png"))
     json_path.write_text(json.dumps(result, indent=1))
     plot(table, png_path)
     print(f"\nwrote {json_path} and {png_path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", nargs="+", default=list(MODEL_DEFAULTS), help="tiny, smollm2 or model folders")
+    parser.add_argument("--settings", nargs="+", help="trainer:key=value,... (default: the model's, see above)")
+    for flag in ("new_tokens", "steps", "rounds", "warmup"):
+        parser.add_argument(f"--{flag}", type=int, help="default: the model's, see above")
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare generate + bare train floor")
+    parser.add_argument("--no-memory", action="store_true", help="skip the learner's memory on SmolLM2")
+    options = parser.parse_args()
+    try:
+        [Setting.parse(text) for text in options.settings or ()]
+    except ValueError as error:
+        parser.error(str(error))
+    for name in options.model:
+        chosen = plan(name, options)
+        if chosen["steps"] <= chosen["warmup"] + 1:
+            parser.error(f"{name}: {chosen['steps']} steps leave none to time after {chosen['warmup']} warm-up steps")
+    for name in options.model:
+        measure(name, options)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ against TRL, benchmark/scaling.py's phases and slopes. Pure functions on made-up
 
 from __future__ import annotations
 
+import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -109,7 +111,7 @@ def test_the_fastest_growing_phase_is_named_among_those_that_weigh():
 def test_the_length_axis_is_read_against_the_length_generated():
     point = {"axis": "length", "config": scaling.point_config("length", 512), "response_len": 187.5}
     assert scaling.x_of(point) == 187.5
-    assert point["config"] == {"model": "smollm2", "samples": 8, "new_tokens": 512, "ranks": 1}
+    assert point["config"] == {"model": "smollm2", "samples": 8, "new_tokens": 512, "ranks": 1, "micro_batch": 8}
 
 
 def test_no_phase_is_named_as_growing_when_every_phase_shrinks():
@@ -123,3 +125,31 @@ def test_no_phase_is_named_as_growing_when_every_phase_shrinks():
     ]
     fit = scaling.slopes(points)
     assert fit["learn"] < 0 and fit["generate"] < 0 and fit["fastest"] is None
+
+
+def test_each_model_runs_its_own_defaults_unless_a_flag_is_given():
+    options = argparse.Namespace(model=["tiny", "smollm2"], settings=None, new_tokens=None, steps=4, rounds=None)
+    options.warmup = None
+    smollm2 = step_time.plan("smollm2", options)
+    assert (smollm2["new_tokens"], smollm2["steps"]) == (64, 4)  # its own length, the flag's steps
+    assert smollm2["settings"] == step_time.MODEL_DEFAULTS["smollm2"]["settings"]
+    options.settings = ["oat:mb=16"]
+    assert step_time.plan("tiny", options)["settings"] == ["oat:mb=16"]
+    assert step_time.plan("/models/mine", options)["new_tokens"] == step_time.MODEL_DEFAULTS["tiny"]["new_tokens"]
+    for defaults in step_time.MODEL_DEFAULTS.values():  # every default setting parses, TRL's defaults among them
+        assert step_time.TRL_DEFAULTS in [step_time.Setting.parse(text).text for text in defaults["settings"]]
+
+
+def test_a_failed_trainer_is_named_by_its_signal_or_exit_status():
+    assert step_time.failure(-signal.SIGKILL) == "killed by SIGKILL, out of memory?"
+    assert step_time.failure(-signal.SIGTERM) == "killed by SIGTERM"
+    assert step_time.failure(1) == "exit status 1"
+
+
+def test_a_configuration_on_two_axes_is_run_once():
+    smollm2_64 = scaling.point_config("model", "smollm2")
+    assert smollm2_64 == scaling.point_config("length", 64)  # SmolLM2, 64 tokens, K 8, micro-batch 8
+    measured = {"axis": "length", "value": 64, "config": scaling.point_config("length", 64), "seconds": {}}
+    other = {"axis": "length", "value": 32, "config": scaling.point_config("length", 32), "seconds": {}}
+    assert scaling.same_run([other, measured], smollm2_64) is measured
+    assert scaling.same_run([other, measured], scaling.point_config("model", "tiny")) is None
