@@ -2,7 +2,7 @@
 each trainer in the settings given.
 
     python benchmark/step_time.py [--model tiny smollm2 DIR ...] [--new_tokens N] [--settings S [S ...]]
-        [--steps N] [--rounds N] [--warmup N] [--no-floor] [--no-memory]
+        [--steps N] [--rounds N] [--warmup N] [--no-floor] [--no-memory] [--show]
 
 The job (issue 12): 8 chat-formatted GSM8K prompts x 8 samples per step, --new_tokens at temperature
 1, lr 1e-3 constant, the share-of-7s reward (benchmark/jobs/sevens.py), one optimizer step per
@@ -38,7 +38,7 @@ each in its own process, back to back. The step over that sum is the overhead (t
 
 Threads: every core this process may use, for each process in turn (oat_cpgd's learner gets
 them through --learner_threads' default; vLLM's CPU backend binds its own). Writes
-.cache/bench/step_time.<model>.json and .png for each model.
+.cache/bench/step_time.<model>.json and .png for each model; --show reports the last saved runs.
 """
 
 from __future__ import annotations
@@ -257,6 +257,9 @@ def summary(runs: list[dict], warmup: int) -> dict:
         "learn": median("learn"),
         "sync": median("sync"),
         "check": median("check") if "check" in runs[0] else None,
+        # oat_cpgd's rollout, split: the engine's generation and the oracle's scoring (TRL logs neither).
+        "engine": median("engine") if "engine" in runs[0] else None,
+        "score": median("score") if "score" in runs[0] else None,
         "reward_first": statistics.mean(statistics.mean(r[:5]) for r in rewards),
         "reward_last": statistics.mean(statistics.mean(r[-5:]) for r in rewards),
         "length": statistics.mean(v for run in runs for v in run["length"][warmup:] if v is not None),
@@ -344,6 +347,21 @@ def floor(model: str, setting: Setting, new_tokens: int, memory: bool, out: Path
     }
 
 
+def above_floor(step: dict, result: dict) -> dict[str, float]:
+    """The step's phases against the floor's halves: what each costs beyond the bare engine and the
+    bare DeepSpeed loop, and what the floor has no part for."""
+    transfer = step["generate"] - step["engine"] - step["score"]
+    return {
+        "generation (engine - bare vLLM generate)": step["engine"] - result["generate"],
+        "scoring (the oracle)": step["score"],
+        "transfer (Ray, batching in the rollout)": transfer,
+        "learn (learner - bare DeepSpeed train)": step["learn"] - result["train"],
+        "weight sync": step["sync"],
+        "sync check's wait": step["check"],
+        "rest of the step": step["s_per_step"] - step["generate"] - step["learn"] - step["sync"] - step["check"],
+    }
+
+
 def print_floor(result: dict, table: dict) -> None:
     step = table[result["setting"]]
     ratio = step["s_per_step"] / result["sum"]
@@ -354,6 +372,11 @@ def print_floor(result: dict, table: dict) -> None:
         f"  bare vLLM generate {result['generate']:.2f} s + bare DeepSpeed train {result['train']:.2f} s = {result['sum']:.2f} s"
     )
     print(f"  {result['setting']}: {step['s_per_step']:.2f} s a step, {ratio:.2f}x the floor (target <= 1.10x)")
+    print(
+        f"  where the {step['s_per_step'] - result['sum']:+.2f} s above the floor go (medians, so they need not add up):"
+    )
+    for name, seconds in above_floor(step, result).items():
+        print(f"    {name:40} {seconds:+.2f} s")
     overhead = result["learner_overhead"]
     medians = overhead["median"]
     print(f"  learner on that batch ({overhead['tokens']} tokens, {overhead['threads']} threads), median s:")
@@ -374,8 +397,8 @@ def plan(model_name: str, options: argparse.Namespace) -> dict:
     return defaults | chosen
 
 
-def measure(model_name: str, options: argparse.Namespace) -> None:
-    """One model's table, and its floor beside the fastest synchronous oat_cpgd setting."""
+def measure(model_name: str, options: argparse.Namespace) -> dict:
+    """One model's runs, and its floor beside the fastest synchronous oat_cpgd setting; saved as JSON."""
     chosen = plan(model_name, options)
     steps, warmup, rounds, new_tokens = (chosen[key] for key in ("steps", "warmup", "rounds", "new_tokens"))
     settings = list(dict.fromkeys(Setting.parse(text) for text in chosen["settings"]))
@@ -398,25 +421,36 @@ def measure(model_name: str, options: argparse.Namespace) -> None:
             except subprocess.CalledProcessError as error:
                 failed[setting.text] = failure(error.returncode)
                 print(f"{setting.text} failed ({failed[setting.text]}); the other settings go on", flush=True)
-    table = {text: summary(text_runs, warmup) for text, text_runs in runs.items() if text not in failed}
-    print(f"\n{label(model_name)}, {new_tokens} new tokens:", end="")
-    print_table(table, steps, rounds, warmup)
-    for text, reason in failed.items():
-        print(f"{text}: failed, {reason}")
+    runs = {text: text_runs for text, text_runs in runs.items() if text not in failed}
+    table = {text: summary(text_runs, warmup) for text, text_runs in runs.items()}
     synchronous = [setting for setting in settings if setting.text in table and setting.trainer == "oat"]
     synchronous = [setting for setting in synchronous if not setting.asynchronous]
     floor_result = None
     if synchronous and not options.no_floor:
         fastest = min(synchronous, key=lambda setting: table[setting.text]["s_per_step"])
         floor_result = floor(model, fastest, new_tokens, not options.no_memory, out)
-        print_floor(floor_result, table)
     result = {"date": time.strftime("%Y-%m-%d"), "cores": len(os.sched_getaffinity(0)), "model": model_name}
     result |= {"new_tokens": new_tokens, "steps": steps, "warmup": warmup, "rounds": rounds}
-    result |= {"table": table, "runs": runs, "failed": failed, "floor": floor_result}
-    json_path, png_path = (OUT_DIR / f"step_time.{label(model_name)}.{kind}" for kind in ("json", "png"))
-    json_path.write_text(json.dumps(result, indent=1))
-    plot(table, png_path)
-    print(f"\nwrote {json_path} and {png_path}")
+    result |= {"runs": runs, "failed": failed, "floor": floor_result}
+    result_path(model_name, "json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def result_path(model_name: str, kind: str) -> Path:
+    return OUT_DIR / f"step_time.{label(model_name)}.{kind}"
+
+
+def report(result: dict) -> None:
+    """The table, the failed settings and the floor, from the runs (also from a saved result: --show)."""
+    table = {text: summary(text_runs, result["warmup"]) for text, text_runs in result["runs"].items()}
+    print(f"\n{label(result['model'])}, {result['new_tokens']} new tokens, {result['date']}:", end="")
+    print_table(table, result["steps"], result["rounds"], result["warmup"])
+    for text, reason in result["failed"].items():
+        print(f"{text}: failed, {reason}")
+    if result["floor"]:
+        print_floor(result["floor"], table)
+    plot(table, result_path(result["model"], "png"))
+    print(f"\nruns: {result_path(result['model'], 'json')}; plot: {result_path(result['model'], 'png')}")
 
 
 def main() -> None:
@@ -427,6 +461,7 @@ def main() -> None:
         parser.add_argument(f"--{flag}", type=int, help="default: the model's, see above")
     parser.add_argument("--no-floor", action="store_true", help="skip the bare generate + bare train floor")
     parser.add_argument("--no-memory", action="store_true", help="skip the learner's memory on SmolLM2")
+    parser.add_argument("--show", action="store_true", help="report each model's last saved runs, measuring nothing")
     options = parser.parse_args()
     try:
         [Setting.parse(text) for text in options.settings or ()]
@@ -437,7 +472,7 @@ def main() -> None:
         if chosen["steps"] <= chosen["warmup"] + 1:
             parser.error(f"{name}: {chosen['steps']} steps leave none to time after {chosen['warmup']} warm-up steps")
     for name in options.model:
-        measure(name, options)
+        report(json.loads(result_path(name, "json").read_text()) if options.show else measure(name, options))
 
 
 if __name__ == "__main__":

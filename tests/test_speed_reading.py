@@ -153,3 +153,13 @@ def test_a_configuration_on_two_axes_is_run_once():
     other = {"axis": "length", "value": 32, "config": scaling.point_config("length", 32), "seconds": {}}
     assert scaling.same_run([other, measured], smollm2_64) is measured
     assert scaling.same_run([other, measured], scaling.point_config("model", "tiny")) is None
+
+
+def test_what_is_above_the_floor_is_each_phase_beyond_its_bare_part():
+    step = row(10.0) | {"generate": 4.0, "engine": 3.0, "score": 0.25, "learn": 5.0, "sync": 0.5, "check": 0.1}
+    parts = step_time.above_floor(step, {"generate": 2.5, "train": 4.0})
+    assert parts["generation (engine - bare vLLM generate)"] == pytest.approx(0.5)
+    assert parts["transfer (Ray, batching in the rollout)"] == pytest.approx(0.75)  # rollout - engine - score
+    assert parts["learn (learner - bare DeepSpeed train)"] == pytest.approx(1.0)
+    assert parts["rest of the step"] == pytest.approx(0.4)  # 10 - 4 - 5 - 0.5 - 0.1
+    assert sum(parts.values()) == pytest.approx(10.0 - 2.5 - 4.0)  # the parts add up to the gap
