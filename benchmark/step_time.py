@@ -28,8 +28,8 @@ prefix caching, on by default). TRL's defaults are `trl:mb=8,gc=on`.
 Each round runs every setting once, in the order given (--rounds rounds), so load from elsewhere
 hits all alike. The table gives medians over the steps after --warmup, of every round together:
 s/step, the phases (generate = generation + scoring; learn; weight sync; the sync check's wait),
-the mean reward of the first and last 5 steps (each must learn), the mean response length, and the
-speed against TRL's defaults and against TRL's best setting of those run.
+the mean reward of the first and last 5 steps (fewer in a short run; each must learn), the mean
+response length, and the speed against TRL's defaults and against TRL's best setting of those run.
 Then (unless --no-floor) the step's floor beside the fastest synchronous oat_cpgd setting: a bare
 vLLM generate of the job's batch (benchmark/jobs/bare_generate.py) plus a bare DeepSpeed
 forward/backward/step on that batch (benchmark/jobs/learner_overhead.py, which also times the
@@ -246,6 +246,12 @@ def failure(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
+def ends(rewards: list[float]) -> int:
+    """How many steps the first and the last reward are means of: 5, or in a short run (SmolLM2's) half
+    of its steps, so the two never overlap."""
+    return max(1, min(5, len(rewards) // 2))
+
+
 def summary(runs: list[dict], warmup: int) -> dict:
     def median(key):
         return statistics.median(v for run in runs for v in run[key][warmup:])
@@ -260,8 +266,8 @@ def summary(runs: list[dict], warmup: int) -> dict:
         # oat_cpgd's rollout, split: the engine's generation and the oracle's scoring (TRL logs neither).
         "engine": median("engine") if "engine" in runs[0] else None,
         "score": median("score") if "score" in runs[0] else None,
-        "reward_first": statistics.mean(statistics.mean(r[:5]) for r in rewards),
-        "reward_last": statistics.mean(statistics.mean(r[-5:]) for r in rewards),
+        "reward_first": statistics.mean(statistics.mean(r[: ends(r)]) for r in rewards),
+        "reward_last": statistics.mean(statistics.mean(r[-ends(r) :]) for r in rewards),
         "length": statistics.mean(v for run in runs for v in run["length"][warmup:] if v is not None),
         "wall": statistics.median(run["wall"] for run in runs),
         "threads": runs[0]["threads"],

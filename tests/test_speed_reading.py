@@ -163,3 +163,11 @@ def test_what_is_above_the_floor_is_each_phase_beyond_its_bare_part():
     assert parts["learn (learner - bare DeepSpeed train)"] == pytest.approx(1.0)
     assert parts["rest of the step"] == pytest.approx(0.4)  # 10 - 4 - 5 - 0.5 - 0.1
     assert sum(parts.values()) == pytest.approx(10.0 - 2.5 - 4.0)  # the parts add up to the gap
+
+
+def test_the_first_and_last_rewards_never_overlap():
+    run = {name: [1.0] * 5 for name in ("step", "generate", "learn", "sync", "check", "length")}
+    run |= {"reward": [0.0, 0.0, 0.5, 1.0, 1.0], "wall": 9.0, "threads": 2}
+    row = step_time.summary([run], warmup=1)
+    assert (row["reward_first"], row["reward_last"]) == (0.0, 1.0)  # steps 1-2 and 4-5 of a 5-step run
+    assert step_time.ends([0.0] * 30) == 5 and step_time.ends([0.0]) == 1
