@@ -8,7 +8,7 @@ The job (issue 12): 8 chat-formatted GSM8K prompts x 8 samples per step, --new_t
 1, lr 1e-3 constant, the share-of-7s reward (benchmark/jobs/sevens.py), one optimizer step per
 rollout, fp32, on the tiny local model and SmolLM2-135M-Instruct, one table each (`make bench` runs
 both). Each model has its own defaults (MODEL_DEFAULTS: the tiny model 32 new tokens, 30 steps x 2
-rounds; SmolLM2 64 new tokens, 6 steps x 2 rounds, ~1.5 h) and settings: TRL's defaults and its best
+rounds; SmolLM2 64 new tokens, 6 steps x 2 rounds, about 2 h) and settings: TRL's defaults and its best
 setting found on this machine, oat_cpgd's, and oat_cpgd without prefix caching; flags override them.
 A setting whose trainer fails (TRL at a large micro-batch is killed out of memory on SmolLM2) is
 reported as failed and the others go on.
@@ -75,7 +75,7 @@ MODEL_DEFAULTS = {
     },
     "smollm2": {
         "new_tokens": 64, "steps": 6, "warmup": 2, "rounds": 2,
-        "settings": (TRL_DEFAULTS, "trl:mb=16,gc=off", "oat:mb=8", "oat:mb=8,pc=off"),
+        "settings": (TRL_DEFAULTS, "trl:mb=32,gc=off", "oat:mb=8", "oat:mb=8,pc=off"),
     },
 }  # fmt: skip
 """What each model runs unless the flags say otherwise; a model folder runs the tiny model's."""
