@@ -207,7 +207,9 @@ def plot(points: list[dict]) -> None:
                 panel.plot(xs, ys, marker="o", label=name, linewidth=2.5 if name == "step" else 1)
         panel.set_xscale("log")
         panel.set_yscale("log")
-        panel.set_xlabel({"samples": "samples per prompt", "length": "mean response tokens"}.get(axis, axis))
+        panel.set_xlabel(
+            {"samples": "samples per prompt", "length": "mean response tokens", "model": "parameters"}.get(axis, axis)
+        )
         panel.set_ylabel("median s")
         panel.set_title(axis)
     if axes_present:
