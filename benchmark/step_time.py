@@ -474,6 +474,8 @@ def main() -> None:
     except ValueError as error:
         parser.error(str(error))
     for name in options.model:
+        if options.show and not result_path(name, "json").exists():
+            parser.error(f"--show: no saved runs of {name} ({result_path(name, 'json')}); measure them first")
         chosen = plan(name, options)
         if chosen["steps"] <= chosen["warmup"] + 1:
             parser.error(f"{name}: {chosen['steps']} steps leave none to time after {chosen['warmup']} warm-up steps")
