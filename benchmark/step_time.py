@@ -256,16 +256,19 @@ def summary(runs: list[dict], warmup: int) -> dict:
     def median(key):
         return statistics.median(v for run in runs for v in run[key][warmup:])
 
+    def logged_by_oat(key):  # phases only oat_cpgd's runs log (TRL's have none of them): None for TRL
+        return median(key) if key in runs[0] else None
+
     rewards = [run["reward"] for run in runs]
     return {
         "s_per_step": median("step"),
         "generate": median("generate"),
         "learn": median("learn"),
         "sync": median("sync"),
-        "check": median("check") if "check" in runs[0] else None,
-        # oat_cpgd's rollout, split: the engine's generation and the oracle's scoring (TRL logs neither).
-        "engine": median("engine") if "engine" in runs[0] else None,
-        "score": median("score") if "score" in runs[0] else None,
+        "check": logged_by_oat("check"),
+        # oat_cpgd's rollout, split: the engine's generation and the oracle's scoring.
+        "engine": logged_by_oat("engine"),
+        "score": logged_by_oat("score"),
         "reward_first": statistics.mean(statistics.mean(r[: ends(r)]) for r in rewards),
         "reward_last": statistics.mean(statistics.mean(r[-ends(r) :]) for r in rewards),
         "length": statistics.mean(v for run in runs for v in run["length"][warmup:] if v is not None),
@@ -469,10 +472,11 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the learner's memory on SmolLM2")
     parser.add_argument("--show", action="store_true", help="report each model's last saved runs, measuring nothing")
     options = parser.parse_args()
-    try:
-        [Setting.parse(text) for text in options.settings or ()]
-    except ValueError as error:
-        parser.error(str(error))
+    for text in options.settings or ():
+        try:
+            Setting.parse(text)
+        except ValueError as error:
+            parser.error(str(error))
     for name in options.model:
         if options.show and not result_path(name, "json").exists():
             parser.error(f"--show: no saved runs of {name} ({result_path(name, 'json')}); measure them first")
